@@ -1,0 +1,229 @@
+"""AST -> checked IR for whole attentions: declarations, stages, defaults, constants.
+
+``build_module`` is the entry point; it raises :class:`AttnError` for any user mistake.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Union
+
+from ..frontend import ast
+from ..frontend.errors import AttnError, suggest
+from . import nodes as ir
+from .check_expr import _STAGE_NAMES, BUILTIN_NAMES, NORMS, SIZES, _ExprBuilder, _Scope, _scalar_stage
+from .types import DTYPES, FLOAT, INT, vec
+
+ConstValue = Union[int, float, bool]
+
+
+def parse_const_value(text: str) -> ConstValue:
+    """A ``-D NAME=VALUE`` value: int, float, true/false or inf."""
+    t = text.strip().lower()
+    if t in ("true", "false"):
+        return t == "true"
+    try:
+        return int(t)
+    except ValueError:
+        return float(t)  # raises ValueError for junk; the CLI reports it
+
+
+def _const_literal(node: ast.Expr) -> ConstValue:
+    if isinstance(node, ast.Literal):
+        return node.value
+    if isinstance(node, ast.Unary) and node.op in "+-" and isinstance(node.operand, ast.Literal) \
+            and not isinstance(node.operand.value, bool):
+        return -node.operand.value if node.op == "-" else node.operand.value
+    raise AttnError("a const must be a literal (integer, float, true, false or inf)", node.span)
+
+
+def build_attention(node: ast.Attention, filename: str, source: str,
+                    overrides: Mapping[str, ConstValue] | None = None) -> ir.Attention:
+    inputs: dict[str, ir.InputDecl] = {}
+    consts: dict[str, ConstValue] = {}
+    stages: dict[str, ast.Assign] = {}
+    for st in node.body:
+        name = st.name.id if not isinstance(st, ast.Assign) else st.target.id
+        if isinstance(st, (ast.InputDecl, ast.ConstDecl)):
+            if name in BUILTIN_NAMES or name in ("true", "false", "inf"):
+                raise AttnError(f"'{name}' is a built-in name and cannot be redeclared", st.name.span)
+            if name in inputs or name in consts:
+                raise AttnError(f"'{name}' is declared twice", st.name.span)
+        if isinstance(st, ast.ConstDecl):
+            consts[name] = _const_literal(st.value)
+        elif isinstance(st, ast.InputDecl):
+            inputs[name] = _input_decl(st, consts)
+        else:
+            if name not in ir.STAGES:
+                raise AttnError(f"unknown stage '{name}'", st.target.span,
+                                suggest(name, ir.STAGES) or f"stages are {', '.join(ir.STAGES)}")
+            if name in stages:
+                first = stages[name].span.line
+                raise AttnError(f"stage '{name}' is given twice (first on line {first})", st.target.span)
+            stages[name] = st
+    for k, v in (overrides or {}).items():
+        if k not in consts:
+            raise AttnError(f"no const '{k}' in attention '{node.name.id}'", node.name.span,
+                            suggest(k, consts) or (f"its consts are {', '.join(consts)}" if consts else None))
+        if type(v) is not type(consts[k]) and not (isinstance(v, int) and isinstance(consts[k], float)):
+            raise AttnError(f"const '{k}' is {type(consts[k]).__name__}, got {v!r}", node.name.span)
+        consts[k] = float(v) if isinstance(consts[k], float) else v
+
+    def scope(stage: str) -> _ExprBuilder:
+        return _ExprBuilder(_Scope(stage, set(_STAGE_NAMES[stage]), inputs, consts))
+
+    def expr(stage: str, want: str):
+        st = stages.get(stage)
+        if st is None:
+            return None
+        return _scalar_stage(scope(stage).build(st.value), stage, want, st.value.span)
+
+    q = _prologue(stages.get("q"), scope("q"))
+    k = _prologue(stages.get("k"), scope("k"))
+    score = expr("score", "float")
+    if score is None:
+        score = ir.Binary("mul", ir.Call("dot", (ir.Row("q", vec("D")), ir.Row("k", vec("D"))), FLOAT),
+                          ir.Sym("scale", FLOAT), FLOAT)
+    mask = expr("mask", "bool")
+    weights = expr("weights", "float")
+    out = None
+    if "out" in stages:
+        st = stages["out"]
+        out = scope("out").build(st.value)
+        if not out.ty.is_vec:
+            raise AttnError(f"out must be a row vector (a transform of o), got {out.ty}", st.value.span)
+        out = _cast_vec(out, "DV", st.value.span, "out")
+    return ir.Attention(
+        name=node.name.id, inputs=tuple(inputs.values()), consts=tuple(consts.items()),
+        q=q, k=k, score=score, mask=mask,
+        select=_select(stages.get("select"), scope, consts),
+        norm=_norm(stages.get("norm"), scope),
+        weights=weights, out=out, filename=filename, source=source,
+        stage_spans=tuple((n, s.span) for n, s in stages.items()),
+    )
+
+
+def _cast_vec(e: ir.Expr, length: str, span, stage: str) -> ir.Expr:
+    if e.ty.length != length and not e.ty.length.isdigit():
+        raise AttnError(f"the {stage} stage must give a row of length {length}, got {e.ty}", span)
+    return e if e.ty.length == length else ir.Cast(e, vec(length), e.span)
+
+
+def _prologue(st: ast.Assign | None, b: _ExprBuilder) -> ir.Expr | None:
+    if st is None:
+        return None
+    e = b.build(st.value)
+    if not e.ty.is_vec:
+        raise AttnError(f"the {st.target.id} prologue must give a row vector, got {e.ty}", st.value.span)
+    return _cast_vec(e, "D", st.value.span, st.target.id)
+
+
+def _input_decl(st: ast.InputDecl, consts: Mapping[str, ConstValue]) -> ir.InputDecl:
+    if st.dtype not in DTYPES:
+        raise AttnError(f"unsupported dtype '{st.dtype}'", st.span)
+    if st.dims is None:
+        if DTYPES[st.dtype] != "float":
+            raise AttnError("scalar inputs must be f32 (integers belong in a const)", st.span)
+        return ir.InputDecl(st.name.id, st.dtype, None, st.span)
+    dims: list[Union[str, int]] = []
+    for d in st.dims:
+        if isinstance(d.value, int):
+            dims.append(d.value)
+        elif d.value in SIZES:
+            dims.append(d.value)
+        elif d.value in consts and isinstance(consts[d.value], int) and not isinstance(consts[d.value], bool):
+            dims.append(int(consts[d.value]))
+        else:
+            raise AttnError(f"unknown dimension '{d.value}'", d.span,
+                            suggest(d.value, list(SIZES) + list(consts)) or
+                            "dims are size names (B H HK M N D DV), integers or integer consts")
+    return ir.InputDecl(st.name.id, st.dtype, tuple(dims), st.span)
+
+
+def _int_const(node: ast.Expr, scope, what: str) -> int:
+    e = scope("select.keep").build(node)
+    if not (isinstance(e, ir.Const) and e.ty == INT and e.value >= 1):
+        raise AttnError(f"{what} must be a positive integer constant", node.span)
+    return int(e.value)
+
+
+def _select(st: ast.Assign | None, scope, consts) -> ir.Select | None:
+    if st is None:
+        return None
+    v = st.value
+    if not (isinstance(v, ast.Call) and v.func.id == "topk"):
+        raise AttnError("select must be topk(K, by=..., block=..., keep=..., share=group)", v.span)
+    if len(v.args) != 1:
+        raise AttnError("topk() takes exactly one positional argument, K", v.span)
+    kw = {}
+    for k in v.kwargs:
+        if k.name not in ("by", "block", "keep", "share"):
+            raise AttnError(f"topk() takes no keyword '{k.name}'", k.span,
+                            suggest(k.name, ("by", "block", "keep", "share")))
+        if k.name in kw:
+            raise AttnError(f"topk() got '{k.name}' twice", k.span)
+        kw[k.name] = k.value
+    K = _int_const(v.args[0], scope, "topk's K")
+    block = _int_const(kw["block"], scope, "block") if "block" in kw else None
+    suffix = ".block" if block else ""
+    if "by" in kw:
+        by = _scalar_stage(scope("select.by" + suffix).build(kw["by"]), "select", "float", kw["by"].span)
+    elif block:
+        raise AttnError("a block selection needs by=... (for example by = dot(q, kmean))", v.span)
+    else:
+        by = ir.Sym("score", FLOAT, v.span)
+    keep = None
+    if "keep" in kw:
+        keep = _scalar_stage(scope("select.keep" + suffix).build(kw["keep"]), "keep", "bool", kw["keep"].span)
+    share = False
+    if "share" in kw:
+        sv = kw["share"]
+        if not (isinstance(sv, ast.Name) and sv.id == "group"):
+            raise AttnError("share must be 'group'", sv.span)
+        share = True
+    return ir.Select(K, by, block, keep, share, st.span)
+
+
+def _norm(st: ast.Assign | None, scope) -> ir.Norm:
+    if st is None:
+        return ir.Norm("softmax")
+    v = st.value
+    if isinstance(v, ast.Name) and v.id in NORMS:
+        return ir.Norm(v.id, None, st.span)
+    if isinstance(v, ast.Call) and v.func.id == "softmax":
+        if v.args or len(v.kwargs) != 1 or v.kwargs[0].name != "sink":
+            raise AttnError("softmax takes one keyword: softmax(sink = EXPR)", v.span)
+        sink = _scalar_stage(scope("norm.sink").build(v.kwargs[0].value), "sink", "float", v.kwargs[0].value.span)
+        return ir.Norm("softmax", sink, st.span)
+    name = v.func.id if isinstance(v, ast.Call) else v.id if isinstance(v, ast.Name) else None
+    raise AttnError(f"unknown norm '{name}'" if name else "norm must be one of " + ", ".join(NORMS), v.span,
+                    suggest(name, NORMS) if name else None)
+
+
+def build_module(module: ast.Module, overrides: Mapping[str, ConstValue] | None = None,
+                 name: str | None = None) -> list[ir.Attention]:
+    """Check every attention of a module (or just ``name``); overrides apply to all that declare them."""
+    if not module.attentions:
+        raise AttnError(f"{module.filename}: no 'attention' block found")
+    seen = set()
+    for a in module.attentions:
+        if a.name.id in seen:
+            raise AttnError(f"attention '{a.name.id}' is defined twice", a.name.span)
+        seen.add(a.name.id)
+    chosen = module.attentions
+    if name is not None:
+        chosen = [a for a in module.attentions if a.name.id == name]
+        if not chosen:
+            raise AttnError(f"no attention named '{name}' in {module.filename}", None,
+                            suggest(name, seen) or f"it defines {', '.join(sorted(seen))}")
+    out = []
+    for a in chosen:
+        declared = {s.name.id for s in a.body if isinstance(s, ast.ConstDecl)}
+        mine = {k: v for k, v in (overrides or {}).items() if k in declared}
+        out.append(build_attention(a, module.filename, module.source, mine))
+    unused = set(overrides or {}) - {n for a in chosen for s in a.body
+                                     if isinstance(s, ast.ConstDecl) for n in [s.name.id]}
+    if unused:
+        k = sorted(unused)[0]
+        raise AttnError(f"no const '{k}' in {module.filename}", None)
+    return out
+

@@ -1,0 +1,369 @@
+"""Expression checking: AST expressions -> typed IR in one stage's scope.
+
+Every user mistake raises :class:`AttnError` at the offending span. The rules are
+those of LANGUAGE.md; where it is silent, the README's language section records the
+decision taken here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+from ..frontend import ast
+from ..frontend.errors import AttnError, Span, suggest
+from . import nodes as ir
+from .types import BOOL, DTYPES, FLOAT, INT, Ty, vec
+
+SIZES = ("B", "H", "HK", "M", "N", "D", "DV")
+INDICES = ("b", "h", "hk", "i", "j", "m", "jb")
+BUILTIN_NAMES = set(SIZES) | set(INDICES) | {"q", "k", "v", "o", "kmean", "scale", "score", "p", "causal"}
+
+UNARY_FLOAT_FNS = ("exp", "exp2", "log", "log2", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "sin", "cos")
+NORMS = ("softmax", "sigmoid", "relu", "relu2", "none", "sum", "stickbreaking")
+FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "min", "max", "clamp", "where", "dot", "sqdist",
+                                    "norm", "rope", "l2norm", "rmsnorm", "window"}
+
+# names visible in each stage, beyond sizes, b/h/hk, scale, inputs and consts
+_STAGE_NAMES = {
+    "q": {"q", "i", "m"},
+    "k": {"k", "j"},
+    "score": {"q", "k", "i", "j", "m"},
+    "mask": {"q", "k", "i", "j", "m", "score"},
+    "select.by": {"q", "k", "i", "j", "m", "score"},
+    "select.by.block": {"q", "i", "m", "kmean", "jb"},
+    "select.keep": {"i", "j", "m"},
+    "select.keep.block": {"i", "m", "jb"},
+    "norm.sink": {"i", "m"},
+    "weights": {"i", "j", "m", "score", "p"},
+    "out": {"i", "m", "o"},
+}
+_STAGE_WHY = {
+    "q": "the q prologue sees one query row",
+    "k": "the k prologue sees one key row",
+    "select.by.block": "a block selection scores whole key blocks (use kmean and jb)",
+    "select.keep.block": "a block keep is an expression of jb, i and m",
+    "norm.sink": "the sink is one value per query row",
+    "out": "out is applied once per query row",
+    "weights": "weights see p, score and positions, not the q/k rows",
+}
+
+
+@dataclass
+class _Scope:
+    stage: str
+    names: set[str]
+    inputs: Mapping[str, ir.InputDecl]
+    consts: Mapping[str, Union[int, float, bool]]
+
+
+def _err(msg: str, span: Span | None, hint: str | None = None) -> AttnError:
+    return AttnError(msg, span, hint)
+
+
+class _ExprBuilder:
+    """Builds and type-checks one expression in one stage's scope."""
+
+    def __init__(self, scope: _Scope):
+        self.s = scope
+
+    # ---- helpers
+    def numeric(self, e: ir.Expr, what: str, span: Span) -> ir.Expr:
+        if e.ty.kind == "bool":
+            raise _err(f"{what} must be a number, got a boolean", span, "use where(cond, a, b)")
+        return e
+
+    def to_float(self, e: ir.Expr) -> ir.Expr:
+        if e.ty.kind == "int":
+            if isinstance(e, ir.Const):
+                return ir.Const(float(e.value), FLOAT, e.span)
+            return ir.Cast(e, FLOAT, e.span)
+        return e
+
+    def promote(self, a: ir.Expr, b: ir.Expr, span: Span) -> tuple[ir.Expr, ir.Expr, Ty]:
+        """Common type of two numeric/vector operands (ints promote to float)."""
+        if a.ty.is_vec or b.ty.is_vec:
+            if a.ty.is_vec and b.ty.is_vec and not _same_len(a.ty, b.ty):
+                raise _err(f"vector lengths differ: {a.ty} and {b.ty}", span)
+            ty = a.ty if a.ty.is_vec else b.ty
+            return self.to_float(a), self.to_float(b), ty
+        if a.ty.kind == "float" or b.ty.kind == "float":
+            return self.to_float(a), self.to_float(b), FLOAT
+        return a, b, INT
+
+    def need_bool(self, e: ir.Expr, what: str, span: Span) -> ir.Expr:
+        if e.ty.kind != "bool":
+            raise _err(f"{what} must be boolean, got {e.ty}", span)
+        return e
+
+    # ---- dispatch
+    def build(self, node: ast.Expr) -> ir.Expr:
+        return getattr(self, "_" + type(node).__name__.lower())(node)
+
+    def _literal(self, n: ast.Literal) -> ir.Expr:
+        v = n.value
+        ty = BOOL if isinstance(v, bool) else INT if isinstance(v, int) else FLOAT
+        return ir.Const(v, ty, n.span)
+
+    def _name(self, n: ast.Name) -> ir.Expr:
+        name, s = n.id, self.s
+        if name in s.consts:
+            v = s.consts[name]
+            ty = BOOL if isinstance(v, bool) else INT if isinstance(v, int) else FLOAT
+            return ir.Const(v, ty, n.span)
+        if name in s.inputs:
+            d = s.inputs[name]
+            if d.dims is not None:
+                raise _err(f"input '{name}' is a tensor with {len(d.dims)} dim(s); index it, e.g. "
+                           f"{name}[{', '.join(str(x).lower() if isinstance(x, str) else '0' for x in d.dims)}]",
+                           n.span)
+            return ir.Param(name, Ty(DTYPES[d.dtype]), n.span)
+        if name == "causal":
+            return self._causal(n.span)
+        if name in SIZES:
+            return ir.Sym(name, INT, n.span)
+        if name == "scale":
+            return ir.Sym(name, FLOAT, n.span)
+        if name in ("b", "h", "hk"):
+            return ir.Sym(name, INT, n.span)
+        if name in INDICES or name in ("score", "p", "q", "k", "o", "kmean"):
+            if name not in s.names:
+                where = _STAGE_WHY.get(s.stage, "")
+                raise _err(f"'{name}' is not available in the {s.stage.split('.block')[0]} stage", n.span,
+                           where or None)
+            if name in ("q", "k", "kmean"):
+                return ir.Row(name, vec("D"), n.span)
+            if name == "o":
+                return ir.Row(name, vec("DV"), n.span)
+            return ir.Sym(name, FLOAT if name in ("score", "p") else INT, n.span)
+        if name == "v":
+            raise _err("'v' cannot be used in expressions: values only enter through the weighted sum", n.span)
+        if name in FUNCTIONS or name in NORMS or name == "topk":
+            raise _err(f"'{name}' is a function; call it", n.span)
+        known = set(s.consts) | set(s.inputs) | set(SIZES) | {"b", "h", "hk", "scale", "causal"} | s.names
+        raise _err(f"unknown name '{name}'", n.span, suggest(name, known))
+
+    def _causal(self, span: Span) -> ir.Expr:
+        for nm in ("i", "j"):
+            if nm not in self.s.names:
+                raise _err(f"'causal' needs '{nm}', which is not available in the {self.s.stage} stage", span)
+        return ir.Binary("le", ir.Sym("j", INT, span), ir.Sym("i", INT, span), BOOL, span)
+
+    def _unary(self, n: ast.Unary) -> ir.Expr:
+        x = self.build(n.operand)
+        if n.op == "not":
+            return ir.Unary("not", self.need_bool(x, "the operand of 'not'", n.operand.span), BOOL, n.span)
+        self.numeric(x, f"the operand of unary '{n.op}'", n.operand.span)
+        if n.op == "+":
+            return x
+        if isinstance(x, ir.Const):
+            return ir.Const(-x.value, x.ty, n.span)
+        return ir.Unary("neg", x, x.ty, n.span)
+
+    def _binary(self, n: ast.Binary) -> ir.Expr:
+        a, b = self.build(n.left), self.build(n.right)
+        if n.op in ("and", "or"):
+            self.need_bool(a, f"the left operand of '{n.op}'", n.left.span)
+            self.need_bool(b, f"the right operand of '{n.op}'", n.right.span)
+            return ir.Binary(n.op, a, b, BOOL, n.span)
+        self.numeric(a, f"the left operand of '{n.op}'", n.left.span)
+        self.numeric(b, f"the right operand of '{n.op}'", n.right.span)
+        op = ir.ARITH_OPS[n.op]
+        if op in ("floordiv", "mod") and (a.ty.is_vec or b.ty.is_vec):
+            raise _err(f"'{n.op}' is not defined on vectors", n.span)
+        if op == "div":
+            a, b, ty = self.promote(self.to_float(a), self.to_float(b), n.span)
+        elif op == "pow":
+            int_pow = a.ty == INT and isinstance(b, ir.Const) and b.ty == INT and b.value >= 0
+            a, b, ty = self.promote(a, b, n.span)
+            if not int_pow:
+                a, b = self.to_float(a), self.to_float(b)
+                ty = ty if ty.is_vec else FLOAT
+        else:
+            a, b, ty = self.promote(a, b, n.span)
+        return ir.Binary(op, a, b, ty, n.span)
+
+    def _compare(self, n: ast.Compare) -> ir.Expr:
+        vals = [self.build(x) for x in n.operands]
+        out = None
+        for op, (a, b), (sa, sb) in zip(n.ops, zip(vals, vals[1:]), zip(n.operands, n.operands[1:])):
+            for x, sx in ((a, sa), (b, sb)):
+                if x.ty.is_vec:
+                    raise _err("vectors cannot be compared", sx.span)
+            if (a.ty.kind == "bool") != (b.ty.kind == "bool") or (a.ty.kind == "bool" and op not in ("==", "!=")):
+                raise _err(f"cannot compare {a.ty} with {b.ty} using '{op}'", n.span)
+            if a.ty.kind != "bool":
+                a, b, _ = self.promote(a, b, n.span)
+            c = ir.Binary(ir.COMPARE_OPS[op], a, b, BOOL, n.span)
+            out = c if out is None else ir.Binary("and", out, c, BOOL, n.span)
+        return out
+
+    def _index(self, n: ast.Index) -> ir.Expr:
+        name = n.base.id
+        if name not in self.s.inputs:
+            if name in self.s.consts or name in BUILTIN_NAMES:
+                raise _err(f"'{name}' cannot be indexed; only input tensors can", n.base.span)
+            raise _err(f"unknown input tensor '{name}'", n.base.span, suggest(name, self.s.inputs))
+        d = self.s.inputs[name]
+        if d.dims is None:
+            raise _err(f"input '{name}' is a scalar and cannot be indexed", n.span)
+        if len(n.indices) > len(d.dims) or len(n.indices) < len(d.dims) - 1:
+            raise _err(f"'{name}' has {len(d.dims)} dim(s) {list(d.dims)}; give {len(d.dims)} indices "
+                       f"(or {len(d.dims) - 1} for a row of its last dim), not {len(n.indices)}", n.span)
+        idx = []
+        for x in n.indices:
+            e = self.build(x)
+            if e.ty.kind != "int":
+                raise _err(f"index expression is not an integer (it is {e.ty})", x.span,
+                           "floor(x) turns a float into an integer")
+            idx.append(e)
+        kind = DTYPES[d.dtype]
+        ty = Ty(kind) if len(idx) == len(d.dims) else vec(d.dims[-1])
+        if ty.is_vec and kind != "float":
+            raise _err(f"a row of '{name}' ({d.dtype}) would be a non-float vector", n.span)
+        return ir.Load(name, tuple(idx), ty, n.span)
+
+    def _call(self, n: ast.Call) -> ir.Expr:
+        fn = n.func.id
+        if fn not in FUNCTIONS:
+            if fn in NORMS or fn == "topk":
+                raise _err(f"'{fn}' is only allowed as the whole value of the "
+                           f"{'select' if fn == 'topk' else 'norm'} stage", n.func.span)
+            if fn in self.s.inputs:
+                raise _err(f"'{fn}' is an input tensor; index it with [...]", n.func.span)
+            raise _err(f"unknown function '{fn}'", n.func.span, suggest(fn, FUNCTIONS))
+        kwargs = {k.name: k for k in n.kwargs}
+        allowed_kw = {"rope": {"base"}}.get(fn, set())
+        for k in n.kwargs:
+            if k.name not in allowed_kw:
+                raise _err(f"{fn}() takes no keyword '{k.name}'", k.span,
+                           suggest(k.name, allowed_kw) if allowed_kw else None)
+        arity = {"min": 2, "max": 2, "clamp": 3, "where": 3, "dot": 2, "sqdist": 2, "rmsnorm": 2, "window": 1,
+                 "rope": (2, 3)}.get(fn, 1)
+        lo, hi = arity if isinstance(arity, tuple) else (arity, arity)
+        if not lo <= len(n.args) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            raise _err(f"{fn}() takes {want} argument(s), got {len(n.args)}", n.span)
+        if fn == "window":
+            return self._window(n)
+        args = [self.build(a) for a in n.args]
+        spans = [a.span for a in n.args]
+        return getattr(self, "_fn_" + fn, self._fn_elementwise)(fn, args, spans, kwargs, n.span)
+
+    def _window(self, n: ast.Call) -> ir.Expr:
+        w = self.build(n.args[0])
+        if w.ty != INT:
+            raise _err("window(W) needs an integer W", n.args[0].span)
+        causal = self._causal(n.span)
+        i, j = ir.Sym("i", INT, n.span), ir.Sym("j", INT, n.span)
+        near = ir.Binary("lt", ir.Binary("sub", i, j, INT, n.span), w, BOOL, n.span)
+        return ir.Binary("and", near, causal, BOOL, n.span)
+
+    def _fn_elementwise(self, fn, args, spans, kwargs, span):
+        x = self.numeric(args[0], f"the argument of {fn}()", spans[0])
+        if fn in ("abs", "relu"):
+            return ir.Call(fn, (x,), x.ty, span)
+        if fn == "floor":
+            if x.ty.is_vec:
+                raise _err("floor() of a vector", spans[0])
+            return x if x.ty == INT else ir.Call("floor", (x,), INT, span)
+        x = self.to_float(x)
+        return ir.Call(fn, (x,), x.ty, span)
+
+    def _fn_min(self, fn, args, spans, kwargs, span):
+        a = self.numeric(args[0], f"the arguments of {fn}()", spans[0])
+        b = self.numeric(args[1], f"the arguments of {fn}()", spans[1])
+        a, b, ty = self.promote(a, b, span)
+        return ir.Call(fn, (a, b), ty, span)
+
+    _fn_max = _fn_min
+
+    def _fn_clamp(self, fn, args, spans, kwargs, span):
+        x, lo, hi = (self.numeric(a, "the arguments of clamp()", s) for a, s in zip(args, spans))
+        if x.ty.kind == "float" or lo.ty.kind == "float" or hi.ty.kind == "float" or x.ty.is_vec:
+            x, lo, hi = self.to_float(x), self.to_float(lo), self.to_float(hi)
+        for bound, s in ((lo, spans[1]), (hi, spans[2])):
+            if bound.ty.is_vec:
+                raise _err("clamp() bounds must be scalars", s)
+        return ir.Call("clamp", (x, lo, hi), x.ty, span)
+
+    def _fn_where(self, fn, args, spans, kwargs, span):
+        c, a, b = args
+        self.need_bool(c, "the condition of where()", spans[0])
+        if a.ty.kind == "bool" or b.ty.kind == "bool":
+            if a.ty != b.ty:
+                raise _err(f"where() branches differ: {a.ty} and {b.ty}", span)
+            return ir.Call("where", (c, a, b), BOOL, span)
+        a, b, ty = self.promote(a, b, span)
+        return ir.Call("where", (c, a, b), ty, span)
+
+    def _vec_arg(self, fn, e, s):
+        if not e.ty.is_vec:
+            raise _err(f"{fn}() needs a row vector (q, k, kmean, o or a row of an input), got {e.ty}", s)
+        return e
+
+    def _fn_dot(self, fn, args, spans, kwargs, span):
+        a, b = (self._vec_arg(fn, x, s) for x, s in zip(args, spans))
+        if not _same_len(a.ty, b.ty):
+            raise _err(f"{fn}() of vectors of different lengths: {a.ty} and {b.ty}", span)
+        return ir.Call(fn, (a, b), FLOAT, span)
+
+    _fn_sqdist = _fn_dot
+
+    def _fn_norm(self, fn, args, spans, kwargs, span):
+        return ir.Call("norm", (self._vec_arg(fn, args[0], spans[0]),), FLOAT, span)
+
+    def _fn_l2norm(self, fn, args, spans, kwargs, span):
+        x = self._vec_arg(fn, args[0], spans[0])
+        return ir.Call("l2norm", (x,), x.ty, span)
+
+    def _fn_rmsnorm(self, fn, args, spans, kwargs, span):
+        x = self._vec_arg(fn, args[0], spans[0])
+        w = self._vec_arg(fn, args[1], spans[1])
+        if not _same_len(x.ty, w.ty):
+            raise _err(f"rmsnorm() weight length {w.ty} differs from {x.ty}", spans[1])
+        return ir.Call("rmsnorm", (x, w), x.ty, span)
+
+    def _fn_rope(self, fn, args, spans, kwargs, span):
+        x = self._vec_arg(fn, args[0], spans[0])
+        pos = self.to_float(self.numeric(args[1], "the position of rope()", spans[1]))
+        if pos.ty.is_vec:
+            raise _err("the position of rope() must be a scalar", spans[1])
+        if len(args) == 3 and "base" in kwargs:
+            raise _err("rope() got 'base' twice", span)
+        base_node = args[2] if len(args) == 3 else self.build(kwargs["base"].value) if "base" in kwargs else None
+        if base_node is None:
+            base = ir.Const(10000.0, FLOAT, span)
+        elif isinstance(base_node, ir.Const) and base_node.ty.is_numeric:
+            base = ir.Const(float(base_node.value), FLOAT, base_node.span)
+        else:
+            raise _err("rope() base must be a constant number", base_node.span)
+        if any(isinstance(n, ir.Call) and n.fn == "rope" for n in ir.walk(x)):
+            raise _err("rope() cannot be nested inside rope()", spans[0])
+        return ir.Call("rope", (x, pos, base), x.ty, span)
+
+
+def _same_len(a: Ty, b: Ty) -> bool:
+    # an integer length against a size name is checked at call time
+    return a.length == b.length or a.length.isdigit() != b.length.isdigit()
+
+
+def first_row(e: ir.Expr) -> ir.Row | None:
+    return next((n for n in ir.walk(e) if isinstance(n, (ir.Row, ir.Load)) and n.ty.is_vec), None)
+
+
+def _scalar_stage(e: ir.Expr, stage: str, want: str, span: Span) -> ir.Expr:
+    """Check a stage expects a ``want`` ('float' or 'bool') scalar; explain vector misuse."""
+    if e.ty.is_vec:
+        r = first_row(e)
+        name = r.name if r is not None else "a vector"
+        raise _err(f"'{name}' is a row vector used outside a vector function in the {stage} stage",
+                   r.span if r is not None and r.span else span,
+                   "reduce rows with dot(), sqdist() or norm()")
+    if want == "bool":
+        if e.ty.kind != "bool":
+            raise _err(f"the {stage} must be a boolean expression, got {e.ty}", span)
+        return e
+    if e.ty.kind == "bool":
+        raise _err(f"the {stage} stage must be a number, got a boolean", span, "use where(cond, a, b)")
+    return ir.Cast(e, FLOAT, e.span) if e.ty == INT else e

@@ -1,0 +1,251 @@
+"""Typed IR of one attention: expression nodes and the stage record.
+
+Expressions are immutable trees. Structural equality ignores source spans, so
+equal subtrees compare (and hash) equal, which the passes use for CSE and folding.
+
+Names (``Sym``) of the IR:
+    b h hk i j m jb          integer indices (jb: key block, only in block select)
+    B H HK M N D DV          sizes, bound at call time
+    scale                    runtime softmax scale
+    score p                  the score stage's value; the normalized weight (weights stage)
+Rows (``Row``), all vectors:
+    q k                      query/key row (raw inside the prologue, transformed after it)
+    o                        the output row, inside the out stage
+    kmean                    the mean key of a block (block select only)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Union
+
+from ..frontend.errors import Span
+from .types import Ty
+
+
+def _span_field():
+    return field(default=None, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Union[int, float, bool]
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Sym:
+    name: str
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A scalar runtime input (``input t: f32``)."""
+
+    name: str
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Load:
+    """``name[indices]``: a scalar, or a row vector when one index is left off."""
+
+    name: str
+    indices: tuple["Expr", ...]
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # 'neg' | 'not'
+    x: "Expr"
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # add sub mul div floordiv mod pow  eq ne lt le gt ge  and or
+    a: "Expr"
+    b: "Expr"
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Call:
+    """A built-in function; ``rope``'s third argument is its constant base."""
+
+    fn: str
+    args: tuple["Expr", ...]
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Numeric promotion (int -> float); the only implicit conversion."""
+
+    x: "Expr"
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+Expr = Union[Const, Sym, Row, Param, Load, Unary, Binary, Call, Cast]
+
+ARITH_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow"}
+COMPARE_OPS = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+BOOL_OPS = ("and", "or")
+OP_TEXT = {v: k for k, v in {**ARITH_OPS, **COMPARE_OPS}.items()} | {"and": "and", "or": "or"}
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Load):
+        return e.indices
+    if isinstance(e, (Unary, Cast)):
+        return (e.x,)
+    if isinstance(e, Binary):
+        return (e.a, e.b)
+    if isinstance(e, Call):
+        return e.args
+    return ()
+
+
+def with_children(e: Expr, new: tuple[Expr, ...]) -> Expr:
+    """``e`` with its children replaced (same order as :func:`children`)."""
+    if isinstance(e, Load):
+        return replace(e, indices=tuple(new))
+    if isinstance(e, (Unary, Cast)):
+        return replace(e, x=new[0])
+    if isinstance(e, Binary):
+        return replace(e, a=new[0], b=new[1])
+    if isinstance(e, Call):
+        return replace(e, args=tuple(new))
+    return e
+
+
+def walk(e: Expr) -> Iterator[Expr]:
+    """Pre-order traversal."""
+    yield e
+    for c in children(e):
+        yield from walk(c)
+
+
+def transform(e: Expr, fn: Callable[[Expr], Expr]) -> Expr:
+    """Bottom-up rewrite: ``fn`` sees each node after its children were rewritten."""
+    kids = children(e)
+    if kids:
+        new = tuple(transform(c, fn) for c in kids)
+        if any(n is not o for n, o in zip(new, kids)):
+            e = with_children(e, new)
+    return fn(e)
+
+
+def uses(e: Expr | None, *names: str) -> bool:
+    """Whether ``e`` mentions any Sym/Row/Param/Load called one of ``names``."""
+    if e is None:
+        return False
+    return any(isinstance(n, (Sym, Row, Param, Load)) and n.name in names for n in walk(e))
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    name: str
+    dtype: str  # f32 f16 bf16 i32 i64 bool
+    dims: tuple[Union[str, int], ...] | None  # None: scalar
+    span: Span | None = _span_field()
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in ("f32", "f16", "bf16")
+
+
+@dataclass(frozen=True)
+class Select:
+    k: int
+    by: Expr
+    block: int | None
+    keep: Expr | None
+    share: bool
+    span: Span | None = _span_field()
+
+
+@dataclass(frozen=True)
+class Norm:
+    kind: str  # softmax sigmoid relu relu2 none sum stickbreaking
+    sink: Expr | None = None
+    span: Span | None = _span_field()
+
+
+STAGES = ("q", "k", "score", "mask", "select", "norm", "weights", "out")
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One checked attention. Absent stages are None (score and norm always set)."""
+
+    name: str
+    inputs: tuple[InputDecl, ...]
+    consts: tuple[tuple[str, Union[int, float, bool]], ...]
+    q: Expr | None
+    k: Expr | None
+    score: Expr
+    mask: Expr | None
+    select: Select | None
+    norm: Norm
+    weights: Expr | None
+    out: Expr | None
+    filename: str = field(default="<string>", compare=False)
+    source: str = field(default="", compare=False, repr=False)
+    stage_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
+
+    def input(self, name: str) -> InputDecl:
+        for d in self.inputs:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def stage_span(self, stage: str) -> Span | None:
+        return dict(self.stage_spans).get(stage)
+
+    def exprs(self) -> Iterator[tuple[str, Expr]]:
+        """Every expression of the attention, tagged with its stage name."""
+        for st in ("q", "k", "score", "mask", "weights", "out"):
+            e = getattr(self, st)
+            if e is not None:
+                yield st, e
+        if self.select is not None:
+            yield "select.by", self.select.by
+            if self.select.keep is not None:
+                yield "select.keep", self.select.keep
+        if self.norm.sink is not None:
+            yield "norm.sink", self.norm.sink
+
+    @property
+    def is_softmax(self) -> bool:
+        return self.norm.kind == "softmax"
+
+    def replace_exprs(self, fn: Callable[[str, Expr], Expr]) -> "Attention":
+        """Apply ``fn(stage, expr)`` to every expression, keeping everything else."""
+        kw = {st: (fn(st, getattr(self, st)) if getattr(self, st) is not None else None)
+              for st in ("q", "k", "score", "mask", "weights", "out")}
+        if self.select is not None:
+            s = self.select
+            kw["select"] = replace(s, by=fn("select.by", s.by),
+                                   keep=fn("select.keep", s.keep) if s.keep is not None else None)
+        if self.norm.sink is not None:
+            kw["norm"] = replace(self.norm, sink=fn("norm.sink", self.norm.sink))
+        return replace(self, **kw)
+

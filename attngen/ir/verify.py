@@ -1,0 +1,79 @@
+"""IR invariants, checked after building and after every pass.
+
+A failure here is a compiler bug, not a user error, so it raises
+:class:`IRVerifyError` (an AssertionError) naming the stage and the node.
+"""
+
+from __future__ import annotations
+
+from . import nodes as ir
+from .check_expr import _STAGE_NAMES, SIZES
+from .printer import expr_str
+from .types import BOOL, FLOAT, INT
+
+_COMMON = set(SIZES) | {"b", "h", "hk", "scale"}
+_FLOAT_FNS = {"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "sin", "cos"}
+
+
+class IRVerifyError(AssertionError):
+    pass
+
+
+def _fail(stage: str, e: ir.Expr, why: str):
+    raise IRVerifyError(f"IR verify failed in {stage}: {why}: {expr_str(e)}")
+
+
+def _check_node(stage: str, e: ir.Expr, a: ir.Attention, names: set[str]) -> None:
+    if isinstance(e, (ir.Sym, ir.Row)) and e.name not in names and e.name not in _COMMON:
+        _fail(stage, e, f"'{e.name}' is not in scope")
+    if isinstance(e, (ir.Param, ir.Load)):
+        try:
+            d = a.input(e.name)
+        except KeyError:
+            _fail(stage, e, f"undeclared input '{e.name}'")
+        if isinstance(e, ir.Param) and d.dims is not None:
+            _fail(stage, e, "tensor input used as a scalar")
+        if isinstance(e, ir.Load):
+            if d.dims is None or not len(d.dims) - 1 <= len(e.indices) <= len(d.dims):
+                _fail(stage, e, "wrong number of indices")
+            if any(x.ty != INT for x in e.indices):
+                _fail(stage, e, "non-integer index")
+            if e.ty.is_vec != (len(e.indices) < len(d.dims)):
+                _fail(stage, e, "load type does not match its index count")
+    if isinstance(e, ir.Binary):
+        if e.op in ("and", "or") and not (e.a.ty == e.b.ty == e.ty == BOOL):
+            _fail(stage, e, "boolean op on non-booleans")
+        elif e.op in ("eq", "ne", "lt", "le", "gt", "ge"):
+            if e.ty != BOOL or e.a.ty != e.b.ty:
+                _fail(stage, e, "comparison operands differ in type")
+        elif e.op not in ("and", "or"):
+            if e.a.ty.kind == "bool" or e.b.ty.kind == "bool":
+                _fail(stage, e, "arithmetic on booleans")
+            kinds = {e.a.ty.kind, e.b.ty.kind} - {"vec"}
+            if len(kinds) > 1:
+                _fail(stage, e, "mixed int/float operands without a cast")
+    if isinstance(e, ir.Cast) and e.x.ty == e.ty:
+        _fail(stage, e, "no-op cast")
+    if isinstance(e, ir.Call) and e.fn in _FLOAT_FNS and e.args[0].ty == INT:
+        _fail(stage, e, "float function of an int without a cast")
+
+
+def verify(a: ir.Attention) -> ir.Attention:
+    """Check ``a``; return it unchanged so calls can be chained."""
+    for stage, e in a.exprs():
+        key = stage + (".block" if stage.startswith("select") and a.select.block else "")
+        names = set(_STAGE_NAMES[key])
+        for n in ir.walk(e):
+            _check_node(stage, n, a, names)
+    expect = {"score": FLOAT, "mask": BOOL, "weights": FLOAT, "select.by": FLOAT,
+              "select.keep": BOOL, "norm.sink": FLOAT}
+    for stage, e in a.exprs():
+        if stage in expect and e.ty != expect[stage]:
+            _fail(stage, e, f"stage type is {e.ty}, expected {expect[stage]}")
+        if stage in ("q", "k") and e.ty.length != "D":
+            _fail(stage, e, "prologue must give a row of length D")
+        if stage == "out" and e.ty.length != "DV":
+            _fail(stage, e, "out must give a row of length DV")
+    if a.select is not None and (a.select.k < 1 or (a.select.block is not None and a.select.block < 1)):
+        raise IRVerifyError("IR verify failed in select: K and block must be positive")
+    return a
