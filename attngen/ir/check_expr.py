@@ -49,6 +49,15 @@ _STAGE_WHY = {
 }
 
 
+def _stage_title(stage: str) -> str:
+    """How errors name a scope: 'the out stage', "select's by=", "norm's sink="."""
+    stage = stage.removesuffix(".block")
+    if "." in stage:
+        owner, arg = stage.split(".")
+        return f"{owner}'s {arg}="
+    return f"the {stage} stage"
+
+
 @dataclass
 class _Scope:
     stage: str
@@ -113,6 +122,9 @@ class _ExprBuilder:
             return ir.Const(v, ty, n.span)
         if name in s.inputs:
             d = s.inputs[name]
+            if d.dims is not None and len(d.dims) == 1 and DTYPES[d.dtype] == "float":
+                # zero indices into a 1-d tensor: the tensor itself is the row (rmsnorm(q, w))
+                return ir.Load(name, (), vec(d.dims[0]), n.span)
             if d.dims is not None:
                 raise _err(f"input '{name}' is a tensor with {len(d.dims)} dim(s); index it, e.g. "
                            f"{name}[{', '.join(str(x).lower() if isinstance(x, str) else '0' for x in d.dims)}]",
@@ -125,11 +137,14 @@ class _ExprBuilder:
         if name == "scale":
             return ir.Sym(name, FLOAT, n.span)
         if name in ("b", "h", "hk"):
+            if name == "h" and s.stage == "k":
+                raise _err("'h' is not available in the k prologue: a key row is shared by the query heads "
+                           "of its group", n.span, "use 'hk', the key/value head")
             return ir.Sym(name, INT, n.span)
         if name in INDICES or name in ("score", "p", "q", "k", "o", "kmean"):
             if name not in s.names:
                 where = _STAGE_WHY.get(s.stage, "")
-                raise _err(f"'{name}' is not available in the {s.stage.split('.block')[0]} stage", n.span,
+                raise _err(f"'{name}' is not available in {_stage_title(s.stage)}", n.span,
                            where or None)
             if name in ("q", "k", "kmean"):
                 return ir.Row(name, vec("D"), n.span)
@@ -146,7 +161,7 @@ class _ExprBuilder:
     def _causal(self, span: Span) -> ir.Expr:
         for nm in ("i", "j"):
             if nm not in self.s.names:
-                raise _err(f"'causal' needs '{nm}', which is not available in the {self.s.stage} stage", span)
+                raise _err(f"'causal' needs '{nm}', which is not available in {_stage_title(self.s.stage)}", span)
         return ir.Binary("le", ir.Sym("j", INT, span), ir.Sym("i", INT, span), BOOL, span)
 
     def _unary(self, n: ast.Unary) -> ir.Expr:
@@ -189,7 +204,9 @@ class _ExprBuilder:
         for op, (a, b), (sa, sb) in zip(n.ops, zip(vals, vals[1:]), zip(n.operands, n.operands[1:])):
             for x, sx in ((a, sa), (b, sb)):
                 if x.ty.is_vec:
-                    raise _err("vectors cannot be compared", sx.span)
+                    r = first_row(x)
+                    raise _err(f"'{r.name}' is a row vector; vectors cannot be compared", r.span or sx.span,
+                               _row_hint(r))
             if (a.ty.kind == "bool") != (b.ty.kind == "bool") or (a.ty.kind == "bool" and op not in ("==", "!=")):
                 raise _err(f"cannot compare {a.ty} with {b.ty} using '{op}'", n.span)
             if a.ty.kind != "bool":
@@ -348,8 +365,19 @@ def _same_len(a: Ty, b: Ty) -> bool:
     return a.length == b.length or a.length.isdigit() != b.length.isdigit()
 
 
-def first_row(e: ir.Expr) -> ir.Row | None:
-    return next((n for n in ir.walk(e) if isinstance(n, (ir.Row, ir.Load)) and n.ty.is_vec), None)
+def first_row(e: ir.Expr) -> ir.Row | ir.Load | None:
+    """The row that makes ``e`` a vector (not one already reduced inside dot() etc.)."""
+    if not e.ty.is_vec:
+        return None
+    if isinstance(e, (ir.Row, ir.Load)):
+        return e
+    return next((r for c in ir.children(e) if (r := first_row(c)) is not None), None)
+
+
+def _row_hint(r: ir.Row | ir.Load | None) -> str:
+    if isinstance(r, ir.Load) and not r.indices:
+        return f"'{r.name}' is a 1-d tensor; index it for a scalar, e.g. {r.name}[...]"
+    return "reduce rows with dot(), sqdist() or norm()"
 
 
 def _scalar_stage(e: ir.Expr, stage: str, want: str, span: Span) -> ir.Expr:
@@ -358,8 +386,7 @@ def _scalar_stage(e: ir.Expr, stage: str, want: str, span: Span) -> ir.Expr:
         r = first_row(e)
         name = r.name if r is not None else "a vector"
         raise _err(f"'{name}' is a row vector used outside a vector function in the {stage} stage",
-                   r.span if r is not None and r.span else span,
-                   "reduce rows with dot(), sqdist() or norm()")
+                   r.span if r is not None and r.span else span, _row_hint(r))
     if want == "bool":
         if e.ty.kind != "bool":
             raise _err(f"the {stage} must be a boolean expression, got {e.ty}", span)

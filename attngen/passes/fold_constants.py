@@ -1,0 +1,94 @@
+"""Fold constant subexpressions and trivial identities.
+
+Why: consts are inlined by the builder, so ``CAP * tanh(x / CAP)`` or ``log(2048.0)``
+leave arithmetic on literals that every kernel tile would otherwise recompute.
+Folds: operations whose operands are all constants (Python semantics, so ``//`` and
+``%`` floor), ``x * 1``, ``1 * x``, ``x + 0``, ``0 + x``, ``x - 0``, ``x / 1``, ``--x``,
+``not not b``, ``true and b``, ``false or b``, casts of constants.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from ..ir import nodes as ir
+from ..ir.types import BOOL, INT
+
+_BIN = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b if b != 0 else None, "floordiv": lambda a, b: a // b if b != 0 else None,
+    "mod": lambda a, b: a % b if b != 0 else None, "pow": lambda a, b: a ** b,
+    "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+    "and": lambda a, b: a and b, "or": lambda a, b: a or b,
+}
+_FN = {
+    "exp": math.exp, "exp2": lambda x: 2.0 ** x, "log": lambda x: math.log(x) if x > 0 else None,
+    "log2": lambda x: math.log2(x) if x > 0 else None, "sqrt": lambda x: math.sqrt(x) if x >= 0 else None,
+    "rsqrt": lambda x: 1 / math.sqrt(x) if x > 0 else None, "tanh": math.tanh,
+    "sigmoid": lambda x: 1 / (1 + math.exp(-x)), "sin": math.sin, "cos": math.cos, "abs": abs,
+    "floor": lambda x: int(math.floor(x)), "relu": lambda x: max(x, 0 * x),
+    "min": min, "max": max, "clamp": lambda x, lo, hi: min(max(x, lo), hi),
+    "softplus": lambda x: math.log1p(math.exp(-abs(x))) + max(x, 0.0),
+}
+
+
+def _is(e: ir.Expr, v) -> bool:
+    return isinstance(e, ir.Const) and not isinstance(e.value, bool) and e.value == v
+
+
+def _fold(e: ir.Expr) -> ir.Expr:
+    if isinstance(e, ir.Cast) and isinstance(e.x, ir.Const) and not e.ty.is_vec:
+        return ir.Const(float(e.x.value), e.ty, e.span)
+    if isinstance(e, ir.Unary):
+        if isinstance(e.x, ir.Const):
+            return ir.Const((not e.x.value) if e.op == "not" else -e.x.value, e.ty, e.span)
+        if isinstance(e.x, ir.Unary) and e.x.op == e.op:
+            return e.x.x
+        return e
+    if isinstance(e, ir.Binary):
+        a, b = e.a, e.b
+        if isinstance(a, ir.Const) and isinstance(b, ir.Const):
+            try:
+                v = _BIN[e.op](a.value, b.value)
+            except (OverflowError, ZeroDivisionError):
+                v = None
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                v = bool(v) if e.ty == BOOL else int(v) if e.ty == INT else float(v)
+                return ir.Const(v, e.ty, e.span)
+            return e
+        if e.op == "and" and isinstance(a, ir.Const):
+            return b if a.value else a
+        if e.op == "and" and isinstance(b, ir.Const):
+            return a if b.value else b
+        if e.op == "or" and isinstance(a, ir.Const):
+            return a if a.value else b
+        if e.op == "or" and isinstance(b, ir.Const):
+            return b if b.value else a
+        keeps_type = lambda x: x.ty == e.ty  # noqa: E731 - an identity may not change the result type
+        if e.op == "mul" and _is(a, 1) and keeps_type(b):
+            return b
+        if e.op in ("mul", "div", "pow") and _is(b, 1) and keeps_type(a):
+            return a
+        if e.op == "add" and _is(a, 0) and keeps_type(b):
+            return b
+        if e.op in ("add", "sub") and _is(b, 0) and keeps_type(a):
+            return a
+        return e
+    if isinstance(e, ir.Call) and e.fn in _FN and all(isinstance(x, ir.Const) for x in e.args):
+        try:
+            v = _FN[e.fn](*(x.value for x in e.args))
+        except (OverflowError, ValueError):
+            v = None
+        if v is not None:
+            return ir.Const(int(v) if e.ty == INT else float(v), e.ty, e.span)
+    return e
+
+
+def run(a: ir.Attention) -> ir.Attention:
+    out = a.replace_exprs(lambda stage, e: ir.transform(e, _fold))
+    if out.mask is not None and isinstance(out.mask, ir.Const):
+        # a constant-true mask is no mask; a constant-false one stays (every row is empty)
+        out = replace(out, mask=None) if out.mask.value else out
+    return out

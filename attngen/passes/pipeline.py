@@ -1,0 +1,42 @@
+"""The optimizer pipeline: an ordered list of passes, ``verify()`` after each.
+
+Each pass is one module with a ``run(ir.Attention) -> ir.Attention`` function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..ir import nodes as ir
+from ..ir.verify import verify
+from . import fold_constants
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    run: Callable[[ir.Attention], ir.Attention]
+    why: str
+
+
+PASSES: list[Pass] = [
+    Pass("fold_constants", fold_constants.run, "consts are inlined: fold literal arithmetic once, not per tile"),
+]
+
+
+def pass_names() -> list[str]:
+    return [p.name for p in PASSES]
+
+
+def run_pipeline(a: ir.Attention, stop_after: str | None = "all") -> ir.Attention:
+    """Run the passes in order; stop after ``stop_after`` ('all' runs every pass, None none)."""
+    if stop_after not in (None, "all") and stop_after not in pass_names():
+        raise ValueError(f"unknown pass '{stop_after}'; passes are: {', '.join(pass_names())}")
+    if stop_after is None:
+        return a
+    for p in PASSES:
+        a = verify(p.run(a))
+        if p.name == stop_after:
+            break
+    return a
