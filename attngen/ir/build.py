@@ -49,7 +49,7 @@ def build_attention(node: ast.Attention, filename: str, source: str,
             if name in inputs or name in consts:
                 raise AttnError(f"'{name}' is declared twice", st.name.span)
         if isinstance(st, ast.ConstDecl):
-            consts[name] = _const_literal(st.value)
+            consts[name] = _override(name, _const_literal(st.value), overrides, st)
         elif isinstance(st, ast.InputDecl):
             inputs[name] = _input_decl(st, consts)
         else:
@@ -60,13 +60,10 @@ def build_attention(node: ast.Attention, filename: str, source: str,
                 first = stages[name].span.line
                 raise AttnError(f"stage '{name}' is given twice (first on line {first})", st.target.span)
             stages[name] = st
-    for k, v in (overrides or {}).items():
+    for k in overrides or {}:
         if k not in consts:
             raise AttnError(f"no const '{k}' in attention '{node.name.id}'", node.name.span,
                             suggest(k, consts) or (f"its consts are {', '.join(consts)}" if consts else None))
-        if type(v) is not type(consts[k]) and not (isinstance(v, int) and isinstance(consts[k], float)):
-            raise AttnError(f"const '{k}' is {type(consts[k]).__name__}, got {v!r}", node.name.span)
-        consts[k] = float(v) if isinstance(consts[k], float) else v
 
     def scope(stage: str) -> _ExprBuilder:
         return _ExprBuilder(_Scope(stage, set(_STAGE_NAMES[stage]), inputs, consts))
@@ -102,6 +99,17 @@ def build_attention(node: ast.Attention, filename: str, source: str,
     )
 
 
+def _override(name: str, value: ConstValue, overrides, st: ast.ConstDecl) -> ConstValue:
+    """The declared value, or the caller's override (checked against the declared type)."""
+    if not overrides or name not in overrides:
+        return value
+    v = overrides[name]
+    if type(v) is not type(value) and not (isinstance(v, int) and not isinstance(v, bool)
+                                           and isinstance(value, float)):
+        raise AttnError(f"const '{name}' is {type(value).__name__}, got {v!r}", st.name.span)
+    return float(v) if isinstance(value, float) else v
+
+
 def _cast_vec(e: ir.Expr, length: str, span, stage: str) -> ir.Expr:
     if e.ty.length != length and not e.ty.length.isdigit():
         raise AttnError(f"the {stage} stage must give a row of length {length}, got {e.ty}", span)
@@ -118,12 +126,14 @@ def _prologue(st: ast.Assign | None, b: _ExprBuilder) -> ir.Expr | None:
 
 
 def _input_decl(st: ast.InputDecl, consts: Mapping[str, ConstValue]) -> ir.InputDecl:
-    if st.dtype not in DTYPES:
-        raise AttnError(f"unsupported dtype '{st.dtype}'", st.span)
+    dtype = st.dtype.id
+    if dtype not in DTYPES:
+        raise AttnError(f"unsupported dtype '{dtype}'", st.dtype.span,
+                        f"input dtypes are {' '.join(DTYPES)}")
     if st.dims is None:
-        if DTYPES[st.dtype] != "float":
-            raise AttnError("scalar inputs must be f32 (integers belong in a const)", st.span)
-        return ir.InputDecl(st.name.id, st.dtype, None, st.span)
+        if DTYPES[dtype] != "float":
+            raise AttnError("scalar inputs must be f32 (integers belong in a const)", st.dtype.span)
+        return ir.InputDecl(st.name.id, dtype, None, st.span)
     dims: list[Union[str, int]] = []
     for d in st.dims:
         if isinstance(d.value, int):
@@ -136,7 +146,7 @@ def _input_decl(st: ast.InputDecl, consts: Mapping[str, ConstValue]) -> ir.Input
             raise AttnError(f"unknown dimension '{d.value}'", d.span,
                             suggest(d.value, list(SIZES) + list(consts)) or
                             "dims are size names (B H HK M N D DV), integers or integer consts")
-    return ir.InputDecl(st.name.id, st.dtype, tuple(dims), st.span)
+    return ir.InputDecl(st.name.id, dtype, tuple(dims), st.span)
 
 
 def _int_const(node: ast.Expr, scope, what: str) -> int:
@@ -220,10 +230,12 @@ def build_module(module: ast.Module, overrides: Mapping[str, ConstValue] | None 
         declared = {s.name.id for s in a.body if isinstance(s, ast.ConstDecl)}
         mine = {k: v for k, v in (overrides or {}).items() if k in declared}
         out.append(build_attention(a, module.filename, module.source, mine))
-    unused = set(overrides or {}) - {n for a in chosen for s in a.body
-                                     if isinstance(s, ast.ConstDecl) for n in [s.name.id]}
+    all_consts = {s.name.id for a in chosen for s in a.body if isinstance(s, ast.ConstDecl)}
+    unused = set(overrides or {}) - all_consts
     if unused:
         k = sorted(unused)[0]
-        raise AttnError(f"no const '{k}' in {module.filename}", None)
+        raise AttnError(f"no const '{k}' in {module.filename}", None,
+                        suggest(k, all_consts) or (f"its consts are {', '.join(sorted(all_consts))}"
+                                                   if all_consts else "it declares no const"))
     return out
 
