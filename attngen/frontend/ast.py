@@ -84,7 +84,7 @@ class Dim:
 @dataclass(frozen=True)
 class InputDecl:
     name: Name
-    dtype: str
+    dtype: Name  # checked by the IR builder, so an unsupported dtype is named in the error
     dims: tuple[Dim, ...] | None  # None: a scalar input
     span: Span
 

@@ -46,7 +46,9 @@ class AttnError(Exception):
             s = self.span
             line = s.source_line()
             width = max(1, (s.end_col - s.col) if s.end_line == s.line else len(line) - s.col + 1)
-            caret = " " * (s.col - 1) + "^" + "~" * (width - 1)
+            # keep the line's tabs in the indent so the caret lines up in a terminal
+            indent = "".join(c if c == "\t" else " " for c in line[: s.col - 1])
+            caret = indent + "^" + "~" * (width - 1)
             out = f"{s.file}:{s.line}:{s.col}: error: {self.message}\n    {line}\n    {caret}"
         if self.hint:
             out += f"\n  hint: {self.hint}"

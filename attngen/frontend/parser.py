@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Iterator
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from .. import paths
 from . import ast
@@ -17,7 +17,7 @@ from .errors import AttnError, Span
 
 _TOKEN_NAMES = {
     "_NL": "end of line", "NAME": "a name", "INT": "an integer", "FLOAT": "a number",
-    "DTYPE": "a dtype (f32 f16 bf16 i32 i64 bool)", "COMP_OP": "a comparison",
+    "COMP_OP": "a comparison",
     "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/', '//' or '%'", "POW_OP": "'**'",
     "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
     "RSQB": "']'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "SEMICOLON": "';'",
@@ -80,7 +80,7 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def input_decl(self, meta, items):
         name, dtype, dims = items
-        return ast.InputDecl(ast.Name(str(name), self._span(name)), str(dtype),
+        return ast.InputDecl(ast.Name(str(name), self._span(name)), ast.Name(str(dtype), self._span(dtype)),
                              tuple(dims) if dims is not None else None, self._span(meta))
 
     def dims(self, items):
@@ -198,7 +198,8 @@ def _syntax_error(err: UnexpectedInput, filename: str, source: str) -> AttnError
         span = Span(filename, line, col, line, col + 1, source)
         return AttnError(f"unexpected character {ch!r}", span)
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
-        lines = source.splitlines() or [""]
+        # point just past the last non-blank line, where the missing '}' or ')' belongs
+        lines = source.rstrip().splitlines() or [""]
         span = Span(filename, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2, source)
         return AttnError("unexpected end of file (is a '}' or ')' missing?)", span)
     assert isinstance(err, UnexpectedToken)
@@ -217,5 +218,10 @@ def parse(source: str, filename: str = "<string>") -> ast.Module:
         tree = _lark().parse(source if source.endswith("\n") else source + "\n")
     except UnexpectedInput as err:
         raise _syntax_error(err, filename, source) from None
-    attentions = _ToAst(filename, source).transform(tree)
+    try:
+        attentions = _ToAst(filename, source).transform(tree)
+    except VisitError as err:  # Lark wraps what the transformer raises
+        if isinstance(err.orig_exc, AttnError):
+            raise err.orig_exc from None
+        raise
     return ast.Module(tuple(attentions), filename, source)

@@ -27,6 +27,8 @@ def expr_str(e: ir.Expr) -> str:
     if isinstance(e, (ir.Sym, ir.Row, ir.Param)):
         return e.name
     if isinstance(e, ir.Load):
+        if not e.indices:  # a whole 1-d tensor used as a row
+            return e.name
         return f"{e.name}[{', '.join(expr_str(x) for x in e.indices)}]"
     if isinstance(e, ir.Unary):
         return f"(not {expr_str(e.x)})" if e.op == "not" else f"(-{expr_str(e.x)})"

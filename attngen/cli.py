@@ -1,0 +1,166 @@
+"""The ``attngen`` command line (also ``python -m attngen``).
+
+Every command is one ``@main.command()`` function. User mistakes never end in a
+traceback: an :class:`AttnError` raised anywhere under a command is printed as
+``FILE:LINE:COL: error: ...`` with the source line and a caret, and exits 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import click
+
+from . import __version__
+from .frontend.errors import AttnError
+from .ir import nodes as ir
+from .ir.build import ConstValue, parse_const_value
+
+
+class UserError(click.ClickException):
+    """A failure the user can fix; printed verbatim (no 'Error:' prefix) to stderr, exit 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AttnError as err:
+            raise UserError(err.format()) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="attngen")
+def main() -> None:
+    """Compile attention specs (.attn) into fused Triton kernels."""
+
+
+# ---- shared helpers and options (for every command that reads a spec)
+
+def load_spec(path: str, name: str | None = None,
+              consts: Mapping[str, ConstValue] | None = None) -> list[ir.Attention]:
+    """Parse and check the ``.attn`` file at ``path``; an unreadable file is a UserError."""
+    from .spec import compile_source
+
+    try:
+        source = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: error: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: error: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    return compile_source(source, path, consts, name)
+
+
+def _parse_defines(ctx, param, values: tuple[str, ...]) -> dict[str, ConstValue]:
+    out = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise click.BadParameter(f"expected NAME=VALUE, got {text!r}", ctx, param)
+        try:
+            out[key.strip()] = parse_const_value(value)
+        except ValueError:
+            raise click.BadParameter(f"{key.strip()}: {value!r} is not an integer, float, true, false or inf",
+                                     ctx, param) from None
+    return out
+
+
+name_option = click.option("--name", help="Only the attention with this name (in a multi-attention file).")
+define_option = click.option("-D", "consts", multiple=True, metavar="NAME=VALUE", callback=_parse_defines,
+                             help="Override a const (repeatable).")
+
+
+# ---- commands
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+def check(files: tuple[str, ...]) -> None:
+    """Parse and type-check each FILE; exit 1 if any has an error."""
+    failed = False
+    for path in files:
+        try:
+            names = [a.name for a in load_spec(path)]
+        except AttnError as err:
+            click.echo(err.format(), err=True)
+            failed = True
+        except UserError as err:
+            err.show()
+            failed = True
+        else:
+            plural = "attention" if len(names) == 1 else "attentions"
+            click.echo(f"{path}: ok ({len(names)} {plural}: {', '.join(names)})")
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("file")
+@name_option
+@define_option
+@click.option("--ir", "show_ir", is_flag=True, help="Print the IR (the default view).")
+@click.option("--after", metavar="PASS",
+              help="Print the IR after the optimizer ran up to PASS ('all': every pass). Implies --ir.")
+@click.option("--mask", "mask_out", is_flag=False, flag_value="-", default=None, metavar="[OUT.png]",
+              help="Draw the mask into OUT.png; alone (or '-'), print it as text.")
+@click.option("--M", "M", type=click.IntRange(min=1), default=64, show_default=True, help="Query rows for --mask.")
+@click.option("--N", "N", type=click.IntRange(min=1), default=64, show_default=True, help="Keys for --mask.")
+def show(file: str, name: str | None, consts: dict, show_ir: bool, after: str | None,
+         mask_out: str | None, M: int, N: int) -> None:
+    """Show what attngen makes of FILE: its IR, or its mask."""
+    attns = load_spec(file, name, consts)
+    # the IR is the default view; room for the lead: `--triton` joins --mask as an explicit view here
+    if show_ir or after is not None or mask_out is None:
+        if after is not None:
+            attns = _run_passes(attns, after)
+        click.echo("\n\n".join(_ir_text(a, after) for a in attns))
+    if mask_out is not None:
+        _show_mask(file, attns, mask_out, M, N)
+
+
+def _ir_text(a: ir.Attention, after: str | None) -> str:
+    from .ir.printer import attention_str
+
+    text = attention_str(a)
+    return text if after is None else f"# after pass {after}\n{text}"
+
+
+def _run_passes(attns: list[ir.Attention], after: str) -> list[ir.Attention]:
+    from .passes.pipeline import PASSES, run_pipeline
+
+    names = [p.name for p in PASSES]
+    if after != "all" and after not in names:
+        raise UserError(f"error: unknown pass '{after}'; passes are: {', '.join(names)} (or 'all')")
+    return [run_pipeline(a, after) for a in attns]
+
+
+def _show_mask(file: str, attns: list[ir.Attention], out: str, M: int, N: int) -> None:
+    from . import maskplot
+    from .reference.masks import mask_grid
+
+    if out != "-" and len(attns) > 1:
+        raise UserError(f"{file}: error: it defines several attentions "
+                        f"({', '.join(a.name for a in attns)}); pick one with --name")
+    for a in attns:
+        try:
+            grid = mask_grid(a, M, N)
+        except ValueError as err:
+            raise UserError(f"{file}: error: cannot draw the mask of '{a.name}': {err}") from None
+        note = None
+        if a.mask is not None and ir.uses(a.mask, *(d.name for d in a.inputs)):
+            note = "the mask reads inputs: they were drawn at random (seed 0)"
+        if out == "-":
+            click.echo(maskplot.render_ascii(grid, a.name, note))
+            continue
+        try:
+            maskplot.save_png(grid, a.name, out, note)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{out}: error: cannot write the image: {err}") from None
+        click.echo(f"wrote {out}")
+
+
+# ---- room for the lead: `compile`, `verify` and `bench` are one @main.command() function each,
+# reading specs with load_spec() and taking name_option / define_option where they apply.
