@@ -16,7 +16,7 @@ ROW, COL, HEAD = "row", "col", "h"
 
 _SYM_AXES = {"i": {ROW}, "m": {ROW}, "j": {COL}, "jb": {COL}, "h": {HEAD},
              "score": {ROW, COL, HEAD}, "p": {ROW, COL, HEAD}}
-_ROW_AXES = {"q": {ROW, HEAD}, "o": {ROW, HEAD}, "k": {COL}, "kmean": {COL}}
+_ROW_AXES = {"q": {ROW, HEAD}, "q_raw": {ROW, HEAD}, "o": {ROW, HEAD}, "k": {COL}, "k_raw": {COL}, "kmean": {COL}}
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,277 @@
+"""Symbolic reverse-mode differentiation of IR expressions, emitted as Triton code.
+
+The backward kernels iterate one side (query rows or key columns) in the program and
+the other in a loop. Inside the loop we differentiate only through *pair* nodes
+(depending on both rows and keys). A child that depends on the program's side only is
+a *frontier*: its adjoint is reduced over the loop axis and accumulated, and after the
+loop it is differentiated further, once. A child owned by the other kernel is dropped,
+so every path from the score to a leaf is counted by exactly one kernel:
+
+    row kernel (dq): frontiers have no key axis (query-side and program-level values);
+                     pair-level tensor loads get atomic adds inside the loop
+    col kernel (dk, dv): frontiers depend on the key and not the query
+
+Shapes follow :mod:`attngen.codegen.emit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ir import nodes as ir
+from .analysis import COL, HEAD, ROW, axes, is_pair
+from .emit import Emitter, _pow, vec_len, vec_offs
+
+LN2 = 0.6931471805599453
+_DOT_NOTES = {"vrow": "[BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_L] -> [BLOCK_M, BLOCK_L]",
+              "vcol": "[BLOCK_N, BLOCK_M] @ [BLOCK_M, BLOCK_L] -> [BLOCK_N, BLOCK_L]",
+              "vnone": "rope: [R, BLOCK_L] @ [BLOCK_L, BLOCK_L] -> [R, BLOCK_L]"}
+
+
+def _shape(e: ir.Expr, orient: str) -> str:
+    """Layout class of a value: pair, row, col (pair layout), kcol ([BN, 1]), none, or v* for vectors."""
+    a = axes(e)
+    if e.ty.is_vec:
+        return "vcol" if COL in a else "vrow" if ROW in a else "vnone"
+    if ROW in a and COL in a:
+        return "pair"
+    if COL in a:
+        return "kcol" if orient == "k" else "col"
+    return "row" if ROW in a else "none"
+
+
+def reduce_to(code: str, src: str, dst: str) -> str:
+    """Sum an adjoint of layout ``src`` down to layout ``dst`` (broadcast in reverse)."""
+    if src == dst:
+        return code
+    if dst == "none":
+        return f"tl.sum({code})"
+    table = {
+        ("pair", "row"): "tl.sum({}, axis=1)[:, None]", ("pair", "col"): "tl.sum({}, axis=0)[None, :]",
+        ("pair", "kcol"): "tl.sum({}, axis=0)[:, None]", ("col", "kcol"): "tl.trans({})",
+        ("vrow", "row"): "tl.sum({}, axis=1)[:, None]", ("vcol", "kcol"): "tl.sum({}, axis=1)[:, None]",
+        ("vrow", "vnone"): "tl.sum({}, axis=0)[None, :]", ("vcol", "vnone"): "tl.sum({}, axis=0)[None, :]",
+        ("row", "pair"): "{}", ("col", "pair"): "{}", ("none", "row"): "{}",
+    }
+    if (src, dst) not in table:
+        raise AssertionError(f"cannot reduce an adjoint from {src} to {dst}")
+    return table[(src, dst)].format(code)
+
+
+@dataclass
+class GradSinks:
+    """Where leaf gradients go: ``leaf(node, adj_code, orient, level)`` emits the update."""
+
+    leaf: Callable[[ir.Expr, str, str, str], None]
+    bound: dict[str, str] = field(default_factory=dict)  # adjoints of bound syms (p, score), filled in
+
+
+class Differentiator:
+    def __init__(self, em: Emitter, wants_grad: Callable[[ir.Expr], bool]):
+        self.em = em
+        self.wants_grad = wants_grad  # float leaves that need a gradient (inputs with requires_grad, rows)
+
+    # ---- which nodes carry gradient at all
+    def live(self, e: ir.Expr) -> bool:
+        if e.ty.kind in ("int", "bool"):
+            return False
+        if isinstance(e, (ir.Const,)):
+            return False
+        if isinstance(e, ir.Sym):
+            return e.name in ("score", "p")
+        if isinstance(e, (ir.Row, ir.Load, ir.Param)):
+            return self.wants_grad(e)
+        if isinstance(e, ir.Call) and e.fn == "rope":
+            return self.live(e.args[0])
+        return any(self.live(c) for c in ir.children(e))
+
+    def backprop(self, seeds: dict[ir.Expr, list[tuple[str, str]]], orient: str, level: str,
+                 stop: Callable[[ir.Expr], bool], on_stop: Callable[[ir.Expr, str, str], None],
+                 sinks: GradSinks, want_child: Callable[[ir.Expr], bool] = lambda c: True) -> None:
+        """Emit adjoint code from ``seeds`` ({node: [(code, layout)]}) down to leaves or stop nodes.
+
+        ``stop(node)`` nodes get ``on_stop(node, adj, layout)`` instead of being expanded.
+        """
+        order: list[ir.Expr] = []
+        seen: set = set()
+
+        def visit(n: ir.Expr) -> None:
+            if n in seen or not self.live(n):
+                return
+            seen.add(n)
+            if not stop(n):
+                for c in self._diff_children(n):
+                    if want_child(c):
+                        visit(c)
+            order.append(n)
+
+        for s in seeds:
+            visit(s)
+        contrib: dict[ir.Expr, list[tuple[str, str]]] = {n: list(v) for n, v in seeds.items()}
+        for n in reversed(order):
+            terms = contrib.get(n)
+            if not terms:
+                continue
+            shape = _shape(n, orient)
+            total = " + ".join(f"({reduce_to(c, s, shape)})" for c, s in terms)
+            g = self.em.put(level, total, "g", _DOT_NOTES.get(shape, "") if "tl.dot(" in total else "")
+            if stop(n):
+                on_stop(n, g, shape)
+                continue
+            if isinstance(n, ir.Sym):
+                sinks.bound[n.name] = g
+                continue
+            if isinstance(n, (ir.Row, ir.Load, ir.Param)):
+                sinks.leaf(n, g, orient, level)
+                continue
+            for child, code, *layout in self._rules(n, g, orient, level):
+                if self.live(child) and want_child(child):
+                    # a rule may give the contribution in the child's own layout
+                    contrib.setdefault(child, []).append((code, _shape(child, orient) if layout else shape))
+
+    def _diff_children(self, n: ir.Expr) -> tuple[ir.Expr, ...]:
+        if isinstance(n, ir.Call) and n.fn == "rope":
+            return (n.args[0],)
+        if isinstance(n, (ir.Load, ir.Cast)) and not n.ty.is_vec:
+            return ()
+        if isinstance(n, ir.Load):
+            return ()
+        return tuple(c for c in ir.children(n) if c.ty.kind in ("float", "vec"))
+
+    # ---- local derivative rules: [(child, code)] or [(child, code, True)] for child-layout codes
+    def _rules(self, n: ir.Expr, g: str, orient: str, level: str) -> list[tuple]:
+        em = self.em
+        v = lambda x: em.f32(x, orient)  # noqa: E731 - forward value of a child
+        if isinstance(n, ir.Cast):
+            return [(n.x, g)]
+        if isinstance(n, ir.Unary):
+            return [(n.x, f"-{g}")]
+        if isinstance(n, ir.Binary):
+            a, b = n.a, n.b
+            if n.op == "add":
+                return [(a, g), (b, g)]
+            if n.op == "sub":
+                return [(a, g), (b, f"-{g}")]
+            if n.op == "mul":
+                return [(a, f"{g} * {v(b)}"), (b, f"{g} * {v(a)}")]
+            if n.op == "div":
+                return [(a, f"{g} / {v(b)}"), (b, f"-{g} * {v(a)} / ({v(b)} * {v(b)})")]
+            if n.op == "pow":
+                out = []
+                if isinstance(b, ir.Const):
+                    k = float(b.value)
+                    lower = ir.Const(k - 1, b.ty) if k - 1 >= 0 else None
+                    da = f"{g} * {k!r} * {_pow(v(a), repr(k - 1), lower)}" if lower is not None \
+                        else f"{g} * {k!r} * tl.exp2({k - 1!r} * tl.log2({v(a)}))"
+                    return [(a, da)]
+                y = em.value(n, orient)
+                out.append((a, f"{g} * {v(b)} * tl.exp2(({v(b)} - 1.0) * tl.log2({v(a)}))"))
+                out.append((b, f"{g} * {y} * tl.log({v(a)})"))
+                return out
+            if n.op in ("floordiv", "mod"):
+                # floor(a / b) is piecewise constant; a % b = a - b * floor(a / b)
+                if n.op == "floordiv":
+                    return []
+                return [(a, g), (b, f"-{g} * tl.floor({v(a)} / {v(b)})")]
+            return []
+        if isinstance(n, ir.Call):
+            return self._call_rules(n, g, orient, level)
+        return []
+
+    def _call_rules(self, n: ir.Call, g: str, orient: str, level: str) -> list[tuple]:
+        em = self.em
+        v = lambda x: em.f32(x, orient)  # noqa: E731
+        fn, args = n.fn, n.args
+        y = em.value(n, orient) if n.ty.kind in ("float", "vec") else None
+        x = args[0]
+        simple = {
+            "exp": f"{g} * {y}", "exp2": f"{g} * {y} * {LN2!r}",
+            "log": f"{g} / {v(x)}", "log2": f"{g} / ({v(x)} * {LN2!r})",
+            "sqrt": f"{g} * 0.5 / {y}", "rsqrt": f"{g} * -0.5 * {y} * {y} * {y}",
+            "tanh": f"{g} * (1.0 - {y} * {y})", "sigmoid": f"{g} * {y} * (1.0 - {y})",
+            "softplus": f"{g} * tl.sigmoid({v(x)})", "sin": f"{g} * tl.cos({v(x)})",
+            "cos": f"-{g} * tl.sin({v(x)})",
+            "abs": f"tl.where({v(x)} > 0, {g}, tl.where({v(x)} < 0, -{g}, 0.0))",
+            "relu": f"tl.where({v(x)} > 0, {g}, 0.0)",
+        }
+        if fn in simple:
+            return [(x, simple[fn])]
+        if fn in ("min", "max"):
+            a, b = args
+            win = "<" if fn == "min" else ">"
+            pick = lambda p, q: (f"tl.where({v(p)} {win} {v(q)}, {g}, "  # noqa: E731 - ties split evenly
+                                 f"tl.where({v(p)} == {v(q)}, 0.5 * {g}, 0.0))")
+            return [(a, pick(a, b)), (b, pick(b, a))]
+        if fn == "clamp":
+            lo, hi = args[1], args[2]
+            return [(x, f"tl.where(({v(x)} >= {v(lo)}) & ({v(x)} <= {v(hi)}), {g}, 0.0)"),
+                    (lo, f"tl.where({v(x)} < {v(lo)}, {g}, 0.0)"), (hi, f"tl.where({v(x)} > {v(hi)}, {g}, 0.0)")]
+        if fn == "where":
+            c = em.value(args[0], orient)
+            return [(args[1], f"tl.where({c}, {g}, 0.0)"), (args[2], f"tl.where({c}, 0.0, {g})")]
+        if fn in ("dot", "sqdist"):
+            return self._pair_rules(n, g, orient)
+        if fn == "norm":
+            return [(x, f"tl.where({y} > 0, {g} / {y}, 0.0) * {v(x)}")]
+        if fn == "l2norm":
+            xv = v(x)
+            nrm = em.put(level, f"tl.sqrt(tl.sum({xv} * {xv}, axis=1))[:, None]", "nrm")
+            gy = em.put(level, f"tl.sum({g} * {y}, axis=1)[:, None]", "gy")
+            return [(x, f"tl.where({nrm} > 1e-6, ({g} - {y} * {gy}) / {nrm}, {g} / 1e-6)")]
+        if fn == "rmsnorm":
+            w = args[1]
+            xv, wv = v(x), v(w)
+            L = vec_len(n.ty.length)
+            r = em.put(level, f"tl.rsqrt(tl.sum({xv} * {xv}, axis=1)[:, None] / {L} + 1e-6)", "r")
+            gxw = em.put(level, f"tl.sum({g} * {xv} * {wv}, axis=1)[:, None]", "gxw")
+            return [(x, f"{r} * {wv} * {g} - {xv} * {r} * {r} * {r} * {gxw} / {L}"),
+                    (w, f"{g} * {xv} * {r}")]
+        if fn == "rope":
+            cos, sin = em.rope_tables(n, orient if COL not in axes(n) else "k", level)
+            L = n.ty.length
+            return [(x, f"{g} * {cos} - _rope_rot({g} * {sin}, {vec_offs(L)}, {vec_len(L)})")]
+        return []
+
+    def _pair_rules(self, n: ir.Call, g: str, orient: str) -> list[tuple]:
+        em = self.em
+        a, b, pair = em.sides(n)
+        if not pair:
+            # both operands on one side: g is [R, 1] (or scalar) against [R, L] rows
+            side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
+            gk = reduce_to(g, "col", "kcol") if side_orient == "k" and _shape(n, orient) == "col" else g
+            av, bv = em.f32(a, side_orient), em.f32(b, side_orient)
+            if n.fn == "dot":
+                return [(a, f"{gk} * {bv}", True), (b, f"{gk} * {av}", True)]
+            return [(a, f"2.0 * {gk} * ({av} - {bv})", True), (b, f"-2.0 * {gk} * ({av} - {bv})", True)]
+        # a query-side [BM, L] and b key-side [BN, L]: contributions through matrix products
+        dt = em.env.dot_dtype
+        out = []
+        if n.fn == "dot":
+            out.append((a, f"tl.dot({g}.to({dt}), {em.value(b, 'k')}.to({dt}), input_precision=DOT_PRECISION)", True))
+            out.append((b, f"tl.dot(tl.trans({g}).to({dt}), {em.value(a)}.to({dt}), "
+                           f"input_precision=DOT_PRECISION)", True))
+            return out
+        av, bv = em.f32(a), em.f32(b, "k")
+        out.append((a, f"2.0 * (tl.sum({g}, axis=1)[:, None] * {av} - tl.dot({g}.to({dt}), {bv}.to({dt}), "
+                       f"input_precision=DOT_PRECISION))", True))
+        out.append((b, f"2.0 * (tl.sum({g}, axis=0)[:, None] * {bv} - tl.dot(tl.trans({g}).to({dt}), "
+                       f"{av}.to({dt}), input_precision=DOT_PRECISION))", True))
+        return out
+
+
+def row_kernel_stop(n: ir.Expr) -> bool:
+    """In the query-row kernel, stop (frontier or drop) at every non-pair node."""
+    return not is_pair(n)
+
+
+def owned_by_row_kernel(n: ir.Expr) -> bool:
+    return COL not in axes(n)
+
+
+def owned_by_col_kernel(n: ir.Expr) -> bool:
+    return COL in axes(n) and ROW not in axes(n)
+
+
+__all__ = ["Differentiator", "GradSinks", "reduce_to", "row_kernel_stop", "owned_by_row_kernel",
+           "owned_by_col_kernel", "HEAD"]

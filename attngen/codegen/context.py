@@ -1,0 +1,100 @@
+"""Template context of a generated module: kernel parameter lists and statement blocks."""
+
+from __future__ import annotations
+
+import math
+
+from .. import __version__
+from ..ir import nodes as ir
+from . import kernels
+from .emit import vec_block
+from .plan import Plan
+
+
+def _params(plan: Plan) -> str:
+    """The shared kernel signature (order matches the module's ``_args`` helper)."""
+    p = ["Q", "stride_qb", "stride_qh", "stride_qm", "stride_qd",
+         "K", "stride_kb", "stride_kh", "stride_kn", "stride_kd",
+         "V", "stride_vb", "stride_vh", "stride_vn", "stride_vd",
+         "O", "OR", "DO", "DOR", "stride_ob", "stride_oh", "stride_om", "stride_od",
+         "LSE", "DELTA", "SBL", "SBG",
+         "DQ", "stride_dqb", "stride_dqh", "stride_dqm", "stride_dqd",
+         "DK", "stride_dkb", "stride_dkh", "stride_dkn", "stride_dkd",
+         "DVAL", "stride_dvb", "stride_dvh", "stride_dvn", "stride_dvd"]
+    for d in plan.attn.inputs:
+        if d.dims is None:
+            p += [f"x_{d.name}", f"d{d.name}_ptr"]
+        else:
+            n = len(d.dims)
+            p += [f"{d.name}_ptr", *(f"{d.name}_s{i}" for i in range(n)),
+                  f"d{d.name}_ptr", *(f"d{d.name}_s{i}" for i in range(n))]
+    p += ["B", "H", "HK", "M", "N", "D", "DV", "scale"]
+    lines, line = [], []
+    for name in p:
+        line.append(name)
+        if len(", ".join(line)) > 80:
+            lines.append(", ".join(line))
+            line = []
+    if line:
+        lines.append(", ".join(line))
+    return ",\n    ".join(lines)
+
+
+def _constexprs(plan: Plan) -> str:
+    names = ["BLOCK_M", "BLOCK_N", *(vec_block(L) for L in plan.vec_lengths), "DOT_DTYPE", "DOT_PRECISION"]
+    names += [f"GRAD_{d.name}" for d in plan.float_inputs]
+    return ",\n    ".join(f"{n}: tl.constexpr" for n in names)
+
+
+def _lengths(plan: Plan, which: list[str]) -> list[dict]:
+    return [{"offs": L if not L.isdigit() else f"L{L}", "block": vec_block(L), "size": L} for L in which]
+
+
+def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
+    out = {k: b.text(k) for k in b.stmts}
+    for k in keys:
+        out.setdefault(k, "")
+    out.update({k: v for k, v in b.vars.items()})
+    return out
+
+
+_VAR_KEYS = ("s", "mask", "w", "dp", "ds_w", "sink", "out")
+
+
+def attention_context(plan: Plan, render_kernel) -> dict:
+    """Everything the module template needs for one attention."""
+    a = plan.attn
+    prelude = render_kernel("prelude.py.jinja", lengths=_lengths(plan, plan.vec_lengths),
+                            rope_lengths=_lengths(plan, plan.rope_lengths))
+    base = dict(name=a.name, params=_params(plan), constexprs=_constexprs(plan), prelude=prelude,
+                norm=plan.norm, two_pass=plan.two_pass, delta_loop=plan.delta_loop,
+                has_out=a.out is not None, has_sink=a.norm.sink is not None)
+    f = _blocks(kernels.forward(plan), _VAR_KEYS)
+    u = _blocks(kernels.preprocess(plan), _VAR_KEYS)
+    r = _blocks(kernels.dq_kernel(plan), _VAR_KEYS)
+    c = _blocks(kernels.dkdv_kernel(plan), _VAR_KEYS)
+    inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
+    decls = {d.name: (d.dtype, d.dims) for d in a.inputs}
+    return dict(
+        name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
+        has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, decls=repr(decls),
+        literal_blocks=[{"block": vec_block(L), "value": max(16, 2 ** math.ceil(math.log2(int(L))))}
+                        for L in plan.vec_lengths if L.isdigit()],
+        doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
+        fwd=render_kernel("fwd.py.jinja", f=f, **base),
+        bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
+    )
+
+
+def module_context(plans: list[Plan], source: str, filename: str, cache_key: str, render_kernel) -> dict:
+    consts = {k: v for p in plans for k, v in p.source.consts}
+    names = ", ".join(p.attn.name for p in plans)
+    return dict(
+        module_doc=f"Fused attention kernels for {names}.",
+        version=__version__, filename=filename, cache_key=cache_key,
+        consts_text=", ".join(f"{k}={v}" for k, v in consts.items()) or "none",
+        source=source.rstrip(), attentions=[attention_context(p, render_kernel) for p in plans],
+    )
+
+
+__all__ = ["module_context", "ir"]

@@ -1,0 +1,337 @@
+"""IR expressions -> Triton statements, with CSE and hoisting by dependence.
+
+Layouts inside a kernel (``BM``/``BN`` = BLOCK_M/BLOCK_N, ``BL`` = a vector block):
+    query-side scalar  [BM, 1]      key-side scalar  [1, BN]     pair  [BM, BN]
+    query-side vector  [BM, BL]     key-side vector  [BN, BL]    program-level: scalars / [1, BL]
+Key-side vector expressions are evaluated in the ``k`` orientation, where key-side
+scalars are laid out [BN, 1] so they broadcast against [BN, BL] rows.
+
+Each value is emitted once (structural CSE) into the statement list of the level the
+kernel assigns to its dependence axes (hoisted out of loops where possible).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ir import nodes as ir
+from .analysis import COL, ROW, CodegenError, axes
+
+#: Triton spelling of elementwise float functions of one argument
+_FN1 = {
+    "exp": "tl.exp({})", "exp2": "tl.exp2({})", "log": "tl.log({})", "log2": "tl.log2({})",
+    "sqrt": "tl.sqrt({})", "rsqrt": "tl.rsqrt({})", "sigmoid": "tl.sigmoid({})", "sin": "tl.sin({})",
+    "cos": "tl.cos({})", "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)",
+    # 1 - 2 / (e^{2x} + 1): saturates to +-1 without overflow
+    "tanh": "(1.0 - 2.0 / (tl.exp(2.0 * {}) + 1.0))",
+    "softplus": "_softplus({})",
+}
+_BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
+        "gt": ">", "ge": ">=", "and": "&", "or": "|"}
+
+
+def vec_block(length: str) -> str:
+    """The constexpr block size name of a vector length ('D' -> BLOCK_D, '64' -> BLOCK_L64)."""
+    return f"BLOCK_{length}" if not length.isdigit() else f"BLOCK_L{length}"
+
+
+def vec_offs(length: str, perm: bool = False) -> str:
+    base = length if not length.isdigit() else f"L{length}"
+    return f"{'perm' if perm else 'offs'}_{base}"
+
+
+def vec_len(length: str) -> str:
+    """Code for a vector length's runtime value."""
+    return length
+
+
+def nonneg(e: ir.Expr) -> bool:
+    """Statically non-negative integer (so C and Python division agree)."""
+    if isinstance(e, ir.Const):
+        return not isinstance(e.value, bool) and e.value >= 0
+    if isinstance(e, ir.Sym):
+        return e.ty.kind == "int"
+    if isinstance(e, ir.Binary) and e.op in ("add", "mul", "floordiv", "mod"):
+        return nonneg(e.a) and nonneg(e.b)
+    if isinstance(e, ir.Call) and e.fn in ("abs", "relu"):
+        return True
+    if isinstance(e, ir.Call) and e.fn in ("min", "clamp"):
+        return all(nonneg(x) for x in e.args)
+    if isinstance(e, ir.Call) and e.fn == "max":
+        return any(nonneg(x) for x in e.args)
+    return False
+
+
+@dataclass
+class KernelEnv:
+    """How one kernel binds IR leaves to code, and where each value is computed.
+
+    ``level_of(axes)`` names the statement list for a value with those axes;
+    ``binds`` maps Sym/Row names (score, p, o, kmean, ...) to existing variables.
+    """
+
+    attn: ir.Attention
+    level_of: Callable[[frozenset], str]
+    stmts: dict[str, list[str]]
+    binds: dict[str, str] = field(default_factory=dict)
+    dot_dtype: str = "DOT_DTYPE"
+
+
+class Emitter:
+    def __init__(self, env: KernelEnv, prefix: str = "t"):
+        self.env = env
+        self.prefix = prefix
+        self.memo: dict[tuple, str] = {}
+        self.counter = 0
+        self.decls = {d.name: d for d in env.attn.inputs}
+
+    # ---- statement plumbing
+    def fresh(self, hint: str = "") -> str:
+        self.counter += 1
+        return f"{self.prefix}{self.counter}{('_' + hint) if hint else ''}"
+
+    def put(self, level: str, code: str, hint: str = "", note: str = "") -> str:
+        name = self.fresh(hint)
+        self.env.stmts[level].append(f"{name} = {code}" + (f"  # {note}" if note else ""))
+        return name
+
+    def level(self, e: ir.Expr) -> str:
+        return self.env.level_of(axes(e))
+
+    def provenance(self, e: ir.Expr) -> str:
+        s = e.span
+        if s is None:
+            return ""
+        return f"from {s.file.rsplit('/', 1)[-1]}:{s.line}"
+
+    # ---- values
+    def value(self, e: ir.Expr, orient: str = "pair", perm: bool = False) -> str:
+        """Code name of ``e``'s value; ``orient`` is 'pair' or 'k' (key-side vectors)."""
+        if COL in axes(e) and e.ty.is_vec:
+            orient = "k"
+        key = (e, orient if COL in axes(e) else "pair", perm if e.ty.is_vec else False)
+        if key not in self.memo:
+            self.memo[key] = self._emit(e, key[1], key[2])
+        return self.memo[key]
+
+    def f32(self, e: ir.Expr, orient: str = "pair", perm: bool = False) -> str:
+        v = self.value(e, orient, perm)
+        if isinstance(e, ir.Row) and e.name in ("q_raw", "k_raw") or (isinstance(e, ir.Load) and e.ty.is_vec):
+            return f"{v}.to(tl.float32)"
+        return v
+
+    def _emit(self, e: ir.Expr, orient: str, perm: bool) -> str:
+        if isinstance(e, ir.Const):
+            return _literal(e.value)
+        if isinstance(e, ir.Sym):
+            return self._sym(e, orient)
+        if isinstance(e, ir.Param):
+            return f"x_{e.name}"  # prefixed: a scalar input may not shadow kernel locals
+        if isinstance(e, ir.Row):
+            return self._row(e, perm)
+        if isinstance(e, ir.Load):
+            return self._load(e, orient, perm)
+        lvl, note = self.level(e), self.provenance(e)
+        if isinstance(e, ir.Cast):
+            if e.ty.is_vec:
+                return self.value(e.x, orient, perm)
+            return self.put(lvl, f"{self.value(e.x, orient)}.to(tl.float32)", note=note)
+        if isinstance(e, ir.Unary):
+            x = self.f32(e.x, orient, perm)
+            return self.put(lvl, f"({x} == 0)" if e.op == "not" else f"-{x}", note=note)
+        if isinstance(e, ir.Binary):
+            return self.put(lvl, self._binary(e, orient, perm), note=note)
+        if isinstance(e, ir.Call):
+            return self._call(e, orient, perm, lvl, note)
+        raise CodegenError(f"cannot generate code for {e!r}")
+
+    def _sym(self, e: ir.Sym, orient: str) -> str:
+        n = e.name
+        if n in self.env.binds:
+            return self.env.binds[n]
+        if n == "j":
+            return "j_k" if orient == "k" else "j_c"
+        if n in ("i", "m"):
+            return f"{n}_r"
+        return n  # b h hk, sizes, scale: kernel scalars
+
+    def _row(self, e: ir.Row, perm: bool) -> str:
+        if e.name in self.env.binds and not perm:
+            return self.env.binds[e.name]
+        if e.name == "q_raw":
+            offs = vec_offs("D", perm)
+            return self.put(self.level(e), f"tl.load(q_base + m_r * stride_qm + {offs}[None, :] * stride_qd, "
+                            f"mask=rmask & dmask_D[None, :], other=0.0)", "q" + ("_perm" if perm else ""),
+                            "[BLOCK_M, BLOCK_D]")
+        if e.name == "k_raw":
+            offs = vec_offs("D", perm)
+            return self.put(self.level(e), f"tl.load(k_base + j_k * stride_kn + {offs}[None, :] * stride_kd, "
+                            f"mask=cmask_k & dmask_D[None, :], other=0.0)", "k" + ("_perm" if perm else ""),
+                            "[BLOCK_N, BLOCK_D]")
+        raise CodegenError(f"row '{e.name}' is not available in this kernel")
+
+    def load_address(self, e: ir.Load, orient: str, perm: bool = False, strides: str | None = None
+                     ) -> tuple[str, str]:
+        """(pointer offset code, validity mask code) of a load: bounds-checked, so never out of range.
+
+        ``strides`` names another stride set (a gradient buffer's) for the same indices.
+        """
+        d = self.decls[e.name]
+        strides = strides or f"{e.name}_s"
+        terms, checks = [], []
+        for pos, idx in enumerate(e.indices):
+            code = self.value(idx, orient)
+            terms.append(f"{code} * {strides}{pos}")
+            if not _in_bounds(idx, d.dims[pos]):
+                dim = str(d.dims[pos])
+                checks.append(f"({code} >= 0) & ({code} < {dim})" if not nonneg(idx) else f"({code} < {dim})")
+        ax = axes(e)
+        if ROW in ax:
+            checks.append("rmask")
+        if COL in ax:
+            checks.append("cmask_k" if orient == "k" else "cmask")
+        if e.ty.is_vec:
+            L = e.ty.length
+            terms.append(f"{vec_offs(L, perm)}[None, :] * {strides}{len(e.indices)}")
+            checks.append(f"dmask_{L if not L.isdigit() else 'L' + L}[None, :]")
+        return " + ".join(terms) if terms else "0", " & ".join(checks) if checks else ""
+
+    def _load(self, e: ir.Load, orient: str, perm: bool) -> str:
+        off, mask = self.load_address(e, orient, perm)
+        d = self.decls[e.name]
+        cast = ".to(tl.float32)" if d.is_float and not e.ty.is_vec else ""
+        mask_arg = f", mask={mask}, other=0" if mask else ""
+        return self.put(self.level(e), f"tl.load({e.name}_ptr + {off}{mask_arg}){cast}", e.name,
+                        self.provenance(e))
+
+    def _binary(self, e: ir.Binary, orient: str, perm: bool) -> str:
+        if e.op in ("and", "or", "eq", "ne", "lt", "le", "gt", "ge"):
+            a, b = self.value(e.a, orient), self.value(e.b, orient)
+            return f"({a}) {_BIN[e.op]} ({b})"
+        a, b = self.f32(e.a, orient, perm), self.f32(e.b, orient, perm)
+        if e.op in ("floordiv", "mod"):
+            if e.ty.kind == "int" and nonneg(e.a) and nonneg(e.b):
+                return f"{a} {'//' if e.op == 'floordiv' else '%'} {b}"
+            fn = "_floordiv" if e.op == "floordiv" else "_mod"
+            return f"{fn}{'_f' if e.ty.kind == 'float' else ''}({a}, {b})"
+        if e.op == "pow":
+            return _pow(a, b, e.b)
+        return f"{a} {_BIN[e.op]} {b}"
+
+    def _call(self, e: ir.Call, orient: str, perm: bool, lvl: str, note: str) -> str:
+        fn = e.fn
+        if fn in _FN1:
+            return self.put(lvl, _FN1[fn].format(self.f32(e.args[0], orient, perm)), note=note)
+        if fn == "floor":
+            return self.put(lvl, f"tl.floor({self.f32(e.args[0], orient)}).to(tl.int32)", note=note)
+        if fn in ("min", "max"):
+            a, b = (self.f32(x, orient, perm) for x in e.args)
+            return self.put(lvl, f"tl.{fn}imum({a}, {b})", note=note)
+        if fn == "clamp":
+            x, lo, hi = (self.f32(a, orient, perm) for a in e.args)
+            return self.put(lvl, f"tl.minimum(tl.maximum({x}, {lo}), {hi})", note=note)
+        if fn == "where":
+            c = self.value(e.args[0], orient)
+            a, b = (self.f32(x, orient, perm) for x in e.args[1:])
+            return self.put(lvl, f"tl.where({c}, {a}, {b})", note=note)
+        if fn in ("dot", "sqdist"):
+            return self._pairfn(e, orient, lvl, note)
+        if fn == "norm":
+            x = self.f32(e.args[0], orient)
+            return self.put(lvl, self.layout(f"tl.sqrt(tl.sum({x} * {x}, axis=1))", e.args[0], orient), note=note)
+        if fn == "l2norm":
+            x = self.f32(e.args[0], orient, perm)
+            nrm = self.put(lvl, f"tl.sqrt(tl.sum({x} * {x}, axis=1))[:, None]", note="row norm")
+            return self.put(lvl, f"{x} / tl.maximum({nrm}, 1e-6)", note=note)
+        if fn == "rmsnorm":
+            x = self.f32(e.args[0], orient, perm)
+            w = self.f32(e.args[1], orient, perm)
+            r = self.put(lvl, f"tl.rsqrt(tl.sum({x} * {x}, axis=1)[:, None] / {vec_len(e.ty.length)} + 1e-6)",
+                         note="rms scale")
+            return self.put(lvl, f"{x} * {r} * {w}", note=note)
+        if fn == "rope":
+            return self._rope(e, orient, lvl, note)
+        raise CodegenError(f"no code generator for {fn}()")
+
+    def layout(self, rowsum: str, operand: ir.Expr, orient: str) -> str:
+        """Place a per-row reduction [R] of a vector operand in the caller's scalar layout."""
+        side = COL if COL in axes(operand) else ROW if ROW in axes(operand) else None
+        if side is None:
+            return f"tl.sum({rowsum}, axis=0)"
+        if side == COL and orient == "pair":
+            return f"{rowsum}[None, :]"
+        return f"{rowsum}[:, None]"
+
+    def sides(self, e: ir.Call) -> tuple[ir.Expr, ir.Expr, bool]:
+        """Operands of dot/sqdist as (query side, key side, is_pair)."""
+        a, b = e.args
+        if COL in axes(a) and COL not in axes(b):
+            a, b = b, a
+        return a, b, ROW in axes(a) and COL in axes(b)
+
+    def _pairfn(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
+        a, b, pair = self.sides(e)
+        if pair:
+            A = f"{self.value(a)}.to({self.env.dot_dtype})"
+            Bt = f"tl.trans({self.value(b, 'k')}.to({self.env.dot_dtype}))"
+            L = vec_block(a.ty.length)
+            qk = self.put(lvl, f"tl.dot({A}, {Bt}, input_precision=DOT_PRECISION)", "dot",
+                          f"[BLOCK_M, {L}] @ [{L}, BLOCK_N] -> [BLOCK_M, BLOCK_N]; {note}")
+            if e.fn == "dot":
+                return qk
+            an = self.f32(a)
+            bn = self.f32(b, "k")
+            return self.put(lvl, f"tl.sum({an} * {an}, axis=1)[:, None] + tl.sum({bn} * {bn}, axis=1)[None, :]"
+                            f" - 2.0 * {qk}", "sqdist", note)
+        side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
+        x, y = self.f32(a, side_orient), self.f32(b, side_orient)
+        body = f"({x} * {y})" if e.fn == "dot" else f"(({x} - {y}) * ({x} - {y}))"
+        anchor = a if axes(a) else b
+        return self.put(lvl, self.layout(f"tl.sum({body}, axis=1)", anchor, orient), e.fn, note)
+
+    def rope_tables(self, e: ir.Call, orient: str, lvl: str) -> tuple[str, str]:
+        """cos and sin of the rotation angles of ``rope(x, pos, base)``, shaped like x."""
+        pos = self.f32(e.args[1], orient if COL not in axes(e) else "k")
+        log2_base = math.log2(float(e.args[2].value))
+        L = e.ty.length
+        theta = self.put(lvl, f"{pos} * _rope_inv_freq({vec_offs(L)}, {vec_len(L)}, {log2_base!r})[None, :]",
+                         "theta")
+        return self.put(lvl, f"tl.cos({theta})", "cos"), self.put(lvl, f"tl.sin({theta})", "sin")
+
+    def _rope(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
+        x = self.f32(e.args[0], orient, False)
+        xp = self.f32(e.args[0], orient, True)  # x at rotate-half columns (no sign yet)
+        L = e.ty.length
+        cos, sin = self.rope_tables(e, orient, lvl)
+        sign = f"_rope_sign({vec_offs(L)}, {vec_len(L)})[None, :]"
+        return self.put(lvl, f"{x} * {cos} + {sign} * {xp} * {sin}", "rope", note)
+
+
+def _literal(v) -> str:
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, float):
+        if v == float("inf"):
+            return 'float("inf")'
+        if v == float("-inf"):
+            return 'float("-inf")'
+    return repr(v)
+
+
+def _pow(a: str, b: str, exponent: ir.Expr) -> str:
+    """``a ** b``: repeated products for small constant integer exponents, else exp2/log2 (a > 0)."""
+    if isinstance(exponent, ir.Const) and float(exponent.value).is_integer() and 0 <= exponent.value <= 8:
+        n = int(exponent.value)
+        return "1.0" if n == 0 else "(" + " * ".join([f"({a})"] * n) + ")"
+    if exponent.ty.kind == "int" and not isinstance(exponent, ir.Const):
+        raise CodegenError("integer ** with a non-constant exponent is not supported by the kernels")
+    return f"tl.exp2({b} * tl.log2({a}))"
+
+
+def _in_bounds(idx: ir.Expr, dim) -> bool:
+    """Index patterns that are in range by construction (masked rows/keys aside)."""
+    if not isinstance(idx, ir.Sym):
+        return False
+    return (idx.name, dim) in {("b", "B"), ("h", "H"), ("hk", "HK"), ("m", "M"), ("i", "N"), ("j", "N")}

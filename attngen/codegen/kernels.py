@@ -1,0 +1,228 @@
+"""Statement blocks of each generated kernel, built from the IR by the emitter and the
+differentiator. Templates place the blocks; everything computed lives here.
+
+Kernels (all over tiles of BLOCK_M query rows and BLOCK_N keys):
+    fwd    program (query tile, b, h), loop over key tiles: o, lse / row statistic
+    pre    program (query tile, b, h): out-stage backward, delta = sum_j p dp, sink gradient
+    dq     program (query tile, b, h), loop over key tiles: dq and query-side input gradients
+    dkdv   program (key tile, b, hk), loops over the group's heads and query tiles: dk, dv
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir import nodes as ir
+from .analysis import COL, HEAD, ROW, axes, is_pair
+from .autodiff import (Differentiator, GradSinks, owned_by_col_kernel, owned_by_row_kernel, reduce_to)
+from .emit import Emitter, KernelEnv, vec_block
+from .plan import Plan
+
+_ZEROS = {
+    "row": "tl.zeros([BLOCK_M, 1], dtype=tl.float32)",
+    "kcol": "tl.zeros([BLOCK_N, 1], dtype=tl.float32)",
+    "none": "0.0",
+}
+
+
+def _zeros(shape: str, n: ir.Expr) -> str:
+    if shape in _ZEROS:
+        return _ZEROS[shape]
+    rows = {"vrow": "BLOCK_M", "vcol": "BLOCK_N", "vnone": "1"}[shape]
+    return f"tl.zeros([{rows}, {vec_block(n.ty.length)}], dtype=tl.float32)"
+
+
+@dataclass
+class Blocks:
+    stmts: dict[str, list[str]] = field(default_factory=dict)
+    vars: dict[str, str] = field(default_factory=dict)
+
+    def text(self, name: str) -> str:
+        return "\n".join(self.stmts.get(name, [])) or "pass"
+
+
+def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var: str = "dk",
+               do_var: str | None = None) -> GradSinks:
+    """Leaf gradient updates: q/k rows into accumulators, inputs by atomic adds (guarded)."""
+
+    def leaf(n: ir.Expr, g: str, orient: str, level: str) -> None:
+        out = em.env.stmts[level]
+        if isinstance(n, ir.Row):
+            target = {"q_raw": dq_var, "k_raw": dk_var, "o": do_var}[n.name]
+            out.append(f"{target} += {g}")
+            return
+        if kernel == "dkdv" and is_pair(n):
+            return  # pair-level inputs belong to the dq kernel
+        flag = f"GRAD_{n.name}"
+        if isinstance(n, ir.Param):
+            out.append(f"if {flag}:\n    tl.atomic_add(d{n.name}_ptr, tl.sum({g}))")
+            return
+        off, mask = em.load_address(n, orient, strides=f"d{n.name}_s")
+        mask_arg = f", mask={mask}" if mask else ""
+        out.append(f"if {flag}:\n    tl.atomic_add(d{n.name}_ptr + {off}, {g}{mask_arg})")
+
+    return GradSinks(leaf)
+
+
+def _frontier(em: Emitter, acc: dict, blocks: Blocks, init_level: str, update_level: str, prefix: str):
+    """on_stop handler: accumulate a frontier node's adjoint across the loop."""
+
+    def on_stop(n: ir.Expr, g: str, shape: str) -> None:
+        if n not in acc:
+            name = f"{prefix}{len(acc)}"
+            acc[n] = (name, shape)
+            blocks.stmts[init_level].append(f"{name} = {_zeros(shape, n)}")
+        name, ashape = acc[n]
+        blocks.stmts[update_level].append(f"{name} += {reduce_to(g, shape, ashape)}")
+
+    return on_stop
+
+
+def forward(plan: Plan) -> Blocks:
+    bl = Blocks()
+    cur = {"inner": "inner"}
+    for n in ("outer", "inner", "inner_w", "epi"):
+        bl.stmts[n] = []
+    env = KernelEnv(plan.attn, lambda ax: cur["inner"] if COL in ax else cur.get("all", "outer"), bl.stmts)
+    em = Emitter(env, "f")
+    a = plan.attn
+    bl.vars["s"] = em.f32(a.score)
+    bl.vars["mask"] = em.value(a.mask) if a.mask is not None else ""
+    if a.norm.sink is not None:
+        bl.vars["sink"] = em.f32(a.norm.sink)
+    if a.weights is not None:
+        env.binds.update(p="p", score="s")
+        cur["inner"] = "inner_w"
+        bl.vars["w"] = em.f32(a.weights)
+    if a.out is not None:
+        env.binds["o"] = "o"
+        cur["inner"] = cur["all"] = "epi"
+        bl.vars["out"] = em.f32(a.out)
+    return bl
+
+
+def preprocess(plan: Plan) -> Blocks:
+    """Out-stage backward (do -> do_raw and gate-like gradients) and the sink gradient."""
+    bl = Blocks()
+    for n in ("pre", "sink", "outer", "inner", "inner_w"):
+        bl.stmts[n] = []
+    cur = {"lvl": "pre"}
+    env = KernelEnv(plan.attn, lambda ax: cur["lvl"], bl.stmts, binds={"o": "o_raw"})
+    em = Emitter(env, "u")
+    diff = Differentiator(em, plan.wants_grad)
+    a = plan.attn
+    if a.out is not None:
+        sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
+        diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: False, None, sinks)
+    if a.norm.sink is not None:
+        cur["lvl"] = "sink"
+        sink = em.f32(a.norm.sink)
+        bl.vars["sink"] = sink
+        seed = em.put("sink", f"tl.where(rmask, -tl.exp({sink} - lse_safe) * delta[:, None], 0.0)", "dsink")
+        diff.backprop({a.norm.sink: [(seed, "row")]}, "pair", "sink", lambda n: False, None,
+                      _grad_sink(plan, em, "pre"))
+    if plan.delta_loop:
+        # delta = sum_j p dp needs the weights' derivative, so walk the keys once
+        cur["lvl"] = "outer"
+        env.level_of = lambda ax: "inner" if COL in ax else "outer"
+        loop = _recompute(em, env, plan, bl)
+        bl.vars.update(loop)
+        inner_w = Differentiator(em, lambda n: False)
+        env.level_of = lambda ax: "inner_w" if COL in ax else "outer"
+        sinks = GradSinks(lambda *args: None)
+        inner_w.backprop({a.weights: [("dw", "pair")]}, "pair", "inner_w", lambda n: not is_pair(n),
+                         lambda n, g, s: None, sinks, want_child=is_pair)
+        bl.vars["dp"] = sinks.bound.get("p", "0.0")
+    return bl
+
+
+def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks) -> dict[str, str]:
+    """Score and mask of a tile (into 'inner'), and the weights' value (into 'inner_w')."""
+    a = plan.attn
+    out = {"s": em.f32(a.score), "mask": em.value(a.mask) if a.mask is not None else ""}
+    if a.weights is not None:
+        env.binds.update(p="p", score="s")
+        saved = env.level_of
+        env.level_of = lambda ax: "inner_w" if COL in ax else saved(ax)
+        out["w"] = em.f32(a.weights)
+        env.level_of = saved
+    return out
+
+
+def dq_kernel(plan: Plan) -> Blocks:
+    bl = Blocks()
+    for n in ("outer", "init", "inner", "inner_w", "inner_wb", "inner_s", "post"):
+        bl.stmts[n] = []
+    env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
+    em = Emitter(env, "r")
+    bl.vars.update(_recompute(em, env, plan, bl))
+    diff = Differentiator(em, plan.wants_grad)
+    acc: dict = {}
+    sinks = _grad_sink(plan, em, "dq")
+    want = lambda c: is_pair(c) or owned_by_row_kernel(c)  # noqa: E731
+    stop = lambda n: not is_pair(n)  # noqa: E731
+    a = plan.attn
+    if a.weights is not None:
+        env.level_of = lambda ax: "inner_wb" if COL in ax else "outer"
+        diff.backprop({a.weights: [("dw", "pair")]}, "pair", "inner_wb", stop,
+                      _frontier(em, acc, bl, "init", "inner_wb", "acc_r"), sinks, want)
+        bl.vars["dp"] = sinks.bound.get("p", "0.0")
+        bl.vars["ds_w"] = sinks.bound.get("score", "")
+    env.level_of = lambda ax: "inner_s" if COL in ax else "outer"
+    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop,
+                  _frontier(em, acc, bl, "init", "inner_s", "acc_r"), sinks, want)
+    env.level_of = lambda ax: "post"
+    if acc:
+        diff.backprop({n: [(name, shape)] for n, (name, shape) in acc.items()}, "pair", "post",
+                      lambda n: False, None, sinks)
+    return bl
+
+
+def dkdv_kernel(plan: Plan) -> Blocks:
+    bl = Blocks()
+    for n in ("outer", "init", "head", "init_h", "inner", "inner_w", "inner_wb", "inner_s", "post_h", "post"):
+        bl.stmts[n] = []
+
+    def level(inner: str):
+        return lambda ax: inner if ROW in ax else "head" if HEAD in ax else "outer"
+
+    env = KernelEnv(plan.attn, level("inner"), bl.stmts)
+    em = Emitter(env, "c")
+    bl.vars.update(_recompute(em, env, plan, bl))
+    diff = Differentiator(em, plan.wants_grad)
+    acc_h: dict = {}
+    acc_p: dict = {}
+    sinks = _grad_sink(plan, em, "dkdv")
+    want = lambda c: is_pair(c) or owned_by_col_kernel(c)  # noqa: E731
+    stop = lambda n: not is_pair(n)  # noqa: E731
+    per_head = _frontier(em, acc_h, bl, "init_h", "inner_s", "acc_h")
+    per_prog = _frontier(em, acc_p, bl, "init", "inner_s", "acc_c")
+
+    def on_stop(level_name: str):
+        def f(n, g, shape):
+            g2, shape2 = (reduce_to(g, shape, "kcol"), "kcol") if shape == "col" else (g, shape)
+            handler = per_head if HEAD in axes(n) else per_prog
+            before = len(bl.stmts["inner_s"])
+            handler(n, g2, shape2)
+            if level_name != "inner_s":  # move the update into the part of the loop being filled
+                bl.stmts[level_name].extend(bl.stmts["inner_s"][before:])
+                del bl.stmts["inner_s"][before:]
+        return f
+
+    a = plan.attn
+    if a.weights is not None:
+        env.level_of = level("inner_wb")
+        diff.backprop({a.weights: [("dw", "pair")]}, "pair", "inner_wb", stop, on_stop("inner_wb"), sinks, want)
+        bl.vars["dp"] = sinks.bound.get("p", "0.0")
+        bl.vars["ds_w"] = sinks.bound.get("score", "")
+    env.level_of = level("inner_s")
+    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop, on_stop("inner_s"), sinks, want)
+    env.level_of = lambda ax: "post_h" if HEAD in ax else "outer"
+    if acc_h:
+        diff.backprop({n: [(name, shape)] for n, (name, shape) in acc_h.items()}, "k", "post_h",
+                      lambda n: False, None, sinks)
+    env.level_of = lambda ax: "post"
+    if acc_p:
+        diff.backprop({n: [(name, shape)] for n, (name, shape) in acc_p.items()}, "k", "post",
+                      lambda n: False, None, sinks)
+    return bl

@@ -1,0 +1,103 @@
+"""The kernel plan of one attention: prologue substitution and the flags templates use.
+
+After substitution the IR has raw rows only: ``q_raw`` / ``k_raw`` are the loaded rows,
+and every other stage sees the prologue expression in place of ``q`` / ``k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..ir import nodes as ir
+from ..ir.types import vec
+from .analysis import CodegenError, check_vector_sides
+
+
+def _substitute(a: ir.Attention) -> ir.Attention:
+    q_raw, k_raw = ir.Row("q_raw", vec("D")), ir.Row("k_raw", vec("D"))
+    to_raw = {"q": q_raw, "k": k_raw}
+
+    def raw(e):
+        return to_raw.get(e.name, e) if isinstance(e, ir.Row) else e
+
+    q = ir.transform(a.q, raw) if a.q is not None else q_raw
+    k = ir.transform(a.k, raw) if a.k is not None else k_raw
+    rows = {"q": q, "k": k}
+
+    def use(e):
+        return rows.get(e.name, e) if isinstance(e, ir.Row) else e
+
+    out = replace(a, q=None, k=None)
+    return out.replace_exprs(lambda stage, e: ir.transform(e, use))
+
+
+@dataclass(frozen=True)
+class Plan:
+    attn: ir.Attention  # substituted IR
+    source: ir.Attention  # as given to the code generator
+
+    @property
+    def norm(self) -> str:
+        return self.attn.norm.kind
+
+    @property
+    def row_stat(self) -> bool:
+        """Norms whose forward keeps a per-row statistic (lse or row sum)."""
+        return self.norm in ("softmax", "sum")
+
+    @property
+    def two_pass(self) -> bool:
+        """Weights of a row-normalized p need the final statistic before any weight."""
+        return self.attn.weights is not None and self.row_stat
+
+    @property
+    def delta_loop(self) -> bool:
+        """delta = sum_j p dp needs a key loop when a weights stage sits between p and o."""
+        return self.attn.weights is not None and self.norm in ("softmax", "sum", "stickbreaking")
+
+    @property
+    def needs_delta(self) -> bool:
+        return self.norm in ("softmax", "sum", "stickbreaking")
+
+    @property
+    def float_inputs(self) -> list[ir.InputDecl]:
+        return [d for d in self.attn.inputs if d.is_float]
+
+    def wants_grad(self, e: ir.Expr) -> bool:
+        if isinstance(e, ir.Row):
+            return e.name in ("q_raw", "k_raw", "o")
+        if isinstance(e, (ir.Load, ir.Param)):
+            return self.attn.input(e.name).is_float
+        return False
+
+    @property
+    def vec_lengths(self) -> list[str]:
+        """Every vector length the kernels need offsets for: D, DV and literal row lengths."""
+        out = ["D", "DV"]
+        for _, e in self.attn.exprs():
+            for n in ir.walk(e):
+                if n.ty.is_vec and n.ty.length not in out:
+                    if not n.ty.length.isdigit() and n.ty.length not in ("D", "DV"):
+                        raise CodegenError(f"rows of length {n.ty.length} are not supported in kernels "
+                                           "(use D, DV or an integer length)")
+                    out.append(n.ty.length)
+        return out
+
+    @property
+    def rope_lengths(self) -> list[str]:
+        out = []
+        for _, e in self.attn.exprs():
+            for n in ir.walk(e):
+                if isinstance(n, ir.Call) and n.fn == "rope" and n.ty.length not in out:
+                    out.append(n.ty.length)
+        return out
+
+
+def make_plan(a: ir.Attention) -> Plan:
+    if a.select is not None:
+        raise CodegenError(f"attention '{a.name}': select stages compile with the sparse kernels, "
+                           "which this version does not have yet; use backend='reference'")
+    sub = _substitute(a)
+    for stage, e in sub.exprs():
+        check_vector_sides(stage, e)
+    return Plan(sub, a)

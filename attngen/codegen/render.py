@@ -1,0 +1,45 @@
+"""Render a module of Triton kernels + autograd wrappers from checked IR (Jinja, StrictUndefined)."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import jinja2
+
+from .. import __version__, paths
+from ..ir import nodes as ir
+from ..passes.pipeline import run_pipeline
+from .context import module_context
+from .plan import make_plan
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(paths.templates_dir())),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=False,
+        lstrip_blocks=False, autoescape=False,
+    )
+
+
+def _render(template: str, **ctx) -> str:
+    return _env().get_template(template).render(**ctx)
+
+
+def cache_key(source: str, consts: dict, extra: str = "") -> str:
+    """Spec text, constants and versions: what makes generated code differ."""
+    import torch
+    import triton
+    h = hashlib.sha256()
+    for part in (source, repr(sorted(consts.items())), __version__, triton.__version__, torch.__version__, extra):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def render_module(attns: list[ir.Attention], source: str, filename: str, key: str) -> str:
+    """Python source of a standalone module with one function per attention."""
+    plans = [make_plan(run_pipeline(a)) for a in attns]
+    text = _render("module.py.jinja", **module_context(plans, source, filename, key, _render))
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"

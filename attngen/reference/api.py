@@ -1,0 +1,29 @@
+"""``attngen.load(..., backend="reference")``: the interpreter behind the common call signature."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir import nodes as ir
+from ..signature import bind
+from .interpreter import run
+
+
+class ReferenceAttention:
+    """Callable reference for one attention: ``fn(q, k, v, *, scale=None, return_lse=False, **inputs)``.
+
+    q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV] → o [B, H, M, DV] (and lse
+    [B, H, M] with ``return_lse``). Accepts float64 besides fp16/bf16/fp32 and any device.
+    """
+
+    def __init__(self, attention: ir.Attention):
+        self.attention = attention
+        self.name = attention.name
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None,
+                 return_lse: bool = False, **inputs):
+        bound = bind(self.attention, q, k, v, inputs, scale, allow_float64=True, return_lse=return_lse)
+        return run(self.attention, bound, return_lse)
+
+    def __repr__(self) -> str:
+        return f"ReferenceAttention({self.name!r})"

@@ -1,0 +1,103 @@
+"""The reference interpreter: any checked attention, eagerly in torch, on materialized scores.
+
+    o = reference_attention(a, q, k, v, slopes=s)                    # o: [B, H, M, DV]
+    o, lse = reference_attention(a, q, k, v, return_lse=True, ...)   # lse: [B, H, M]
+
+Math runs in the dtype of q: float64 inputs give a float64 oracle, bf16 inputs a
+bf16 "low-precision reference". Gradients come from torch autograd, to q, k, v and
+every floating input that requires grad. The stages, in order:
+
+    prologue   q' [B, H, M, D] per query row, k' [B, H, N, D] per key row
+    mask       allowed [B, H, M, N]                        (no gradient)
+    select     kept = allowed ∧ selected                   (no gradient)
+    score      s [B, H, M, N], values off ``kept`` replaced (see exprs.Env.live)
+    norm       p, exactly 0 off ``kept``; lse for softmax norms
+    weights    w = W(p, score, ...) on kept pairs, 0 elsewhere
+    sum        o = Σ_j w · v[b, hk, j]                     [B, H, M, DV]
+    out        the out stage on o (also on the o = 0 of rows with no kept key)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir import nodes as ir
+from ..signature import Bound, bind
+from .context import Context
+from .exprs import as_grid, evaluate, prepare_inputs
+from .norms import normalize
+from .select import selected
+
+
+def reference_attention(a: ir.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None,
+                        return_lse: bool = False, **inputs):
+    """``o`` [B, H, M, DV], or ``(o, lse)`` with ``return_lse`` (softmax norms only).
+
+    lse [B, H, M] is float64 for float64 inputs and float32 otherwise; a row with no
+    kept key has o = 0 and lse = -inf (the sink logit when there is a sink).
+    """
+    bound = bind(a, q, k, v, inputs, scale, allow_float64=True, return_lse=return_lse)
+    return run(a, bound, return_lse)
+
+
+def selected_pairs(a: ir.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None,
+                   **inputs) -> torch.Tensor:
+    """The pairs that take part: mask ∧ select, bool [B, H, M, N]."""
+    bound = bind(a, q, k, v, inputs, scale, allow_float64=True)
+    with torch.no_grad():
+        return _kept(a, _prepare(a, bound))
+
+
+def run(a: ir.Attention, bound: Bound, return_lse: bool = False):
+    """Evaluate ``a`` on a call that :func:`attngen.signature.bind` validated."""
+    ctx = _prepare(a, bound)
+    kept = _kept(a, ctx)
+    live = None if bool(kept.all()) else kept
+    shape = ctx.pair_shape
+    s = as_grid(evaluate(a.score, ctx.env(ctx.pair_rows(), live)), shape)
+    sink = None
+    if a.norm.sink is not None:
+        sink = as_grid(evaluate(a.norm.sink, ctx.env()), shape[:3] + (1,)).squeeze(-1)
+    p, lse = normalize(a.norm, s, kept, sink)
+    if a.weights is not None:
+        w = as_grid(evaluate(a.weights, ctx.env(live=live, score=s, p=p)), shape)
+        p = torch.where(kept, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    o = torch.matmul(p, bound.v.index_select(1, ctx.syms["hk"].flatten()))
+    if a.out is not None:
+        o5 = o[:, :, :, None, :]
+        o = as_grid(evaluate(a.out, ctx.env({"o": o5})), o5.shape).squeeze(3)
+    if not return_lse:
+        return o
+    return o, lse.to(torch.float64 if ctx.dtype == torch.float64 else torch.float32)
+
+
+def _prepare(a: ir.Attention, bound: Bound) -> Context:
+    """The call's context with q' [B, H, M, D] and k' [B, H, N, D] (per query head) set."""
+    q, k = bound.q, bound.k
+    ctx = Context.make(bound.sizes, prepare_inputs(bound.inputs, q.dtype, q.device), q.dtype, q.device,
+                       bound.scale)
+    B, H, M, D = q.shape
+    N = k.shape[2]
+    k = k.index_select(1, ctx.syms["hk"].flatten())
+    if a.q is not None:
+        q = as_grid(evaluate(a.q, ctx.env({"q": q[:, :, :, None, :]})), (B, H, M, 1, D)).squeeze(3)
+    if a.k is not None:
+        k = as_grid(evaluate(a.k, ctx.env({"k": k[:, :, None, :, :]})), (B, H, 1, N, D)).squeeze(2)
+    ctx.q_rows, ctx.k_rows = q, k
+    return ctx
+
+
+@torch.no_grad()
+def _kept(a: ir.Attention, ctx: Context) -> torch.Tensor:
+    """allowed ∧ selected, bool [B, H, M, N]."""
+    shape = ctx.pair_shape
+    rows = ctx.pair_rows()
+    extra = {}
+    if ir.uses(a.mask, "score") or (a.select is not None and ir.uses(a.select.by, "score")):
+        extra["score"] = as_grid(evaluate(a.score, ctx.env(rows)), shape)
+    allowed = torch.ones(shape, dtype=torch.bool, device=ctx.device)
+    if a.mask is not None:
+        allowed = allowed & as_grid(evaluate(a.mask, ctx.env(rows, **extra)), shape)
+    if a.select is not None:
+        allowed = allowed & selected(a.select, ctx, allowed, extra)
+    return allowed

@@ -1,0 +1,31 @@
+"""The Triton backend behind ``attngen.load`` / ``attngen.jit``: generate, cache, import, call."""
+
+from __future__ import annotations
+
+from ..codegen.render import cache_key, render_module
+from ..ir import nodes as ir
+from .cache import load_module
+
+
+class TritonAttention:
+    """Callable running one attention's generated kernels: ``fn(q, k, v, scale=None, return_lse=False, **inputs)``."""
+
+    def __init__(self, attention: ir.Attention):
+        self.attention = attention
+        self.name = attention.name
+        a = attention
+        self.key = cache_key(a.source, dict(a.consts), f"{a.filename}:{a.name}")
+        self._fn = None
+
+    @property
+    def module(self):
+        return load_module(self.key, lambda: render_module([self.attention], self.attention.source,
+                                                            self.attention.filename, self.key))
+
+    def __call__(self, q, k, v, *, scale=None, return_lse=False, **inputs):
+        if self._fn is None:
+            self._fn = getattr(self.module, self.name)
+        return self._fn(q, k, v, scale=scale, return_lse=return_lse, **inputs)
+
+    def __repr__(self) -> str:
+        return f"<attngen {self.name} (triton)>"
