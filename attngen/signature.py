@@ -175,7 +175,8 @@ def _check_tensor(d: ir.InputDecl, x, sizes: Mapping[str, int], device: torch.de
 
 
 def _check_vector_lengths(a: ir.Attention, sizes: Mapping[str, int]) -> None:
-    """Row vectors of an integer length (a row of an input) against a size name (q: D).
+    """Row vectors of an integer length (a row of an input) against a size name (q: D),
+    and rope() rows, which must have an even length.
 
     The IR accepts ``dot(qi[b, i], q)`` with ``qi: bf16[B, M, 64]`` because D is only
     known now; here D must be 64.
@@ -188,6 +189,9 @@ def _check_vector_lengths(a: ir.Attention, sizes: Mapping[str, int]) -> None:
 
     for stage, e in a.exprs():
         for node in ir.walk(e):
+            if isinstance(node, ir.Call) and node.fn == "rope" and value(node.ty.length) % 2:
+                raise ValueError(f"{stage} stage, {expr_str(node)}: rotate-half RoPE needs an even row length, "
+                                 f"got {show(node.ty.length)}")
             parts = [(c, expr_str(c)) for c in ir.children(node) if c.ty.is_vec]
             if isinstance(node, ir.Cast) and node.ty.is_vec:
                 parts.append((node, f"the row the {stage} stage must give"))

@@ -88,10 +88,14 @@ class Differentiator:
 
     def backprop(self, seeds: dict[ir.Expr, list[tuple[str, str]]], orient: str, level: str,
                  stop: Callable[[ir.Expr], bool], on_stop: Callable[[ir.Expr, str, str], None],
-                 sinks: GradSinks, want_child: Callable[[ir.Expr], bool] = lambda c: True) -> None:
+                 sinks: GradSinks, want_child: Callable[[ir.Expr], bool] = lambda c: True,
+                 pair_guard: str | None = None) -> None:
         """Emit adjoint code from ``seeds`` ({node: [(code, layout)]}) down to leaves or stop nodes.
 
         ``stop(node)`` nodes get ``on_stop(node, adj, layout)`` instead of being expanded.
+        ``pair_guard`` (a boolean [BLOCK_M, BLOCK_N] tile) zeroes pair adjoints outside the allowed
+        pairs: there a zero adjoint times a NaN/inf forward value (log of a masked-out
+        distance, say) would otherwise poison the sums.
         """
         order: list[ir.Expr] = []
         seen: set = set()
@@ -114,7 +118,7 @@ class Differentiator:
             if not terms:
                 continue
             shape = _shape(n, orient)
-            total = " + ".join(f"({reduce_to(c, s, shape)})" for c, s in terms)
+            total = " + ".join(f"({reduce_to(self._guard(c, s, shape, pair_guard), s, shape)})" for c, s in terms)
             g = self.em.put(level, total, "g", _DOT_NOTES.get(shape, "") if "tl.dot(" in total else "")
             if stop(n):
                 on_stop(n, g, shape)
@@ -129,6 +133,12 @@ class Differentiator:
                 if self.live(child) and want_child(child):
                     # a rule may give the contribution in the child's own layout
                     contrib.setdefault(child, []).append((code, _shape(child, orient) if layout else shape))
+
+    @staticmethod
+    def _guard(code: str, src: str, dst: str, pair_guard: str | None) -> str:
+        if pair_guard and src == "pair":
+            return f"tl.where({pair_guard}, {code}, 0.0)"
+        return code
 
     def _diff_children(self, n: ir.Expr) -> tuple[ir.Expr, ...]:
         if isinstance(n, ir.Call) and n.fn == "rope":

@@ -104,7 +104,7 @@ def forward(plan: Plan) -> Blocks:
 def preprocess(plan: Plan) -> Blocks:
     """Out-stage backward (do -> do_raw and gate-like gradients) and the sink gradient."""
     bl = Blocks()
-    for n in ("pre", "sink", "outer", "inner", "inner_w"):
+    for n in ("pre", "sink_bwd", "outer", "inner", "inner_w"):
         bl.stmts[n] = []
     cur = {"lvl": "pre"}
     env = KernelEnv(plan.attn, lambda ax: cur["lvl"], bl.stmts, binds={"o": "o_raw"})
@@ -115,11 +115,10 @@ def preprocess(plan: Plan) -> Blocks:
         sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
         diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: False, None, sinks)
     if a.norm.sink is not None:
-        cur["lvl"] = "sink"
+        cur["lvl"] = "sink_bwd"
         sink = em.f32(a.norm.sink)
-        bl.vars["sink"] = sink
-        seed = em.put("sink", f"tl.where(rmask, -tl.exp({sink} - lse_safe) * delta[:, None], 0.0)", "dsink")
-        diff.backprop({a.norm.sink: [(seed, "row")]}, "pair", "sink", lambda n: False, None,
+        seed = em.put("sink_bwd", f"tl.where(rmask, -tl.exp({sink} - lse_safe) * delta[:, None], 0.0)", "dsink")
+        diff.backprop({a.norm.sink: [(seed, "row")]}, "pair", "sink_bwd", lambda n: False, None,
                       _grad_sink(plan, em, "pre"))
     if plan.delta_loop:
         # delta = sum_j p dp needs the weights' derivative, so walk the keys once
@@ -130,8 +129,8 @@ def preprocess(plan: Plan) -> Blocks:
         inner_w = Differentiator(em, lambda n: False)
         env.level_of = lambda ax: "inner_w" if COL in ax else "outer"
         sinks = GradSinks(lambda *args: None)
-        inner_w.backprop({a.weights: [("dw", "pair")]}, "pair", "inner_w", lambda n: not is_pair(n),
-                         lambda n, g, s: None, sinks, want_child=is_pair)
+        inner_w.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_w", lambda n: not is_pair(n),
+                         lambda n, g, s: None, sinks, want_child=is_pair, pair_guard="allowed")
         bl.vars["dp"] = sinks.bound.get("p", "0.0")
     return bl
 
@@ -164,13 +163,13 @@ def dq_kernel(plan: Plan) -> Blocks:
     a = plan.attn
     if a.weights is not None:
         env.level_of = lambda ax: "inner_wb" if COL in ax else "outer"
-        diff.backprop({a.weights: [("dw", "pair")]}, "pair", "inner_wb", stop,
-                      _frontier(em, acc, bl, "init", "inner_wb", "acc_r"), sinks, want)
+        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_wb", stop,
+                      _frontier(em, acc, bl, "init", "inner_wb", "acc_r"), sinks, want, "allowed")
         bl.vars["dp"] = sinks.bound.get("p", "0.0")
         bl.vars["ds_w"] = sinks.bound.get("score", "")
     env.level_of = lambda ax: "inner_s" if COL in ax else "outer"
     diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop,
-                  _frontier(em, acc, bl, "init", "inner_s", "acc_r"), sinks, want)
+                  _frontier(em, acc, bl, "init", "inner_s", "acc_r"), sinks, want, "allowed")
     env.level_of = lambda ax: "post"
     if acc:
         diff.backprop({n: [(name, shape)] for n, (name, shape) in acc.items()}, "pair", "post",
@@ -212,11 +211,11 @@ def dkdv_kernel(plan: Plan) -> Blocks:
     a = plan.attn
     if a.weights is not None:
         env.level_of = level("inner_wb")
-        diff.backprop({a.weights: [("dw", "pair")]}, "pair", "inner_wb", stop, on_stop("inner_wb"), sinks, want)
+        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_wb", stop, on_stop("inner_wb"), sinks, want, "allowed")
         bl.vars["dp"] = sinks.bound.get("p", "0.0")
         bl.vars["ds_w"] = sinks.bound.get("score", "")
     env.level_of = level("inner_s")
-    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop, on_stop("inner_s"), sinks, want)
+    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop, on_stop("inner_s"), sinks, want, "allowed")
     env.level_of = lambda ax: "post_h" if HEAD in ax else "outer"
     if acc_h:
         diff.backprop({n: [(name, shape)] for n, (name, shape) in acc_h.items()}, "k", "post_h",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from pathlib import Path
 
 import jinja2
 
@@ -27,12 +28,23 @@ def _render(template: str, **ctx) -> str:
     return _env().get_template(template).render(**ctx)
 
 
+@lru_cache(maxsize=1)
+def generator_digest() -> str:
+    """Hash of the code generator itself (templates and codegen modules), so edits invalidate caches."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for f in sorted([*here.glob("*.py"), *paths.templates_dir().glob("*.jinja")]):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(source: str, consts: dict, extra: str = "") -> str:
-    """Spec text, constants and versions: what makes generated code differ."""
+    """Spec text, constants, versions and the generator's digest: what makes generated code differ."""
     import torch
     import triton
     h = hashlib.sha256()
-    for part in (source, repr(sorted(consts.items())), __version__, triton.__version__, torch.__version__, extra):
+    for part in (source, repr(sorted(consts.items())), __version__, generator_digest(), triton.__version__,
+                 torch.__version__, extra):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:20]

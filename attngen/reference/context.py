@@ -20,8 +20,8 @@ from .exprs import Env
 class Context:
     """Sizes, prepared inputs and index tensors; ``q_rows``/``k_rows`` after the prologue.
 
-    ``q_rows``: q' [B, H, M, D]; ``k_rows``: k' per query head [B, H, N, D] (the k
-    prologue may name ``h``, so k' is kept per query head rather than per KV head).
+    ``q_rows``: q' [B, H, M, D]; ``k_rows``: k' [B, H, N, D], already expanded to the
+    query heads through ``hk`` so that pair stages and ``kmean`` index it like q'.
     """
 
     sizes: Mapping[str, int]

@@ -205,10 +205,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotate-half RoPE of rows ``x`` [..., L] at positions ``pos`` [...]."""
+    """Rotate-half RoPE of rows ``x`` [..., L] at positions ``pos`` [...]; bind() checked L is even."""
     L = x.shape[-1]
-    if L % 2:
-        raise ValueError(f"rope() needs rows of even length, got {L}")
     half = L // 2
     angle_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     t = torch.arange(half, dtype=torch.float64, device=x.device)

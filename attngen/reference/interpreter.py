@@ -72,7 +72,7 @@ def run(a: ir.Attention, bound: Bound, return_lse: bool = False):
 
 
 def _prepare(a: ir.Attention, bound: Bound) -> Context:
-    """The call's context with q' [B, H, M, D] and k' [B, H, N, D] (per query head) set."""
+    """The call's context with q' [B, H, M, D] and k' [B, H, N, D] (expanded to query heads) set."""
     q, k = bound.q, bound.k
     ctx = Context.make(bound.sizes, prepare_inputs(bound.inputs, q.dtype, q.device), q.dtype, q.device,
                        bound.scale)

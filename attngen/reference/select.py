@@ -45,7 +45,7 @@ def selected(sel: ir.Select, ctx: Context, allowed: torch.Tensor,
     blocks = shape[:3] + (nb,)
     allowed_blocks = F.pad(allowed, (0, pad)).view(*shape[:3], nb, bs).any(-1)
     k = F.pad(ctx.k_rows, (0, 0, 0, pad)).view(shape[0], shape[1], nb, bs, -1)
-    counts = (N - torch.arange(nb, device=ctx.device) * bs).clamp(max=bs)  # keys per block; the last may be short
+    counts = (N - torch.arange(nb, device=ctx.device) * bs).clamp(max=bs)  # the last block may be short
     kmean = k.sum(3) / counts.to(k.dtype)[:, None]
     jb = torch.arange(nb, device=ctx.device).view(1, 1, 1, nb)
     env = ctx.env({"q": ctx.q_rows[:, :, :, None, :], "kmean": kmean[:, :, None]}, jb=jb)
