@@ -7,6 +7,8 @@ traceback: an :class:`AttnError` raised anywhere under a command is printed as
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -164,3 +166,53 @@ def _show_mask(file: str, attns: list[ir.Attention], out: str, M: int, N: int) -
 
 # ---- room for the lead: `compile`, `verify` and `bench` are one @main.command() function each,
 # reading specs with load_spec() and taking name_option / define_option where they apply.
+
+
+@main.command("compile")
+@click.argument("file")
+@click.option("-o", "--output", "out", required=True, metavar="OUT.py", help="Where to write the module.")
+@name_option
+@define_option
+def compile_cmd(file: str, out: str, name: str | None, consts: dict) -> None:
+    """Write a standalone module (torch + triton only) with one function per attention of FILE."""
+    from .codegen.render import cache_key, render_module
+
+    attns = load_spec(file, name, consts)
+    source = Path(file).read_text()
+    text = render_module(attns, source, file, cache_key(source, consts, file))
+    Path(out).write_text(text)
+    click.echo(f"{out}: {', '.join(a.name for a in attns)} ({len(text.splitlines())} lines)")
+
+
+@main.command()
+@click.argument("file")
+@name_option
+@define_option
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Default: cuda when available, else cpu (needs TRITON_INTERPRET=1).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Default: bfloat16 on cuda, float32 on cpu.")
+def verify(file: str, name: str | None, consts: dict, device: str | None, dtype: str | None) -> None:
+    """Run FILE's kernels and the reference on random inputs; print relative errors of o and every gradient."""
+    import torch
+
+    from .verify import compare
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UserError("verify on cpu runs the kernels under the Triton interpreter: set TRITON_INTERPRET=1")
+    dt = getattr(torch, dtype or ("bfloat16" if device == "cuda" else "float32"))
+    shape = dict(M=67, N=67, D=40, DV=24) if device == "cpu" else dict(M=1000, N=1000, D=128, DV=128)
+    failed = False
+    for a in load_spec(file, name, consts):
+        if a.select is not None:
+            click.echo(f"{a.name}: skipped (select stages have no kernels yet)")
+            continue
+        errs = compare(a, dtype=dt, device=device, **shape)
+        click.echo(f"{a.name} ({device}, {dtype or dt}, B=2 H=4 HK=2 {shape}):")
+        for key, (kern, lowp) in errs.items():
+            ok = kern <= max(4 * lowp, 1e-5)
+            failed |= not ok
+            click.echo(f"  {key:>10}  kernel {kern:.2e}   low-precision reference {lowp:.2e}  {'ok' if ok else 'FAIL'}")
+    if failed:
+        sys.exit(1)

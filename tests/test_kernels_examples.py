@@ -10,7 +10,7 @@ import pytest
 
 from attngen.spec import compile_file
 
-from kernel_harness import assert_close, compare
+from attngen.verify import assert_close, compare
 
 EXAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.attn"))
 DENSE = [(p, a.name) for p in EXAMPLES for a in compile_file(p) if a.select is None]

@@ -1,4 +1,5 @@
-"""Shared harness: run an attention through the generated kernels and the float64 reference.
+"""Kernels vs reference: run an attention through the generated kernels and the float64 reference
+(used by ``attngen verify`` and the test suite).
 
 Inputs are drawn from each spec's declarations: float tensors uniform in [0.5, 1.5)
 (positive, so specs may take logs or powers of them), integer tensors as sorted small ids
