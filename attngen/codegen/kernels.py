@@ -126,12 +126,15 @@ def preprocess(plan: Plan) -> Blocks:
         env.level_of = lambda ax: "inner" if COL in ax else "outer"
         loop = _recompute(em, env, plan, bl)
         bl.vars.update(loop)
-        inner_w = Differentiator(em, lambda n: False)
-        env.level_of = lambda ax: "inner_w" if COL in ax else "outer"
-        sinks = GradSinks(lambda *args: None)
-        inner_w.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_w", lambda n: not is_pair(n),
-                         lambda n, g, s: None, sinks, want_child=is_pair, pair_guard="allowed")
-        bl.vars["dp"] = sinks.bound.get("p", "0.0")
+        bl.vars["dp"] = "dw"
+        if a.weights is not None:
+            inner_w = Differentiator(em, lambda n: False)
+            env.level_of = lambda ax: "inner_w" if COL in ax else "outer"
+            sinks = GradSinks(lambda *args: None)
+            inner_w.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_w",
+                             lambda n: not is_pair(n), lambda n, g, s: None, sinks, want_child=is_pair,
+                             pair_guard="allowed")
+            bl.vars["dp"] = sinks.bound.get("p", "0.0")
     return bl
 
 

@@ -52,8 +52,10 @@ class Plan:
 
     @property
     def delta_loop(self) -> bool:
-        """delta = sum_j p dp needs a key loop when a weights stage sits between p and o."""
-        return self.attn.weights is not None and self.norm in ("softmax", "sum", "stickbreaking")
+        """delta = sum_j p dp needs a key loop when a weights stage sits between p and o, and for
+        stick-breaking, whose ds subtracts running sums from delta (so delta must be fp32-exact,
+        not rebuilt from the low-precision o)."""
+        return (self.attn.weights is not None and self.norm in ("softmax", "sum")) or self.norm == "stickbreaking"
 
     @property
     def needs_delta(self) -> bool:
