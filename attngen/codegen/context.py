@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 from .. import __version__
-from ..ir import nodes as ir
 from . import kernels
 from .emit import vec_block
 from .plan import Plan
@@ -96,5 +95,3 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         source=source.rstrip(), attentions=[attention_context(p, render_kernel) for p in plans],
     )
 
-
-__all__ = ["module_context", "ir"]
