@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from attngen.reference import ReferenceAttention
 from attngen.spec import compile_source
 
-F64 = torch.float64
+from refutil import F64, check
 
 
 def run(src, q, k, v, **inputs):
@@ -24,14 +24,6 @@ def qkv(B=1, H=2, HK=1, M=7, N=9, D=8, DV=5, seed=0):
 def none_norm(s, v):
     """norm = none: o = s @ v (v per query head)."""
     return s @ v.repeat_interleave(s.shape[1] // v.shape[1], 1)
-
-
-def check(out, expect, leaves):
-    torch.testing.assert_close(out, expect)
-    g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, leaves, g, retain_graph=True),
-                    torch.autograd.grad(expect, leaves, g, retain_graph=True)):
-        torch.testing.assert_close(a, b)
 
 
 def test_unary_functions():

@@ -4,29 +4,7 @@ import math
 
 import torch
 
-from attngen.reference import ReferenceAttention
-from attngen.spec import compile_source
-
-F64 = torch.float64
-
-
-def ref(src):
-    return ReferenceAttention(compile_source(src)[0])
-
-
-def qkv(B=2, H=4, HK=2, M=67, N=67, D=40, DV=24, dtype=F64, seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(*s, generator=g, dtype=dtype) * scale).requires_grad_()
-            for s in ((B, H, M, D), (B, HK, N, D), (B, HK, N, DV))]
-
-
-def leaf(*shape, seed=1, low=0.0, high=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return (low + (high - low) * torch.rand(*shape, generator=g, dtype=F64)).requires_grad_()
-
-
-def positions(M, N):
-    return torch.arange(M)[:, None] + N - M, torch.arange(N)[None, :]
+from refutil import F64, check, leaf, positions, qkv, ref
 
 
 def scores(q, k, v, scale=None):
@@ -35,15 +13,6 @@ def scores(q, k, v, scale=None):
     k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     return q @ k.transpose(-1, -2) * scale, v
-
-
-def check(out, expect, leaves, **tol):
-    torch.testing.assert_close(out, expect, **tol)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, leaves, g, retain_graph=True)
-    want = torch.autograd.grad(expect, leaves, g, retain_graph=True)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, **tol)
 
 
 def test_sigmoid_with_minus_log_n_bias():

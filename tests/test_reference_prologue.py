@@ -5,29 +5,7 @@ import math
 import pytest
 import torch
 
-from attngen.reference import ReferenceAttention
-from attngen.spec import compile_source
-
-F64 = torch.float64
-
-
-def ref(src):
-    return ReferenceAttention(compile_source(src)[0])
-
-
-def qkv(B=2, H=4, HK=2, M=67, N=67, D=40, DV=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*s, generator=g, dtype=F64).requires_grad_()
-            for s in ((B, H, M, D), (B, HK, N, D), (B, HK, N, DV))]
-
-
-def leaf(*shape, seed=1, low=0.5, high=1.5):
-    g = torch.Generator().manual_seed(seed)
-    return (low + (high - low) * torch.rand(*shape, generator=g, dtype=F64)).requires_grad_()
-
-
-def positions(M, N):
-    return torch.arange(M)[:, None] + N - M, torch.arange(N)[None, :]
+from refutil import F64, check, leaf, positions, qkv, ref
 
 
 def attend(q, k, v, allowed, scale=None, bias=0.0):
@@ -37,15 +15,6 @@ def attend(q, k, v, allowed, scale=None, bias=0.0):
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = (q @ k.transpose(-1, -2) * scale + bias).masked_fill(~allowed, float("-inf"))
     return torch.softmax(s, -1) @ v
-
-
-def check(out, expect, leaves):
-    torch.testing.assert_close(out, expect)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, leaves, g, retain_graph=True)
-    want = torch.autograd.grad(expect, leaves, g, retain_graph=True)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b)
 
 
 def rope_loop(x, pos, base):
@@ -112,7 +81,7 @@ def test_rmsnorm_weights_and_rope():
         mask = causal
     }"""
     q, k, v = qkv(M=5, N=67)
-    qw, kw = leaf(40), leaf(40, seed=2)
+    qw, kw = leaf(40, low=0.5, high=1.5), leaf(40, seed=2, low=0.5, high=1.5)
     i, j = positions(5, 67)
     expect = attend(rope_loop(rms(q, qw), i[:, 0], 1e6), rope_loop(rms(k, kw), j[0], 1e6), v, j <= i)
     check(ref(src)(q, k, v, qw=qw, kw=kw), expect, [q, k, v, qw, kw])
@@ -128,7 +97,7 @@ def test_per_head_scaling_and_a_zero_row():
     q, k, v = qkv(M=5, N=9)
     with torch.no_grad():
         q[0, 0, 0] = 0.0
-    temp = leaf(4)
+    temp = leaf(4, low=0.5, high=1.5)
     expect = attend(l2(q * temp[None, :, None, None]), k, v, torch.ones(5, 9, dtype=torch.bool))
     check(ref(src)(q, k, v, temp=temp), expect, [q, k, v, temp])
 
@@ -143,7 +112,7 @@ def test_row_inputs_as_scores():
         mask = causal
     }"""
     q, k, v = qkv(M=5, N=67)
-    qi, ki = leaf(2, 5, 16, low=-1), leaf(2, 67, 16, seed=2, low=-1)
+    qi, ki = leaf(2, 5, 16, low=-1, high=1.5), leaf(2, 67, 16, seed=2, low=-1, high=1.5)
     i, j = positions(5, 67)
     kk = k.repeat_interleave(2, 1)
     sq = (q[:, :, :, None, :] - kk[:, :, None, :, :]).square().sum(-1)

@@ -12,21 +12,11 @@ import torch
 from attngen.reference import ReferenceAttention, selected_pairs
 from attngen.spec import compile_source
 
-F64 = torch.float64
+from refutil import F64, positions, qkv
 
 
 def spec(src):
     return compile_source(src)[0]
-
-
-def qkv(B=2, H=4, HK=2, M=67, N=67, D=40, DV=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*s, generator=g, dtype=F64).requires_grad_()
-            for s in ((B, H, M, D), (B, HK, N, D), (B, HK, N, DV))]
-
-
-def positions(M, N):
-    return torch.arange(M)[:, None] + N - M, torch.arange(N)[None, :]
 
 
 def heads(k, H):
