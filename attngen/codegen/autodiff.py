@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import nodes as ir
-from .analysis import COL, HEAD, ROW, axes, is_pair
-from .emit import Emitter, _pow, vec_len, vec_offs
+from .analysis import COL, ROW, axes
+from .emit import Emitter, _pow, vec_offs
 
 LN2 = 0.6931471805599453
 _DOT_NOTES = {"vrow": "[BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_L] -> [BLOCK_M, BLOCK_L]",
@@ -225,22 +225,21 @@ class Differentiator:
         if fn == "norm":
             return [(x, f"tl.where({y} > 0, {g} / {y}, 0.0) * {v(x)}")]
         if fn == "l2norm":
-            xv = v(x)
-            nrm = em.put(level, f"tl.sqrt(tl.sum({xv} * {xv}, axis=1))[:, None]", "nrm")
+            nrm = em.row_norm(x, orient, level)
             gy = em.put(level, f"tl.sum({g} * {y}, axis=1)[:, None]", "gy")
             return [(x, f"tl.where({nrm} > 1e-6, ({g} - {y} * {gy}) / {nrm}, {g} / 1e-6)")]
         if fn == "rmsnorm":
             w = args[1]
             xv, wv = v(x), v(w)
-            L = vec_len(n.ty.length)
-            r = em.put(level, f"tl.rsqrt(tl.sum({xv} * {xv}, axis=1)[:, None] / {L} + 1e-6)", "r")
+            L = n.ty.length
+            r = em.rms_scale(n, orient, level)
             gxw = em.put(level, f"tl.sum({g} * {xv} * {wv}, axis=1)[:, None]", "gxw")
             return [(x, f"{r} * {wv} * {g} - {xv} * {r} * {r} * {r} * {gxw} / {L}"),
                     (w, f"{g} * {xv} * {r}")]
         if fn == "rope":
-            cos, sin = em.rope_tables(n, orient if COL not in axes(n) else "k", level)
+            cos, sin = em.rope_tables(n, orient, level)
             L = n.ty.length
-            return [(x, f"{g} * {cos} - _rope_rot({g} * {sin}, {vec_offs(L)}, {vec_len(L)})")]
+            return [(x, f"{g} * {cos} - _rope_rot({g} * {sin}, {vec_offs(L)}, {L})")]
         return []
 
     def _pair_rules(self, n: ir.Call, g: str, orient: str) -> list[tuple]:
@@ -270,11 +269,6 @@ class Differentiator:
         return out
 
 
-def row_kernel_stop(n: ir.Expr) -> bool:
-    """In the query-row kernel, stop (frontier or drop) at every non-pair node."""
-    return not is_pair(n)
-
-
 def owned_by_row_kernel(n: ir.Expr) -> bool:
     return COL not in axes(n)
 
@@ -282,6 +276,3 @@ def owned_by_row_kernel(n: ir.Expr) -> bool:
 def owned_by_col_kernel(n: ir.Expr) -> bool:
     return COL in axes(n) and ROW not in axes(n)
 
-
-__all__ = ["Differentiator", "GradSinks", "reduce_to", "row_kernel_stop", "owned_by_row_kernel",
-           "owned_by_col_kernel", "HEAD"]

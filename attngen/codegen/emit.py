@@ -42,11 +42,6 @@ def vec_offs(length: str, perm: bool = False) -> str:
     return f"{'perm' if perm else 'offs'}_{base}"
 
 
-def vec_len(length: str) -> str:
-    """Code for a vector length's runtime value."""
-    return length
-
-
 def nonneg(e: ir.Expr) -> bool:
     """Statically non-negative integer (so C and Python division agree)."""
     if isinstance(e, ir.Const):
@@ -96,6 +91,19 @@ class Emitter:
         name = self.fresh(hint)
         self.env.stmts[level].append(f"{name} = {code}" + (f"  # {note}" if note else ""))
         return name
+
+    def cached(self, key: tuple, level: str, code: str, hint: str = "") -> str:
+        """A derived value (row norm, rope angles...) emitted once per kernel and reused, the
+        backward included; the first request places it."""
+        if key not in self.memo:
+            self.memo[key] = self.put(level, code, hint)
+        return self.memo[key]
+
+    def row_sumsq(self, x: ir.Expr, orient: str, level: str) -> str:
+        """sum(x * x) over each row [R, 1]; a column permutation does not change it, so the
+        rotate-half copy of a row shares it."""
+        v = self.f32(x, orient)
+        return self.cached(("sumsq", x, orient), level, f"tl.sum({v} * {v}, axis=1)[:, None]", "sumsq")
 
     def level(self, e: ir.Expr) -> str:
         return self.env.level_of(axes(e))
@@ -242,15 +250,12 @@ class Emitter:
             x = self.f32(e.args[0], orient)
             return self.put(lvl, self.layout(f"tl.sqrt(tl.sum({x} * {x}, axis=1))", e.args[0], orient), note=note)
         if fn == "l2norm":
-            x = self.f32(e.args[0], orient, perm)
-            nrm = self.put(lvl, f"tl.sqrt(tl.sum({x} * {x}, axis=1))[:, None]", note="row norm")
-            return self.put(lvl, f"{x} / tl.maximum({nrm}, 1e-6)", note=note)
+            nrm = self.row_norm(e.args[0], orient, lvl)
+            return self.put(lvl, f"{self.f32(e.args[0], orient, perm)} / tl.maximum({nrm}, 1e-6)", note=note)
         if fn == "rmsnorm":
             x = self.f32(e.args[0], orient, perm)
             w = self.f32(e.args[1], orient, perm)
-            r = self.put(lvl, f"tl.rsqrt(tl.sum({x} * {x}, axis=1)[:, None] / {vec_len(e.ty.length)} + 1e-6)",
-                         note="rms scale")
-            return self.put(lvl, f"{x} * {r} * {w}", note=note)
+            return self.put(lvl, f"{x} * {self.rms_scale(e, orient, lvl)} * {w}", note=note)
         if fn == "rope":
             return self._rope(e, orient, lvl, note)
         raise CodegenError(f"no code generator for {fn}()")
@@ -291,21 +296,32 @@ class Emitter:
         anchor = a if axes(a) else b
         return self.put(lvl, self.layout(f"tl.sum({body}, axis=1)", anchor, orient), e.fn, note)
 
+    def row_norm(self, x: ir.Expr, orient: str, level: str) -> str:
+        """‖x‖ of each row [R, 1]."""
+        return self.cached(("norm", x, orient), level, f"tl.sqrt({self.row_sumsq(x, orient, level)})", "nrm")
+
+    def rms_scale(self, e: ir.Call, orient: str, level: str) -> str:
+        """rsqrt(mean(x²) + 1e-6) of ``rmsnorm(x, w)``, per row [R, 1]."""
+        sumsq = self.row_sumsq(e.args[0], orient, level)
+        return self.cached(("rms", e.args[0], orient), level, f"tl.rsqrt({sumsq} / {e.ty.length} + 1e-6)", "rms")
+
     def rope_tables(self, e: ir.Call, orient: str, lvl: str) -> tuple[str, str]:
         """cos and sin of the rotation angles of ``rope(x, pos, base)``, shaped like x."""
-        pos = self.f32(e.args[1], orient if COL not in axes(e) else "k")
+        orient = orient if COL not in axes(e) else "k"
+        pos = self.f32(e.args[1], orient)
         log2_base = math.log2(float(e.args[2].value))
         L = e.ty.length
-        theta = self.put(lvl, f"{pos} * _rope_inv_freq({vec_offs(L)}, {vec_len(L)}, {log2_base!r})[None, :]",
-                         "theta")
-        return self.put(lvl, f"tl.cos({theta})", "cos"), self.put(lvl, f"tl.sin({theta})", "sin")
+        theta = self.cached(("theta", e, orient), lvl,
+                            f"{pos} * _rope_inv_freq({vec_offs(L)}, {L}, {log2_base!r})[None, :]", "theta")
+        return (self.cached(("cos", e, orient), lvl, f"tl.cos({theta})", "cos"),
+                self.cached(("sin", e, orient), lvl, f"tl.sin({theta})", "sin"))
 
     def _rope(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
         x = self.f32(e.args[0], orient, False)
         xp = self.f32(e.args[0], orient, True)  # x at rotate-half columns (no sign yet)
         L = e.ty.length
         cos, sin = self.rope_tables(e, orient, lvl)
-        sign = f"_rope_sign({vec_offs(L)}, {vec_len(L)})[None, :]"
+        sign = f"_rope_sign({vec_offs(L)}, {L})[None, :]"
         return self.put(lvl, f"{x} * {cos} + {sign} * {xp} * {sin}", "rope", note)
 
 

@@ -64,39 +64,34 @@ def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var:
     return GradSinks(leaf)
 
 
-def _frontier(em: Emitter, acc: dict, blocks: Blocks, init_level: str, update_level: str, prefix: str):
-    """on_stop handler: accumulate a frontier node's adjoint across the loop."""
+def _frontier(acc: dict, blocks: Blocks, init_level: str, prefix: str):
+    """Accumulate a frontier node's adjoint across the loop: ``update(node, adj, layout, level)``
+    declares the accumulator (in ``init_level``) on first use and adds into it in ``level``."""
 
-    def on_stop(n: ir.Expr, g: str, shape: str) -> None:
+    def update(n: ir.Expr, g: str, shape: str, level: str) -> None:
         if n not in acc:
             name = f"{prefix}{len(acc)}"
             acc[n] = (name, shape)
             blocks.stmts[init_level].append(f"{name} = {_zeros(shape, n)}")
         name, ashape = acc[n]
-        blocks.stmts[update_level].append(f"{name} += {reduce_to(g, shape, ashape)}")
+        blocks.stmts[level].append(f"{name} += {reduce_to(g, shape, ashape)}")
 
-    return on_stop
+    return update
 
 
 def forward(plan: Plan) -> Blocks:
     bl = Blocks()
-    cur = {"inner": "inner"}
     for n in ("outer", "inner", "inner_w", "epi"):
         bl.stmts[n] = []
-    env = KernelEnv(plan.attn, lambda ax: cur["inner"] if COL in ax else cur.get("all", "outer"), bl.stmts)
+    env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
     em = Emitter(env, "f")
     a = plan.attn
-    bl.vars["s"] = em.f32(a.score)
-    bl.vars["mask"] = em.value(a.mask) if a.mask is not None else ""
+    bl.vars.update(_recompute(em, env, plan, bl))
     if a.norm.sink is not None:
         bl.vars["sink"] = em.f32(a.norm.sink)
-    if a.weights is not None:
-        env.binds.update(p="p", score="s")
-        cur["inner"] = "inner_w"
-        bl.vars["w"] = em.f32(a.weights)
     if a.out is not None:
         env.binds["o"] = "o"
-        cur["inner"] = cur["all"] = "epi"
+        env.level_of = lambda ax: "epi"
         bl.vars["out"] = em.f32(a.out)
     return bl
 
@@ -151,6 +146,34 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks) -> dict[str,
     return out
 
 
+def _loop_backward(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, level_of, on_stop, sinks: GradSinks,
+                   want) -> None:
+    """Inside the key (or query) loop: weights backward (dw -> dp, ds_w), then score backward (ds).
+
+    ``level_of(part)`` is the kernel's placement with the loop part ``part``;
+    ``on_stop(part)`` the frontier handler filling that part.
+    """
+    diff = Differentiator(em, plan.wants_grad)
+    stop = lambda n: not is_pair(n)  # noqa: E731
+    a = plan.attn
+    if a.weights is not None:
+        env.level_of = level_of("inner_wb")
+        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_wb", stop,
+                      on_stop("inner_wb"), sinks, want, "allowed")
+        bl.vars["dp"] = sinks.bound.get("p", "0.0")
+        bl.vars["ds_w"] = sinks.bound.get("score", "")
+    env.level_of = level_of("inner_s")
+    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop, on_stop("inner_s"), sinks, want,
+                  "allowed")
+
+
+def _post_backward(em: Emitter, plan: Plan, acc: dict, orient: str, level: str, sinks: GradSinks) -> None:
+    """After the loop: differentiate the accumulated frontier adjoints down to the leaves."""
+    if acc:
+        Differentiator(em, plan.wants_grad).backprop({n: [(name, shape)] for n, (name, shape) in acc.items()},
+                                                     orient, level, lambda n: False, None, sinks)
+
+
 def dq_kernel(plan: Plan) -> Blocks:
     bl = Blocks()
     for n in ("outer", "init", "inner", "inner_w", "inner_wb", "inner_s", "post"):
@@ -158,25 +181,15 @@ def dq_kernel(plan: Plan) -> Blocks:
     env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
     em = Emitter(env, "r")
     bl.vars.update(_recompute(em, env, plan, bl))
-    diff = Differentiator(em, plan.wants_grad)
     acc: dict = {}
     sinks = _grad_sink(plan, em, "dq")
-    want = lambda c: is_pair(c) or owned_by_row_kernel(c)  # noqa: E731
-    stop = lambda n: not is_pair(n)  # noqa: E731
-    a = plan.attn
-    if a.weights is not None:
-        env.level_of = lambda ax: "inner_wb" if COL in ax else "outer"
-        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_wb", stop,
-                      _frontier(em, acc, bl, "init", "inner_wb", "acc_r"), sinks, want, "allowed")
-        bl.vars["dp"] = sinks.bound.get("p", "0.0")
-        bl.vars["ds_w"] = sinks.bound.get("score", "")
-    env.level_of = lambda ax: "inner_s" if COL in ax else "outer"
-    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop,
-                  _frontier(em, acc, bl, "init", "inner_s", "acc_r"), sinks, want, "allowed")
+    update = _frontier(acc, bl, "init", "acc_r")
+    _loop_backward(em, env, plan, bl,
+                   level_of=lambda part: (lambda ax: part if COL in ax else "outer"),
+                   on_stop=lambda part: (lambda n, g, shape: update(n, g, shape, part)),
+                   sinks=sinks, want=lambda c: is_pair(c) or owned_by_row_kernel(c))
     env.level_of = lambda ax: "post"
-    if acc:
-        diff.backprop({n: [(name, shape)] for n, (name, shape) in acc.items()}, "pair", "post",
-                      lambda n: False, None, sinks)
+    _post_backward(em, plan, acc, "pair", "post", sinks)
     return bl
 
 
@@ -185,46 +198,28 @@ def dkdv_kernel(plan: Plan) -> Blocks:
     for n in ("outer", "init", "head", "init_h", "inner", "inner_w", "inner_wb", "inner_s", "post_h", "post"):
         bl.stmts[n] = []
 
-    def level(inner: str):
-        return lambda ax: inner if ROW in ax else "head" if HEAD in ax else "outer"
+    def level(part: str):
+        return lambda ax: part if ROW in ax else "head" if HEAD in ax else "outer"
 
     env = KernelEnv(plan.attn, level("inner"), bl.stmts)
     em = Emitter(env, "c")
     bl.vars.update(_recompute(em, env, plan, bl))
-    diff = Differentiator(em, plan.wants_grad)
-    acc_h: dict = {}
+    acc_h: dict = {}  # key-side frontiers that depend on the query head: reset per head
     acc_p: dict = {}
     sinks = _grad_sink(plan, em, "dkdv")
-    want = lambda c: is_pair(c) or owned_by_col_kernel(c)  # noqa: E731
-    stop = lambda n: not is_pair(n)  # noqa: E731
-    per_head = _frontier(em, acc_h, bl, "init_h", "inner_s", "acc_h")
-    per_prog = _frontier(em, acc_p, bl, "init", "inner_s", "acc_c")
+    per_head = _frontier(acc_h, bl, "init_h", "acc_h")
+    per_prog = _frontier(acc_p, bl, "init", "acc_c")
 
-    def on_stop(level_name: str):
+    def on_stop(part: str):
         def f(n, g, shape):
-            g2, shape2 = (reduce_to(g, shape, "kcol"), "kcol") if shape == "col" else (g, shape)
-            handler = per_head if HEAD in axes(n) else per_prog
-            before = len(bl.stmts["inner_s"])
-            handler(n, g2, shape2)
-            if level_name != "inner_s":  # move the update into the part of the loop being filled
-                bl.stmts[level_name].extend(bl.stmts["inner_s"][before:])
-                del bl.stmts["inner_s"][before:]
+            g, shape = (reduce_to(g, shape, "kcol"), "kcol") if shape == "col" else (g, shape)
+            (per_head if HEAD in axes(n) else per_prog)(n, g, shape, part)
         return f
 
-    a = plan.attn
-    if a.weights is not None:
-        env.level_of = level("inner_wb")
-        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_wb", stop, on_stop("inner_wb"), sinks, want, "allowed")
-        bl.vars["dp"] = sinks.bound.get("p", "0.0")
-        bl.vars["ds_w"] = sinks.bound.get("score", "")
-    env.level_of = level("inner_s")
-    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop, on_stop("inner_s"), sinks, want, "allowed")
+    _loop_backward(em, env, plan, bl, level_of=level, on_stop=on_stop, sinks=sinks,
+                   want=lambda c: is_pair(c) or owned_by_col_kernel(c))
     env.level_of = lambda ax: "post_h" if HEAD in ax else "outer"
-    if acc_h:
-        diff.backprop({n: [(name, shape)] for n, (name, shape) in acc_h.items()}, "k", "post_h",
-                      lambda n: False, None, sinks)
+    _post_backward(em, plan, acc_h, "k", "post_h", sinks)
     env.level_of = lambda ax: "post"
-    if acc_p:
-        diff.backprop({n: [(name, shape)] for n, (name, shape) in acc_p.items()}, "k", "post",
-                      lambda n: False, None, sinks)
+    _post_backward(em, plan, acc_p, "k", "post", sinks)
     return bl
