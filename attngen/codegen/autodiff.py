@@ -223,7 +223,7 @@ class Differentiator:
         if fn in ("dot", "sqdist"):
             return self._pair_rules(n, g, orient)
         if fn == "norm":
-            return [(x, f"tl.where({y} > 0, {g} / {y}, 0.0) * {v(x)}")]
+            return [(x, f"tl.where({y} > 0, {g} / {y}, 0.0) * {v(x)}", True)]
         if fn == "l2norm":
             nrm = em.row_norm(x, orient, level)
             gy = em.put(level, f"tl.sum({g} * {y}, axis=1)[:, None]", "gy")

@@ -220,7 +220,7 @@ class Emitter:
             return f"({a}) {_BIN[e.op]} ({b})"
         a, b = self.f32(e.a, orient, perm), self.f32(e.b, orient, perm)
         if e.op in ("floordiv", "mod"):
-            if e.ty.kind == "int" and nonneg(e.a) and nonneg(e.b):
+            if e.ty.kind == "int" and nonneg(e.a) and _positive(e.b):
                 return f"{a} {'//' if e.op == 'floordiv' else '%'} {b}"
             fn = "_floordiv" if e.op == "floordiv" else "_mod"
             return f"{fn}{'_f' if e.ty.kind == 'float' else ''}({a}, {b})"
@@ -344,6 +344,13 @@ def _pow(a: str, b: str, exponent: ir.Expr) -> str:
     if exponent.ty.kind == "int" and not isinstance(exponent, ir.Const):
         raise CodegenError("integer ** with a non-constant exponent is not supported by the kernels")
     return f"tl.exp2({b} * tl.log2({a}))"
+
+
+def _positive(e: ir.Expr) -> bool:
+    """Statically >= 1: a positive literal or a size (so C and Python division agree, no zero)."""
+    if isinstance(e, ir.Const):
+        return not isinstance(e.value, bool) and e.value > 0
+    return isinstance(e, ir.Sym) and e.name in ("B", "H", "HK", "M", "N", "D", "DV")
 
 
 def _in_bounds(idx: ir.Expr, dim) -> bool:

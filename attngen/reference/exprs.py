@@ -211,7 +211,7 @@ def _rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
     angle_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     t = torch.arange(half, dtype=torch.float64, device=x.device)
     inv_freq = (base ** (-2.0 * t / L)).to(angle_dtype)
-    theta = pos.to(angle_dtype)[..., None] * inv_freq
+    theta = pos.detach().to(angle_dtype)[..., None] * inv_freq  # positions carry no gradient
     cos, sin = theta.cos().to(x.dtype), theta.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
