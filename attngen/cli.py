@@ -108,14 +108,20 @@ def check(files: tuple[str, ...]) -> None:
               help="Print the IR after the optimizer ran up to PASS ('all': every pass). Implies --ir.")
 @click.option("--mask", "mask_out", is_flag=False, flag_value="-", default=None, metavar="[OUT.png]",
               help="Draw the mask into OUT.png; alone (or '-'), print it as text.")
+@click.option("--triton", "show_triton", is_flag=True,
+              help="Print the generated Triton module (kernels and autograd wrapper).")
 @click.option("--M", "M", type=click.IntRange(min=1), default=64, show_default=True, help="Query rows for --mask.")
 @click.option("--N", "N", type=click.IntRange(min=1), default=64, show_default=True, help="Keys for --mask.")
 def show(file: str, name: str | None, consts: dict, show_ir: bool, after: str | None,
-         mask_out: str | None, M: int, N: int) -> None:
-    """Show what attngen makes of FILE: its IR, or its mask."""
+         mask_out: str | None, show_triton: bool, M: int, N: int) -> None:
+    """Show what attngen makes of FILE: its IR (the default), its mask, or its Triton code."""
     attns = load_spec(file, name, consts)
-    # the IR is the default view; room for the lead: `--triton` joins --mask as an explicit view here
-    if show_ir or after is not None or mask_out is None:
+    if show_triton:
+        from .codegen.render import cache_key, render_module
+
+        source = Path(file).read_text()
+        click.echo(render_module(attns, source, file, cache_key(source, consts, file)), nl=False)
+    if show_ir or after is not None or (mask_out is None and not show_triton):
         if after is not None:
             attns = _run_passes(attns, after)
         click.echo("\n\n".join(_ir_text(a, after) for a in attns))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import os
 import subprocess
 import sys
 
@@ -200,3 +202,37 @@ def test_png_writes_a_file(tmp_path):
     out = tmp_path / "c.png"
     maskplot.save_png(_causal(16, 24), "c", out, note="inputs drawn at random")
     assert out.stat().st_size > 0
+
+
+# ---- compile, verify, show --triton
+
+def test_compile_writes_a_standalone_module(files):
+    out = files / "mod.py"
+    res = run("compile", files / "good.attn", "-o", out, "-D", "WINDOW=4")
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    imported = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else n.module.split(".")[0]
+                for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert imported <= {"math", "os", "torch", "triton"}, imported
+    assert "def causal(q, k, v" in text and "def win(q, k, v" in text
+    assert "Constants: WINDOW=4" in text and "attention win {" in text
+
+
+def test_compile_select_spec_is_a_clean_error(tmp_path):
+    spec = tmp_path / "sel.attn"
+    spec.write_text("attention sel { select = topk(4, by = score) }\n")
+    res = run("compile", spec, "-o", tmp_path / "x.py")
+    assert res.exit_code == 1 and "select stages" in res.output and "Traceback" not in res.output
+
+
+def test_show_triton(files):
+    res = run("show", files / "good.attn", "--name", "causal", "--triton")
+    assert res.exit_code == 0, res.output
+    assert "def causal_fwd(" in res.output and "tl.dot(" in res.output
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the kernels run under TRITON_INTERPRET=1")
+def test_verify_on_cpu(files):
+    res = run("verify", files / "good.attn", "--name", "win", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "dslopes" in res.output and "FAIL" not in res.output

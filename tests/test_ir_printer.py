@@ -7,9 +7,7 @@ and review the diff.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +17,8 @@ from attngen.ir.types import BOOL, FLOAT, INT, vec
 from attngen.ir.verify import IRVerifyError, verify
 from attngen.spec import compile_source
 
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("ATTNGEN_UPDATE_GOLDEN") == "1"
+from golden import check_golden
+
 
 SPECS = {
     "causal": "attention causal { mask = causal }",
@@ -81,13 +79,7 @@ def _build(name: str) -> ir.Attention:
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_golden_ir(name):
-    text = attention_str(_build(name)) + "\n"
-    path = GOLDEN / f"{name}.ir"
-    if UPDATE:
-        GOLDEN.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"no snapshot {path}; create it with ATTNGEN_UPDATE_GOLDEN=1"
-    assert text == path.read_text()
+    check_golden(f"{name}.ir", attention_str(_build(name)) + "\n")
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ..frontend.errors import AttnError
 from ..ir import nodes as ir
 
 ROW, COL, HEAD = "row", "col", "h"
@@ -36,7 +37,7 @@ def is_pair(e: ir.Expr) -> bool:
     return ROW in a and COL in a
 
 
-class CodegenError(Exception):
+class CodegenError(AttnError):
     """A valid spec that this code generator cannot compile (says why)."""
 
 

@@ -109,10 +109,13 @@ class Emitter:
         return self.env.level_of(axes(e))
 
     def provenance(self, e: ir.Expr) -> str:
+        """``from FILE:LINE STAGE`` for a node written in the spec (not for synthesized ones)."""
         s = e.span
         if s is None:
             return ""
-        return f"from {s.file.rsplit('/', 1)[-1]}:{s.line}"
+        stage = next((name for name, st in self.env.attn.stage_spans
+                      if st.line <= s.line <= st.end_line), "")
+        return f"from {s.file.rsplit('/', 1)[-1]}:{s.line} {stage}".rstrip()
 
     # ---- values
     def value(self, e: ir.Expr, orient: str = "pair", perm: bool = False) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..codegen.plan import make_plan
 from ..codegen.render import cache_key, render_module
 from ..ir import nodes as ir
 from .cache import load_module
@@ -14,6 +15,7 @@ class TritonAttention:
         self.attention = attention
         self.name = attention.name
         a = attention
+        make_plan(a)  # a spec the kernels cannot run fails here, at load time, not at the first call
         self.key = cache_key(a.source, dict(a.consts), f"{a.filename}:{a.name}")
         self._fn = None
 
