@@ -25,8 +25,7 @@ from .emit import Emitter, _pow, vec_offs
 
 LN2 = 0.6931471805599453
 _DOT_NOTES = {"vrow": "[BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_L] -> [BLOCK_M, BLOCK_L]",
-              "vcol": "[BLOCK_N, BLOCK_M] @ [BLOCK_M, BLOCK_L] -> [BLOCK_N, BLOCK_L]",
-              "vnone": "rope: [R, BLOCK_L] @ [BLOCK_L, BLOCK_L] -> [R, BLOCK_L]"}
+              "vcol": "[BLOCK_N, BLOCK_M] @ [BLOCK_M, BLOCK_L] -> [BLOCK_N, BLOCK_L]"}
 
 
 def _shape(e: ir.Expr, orient: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from .. import __version__
 from . import kernels
 from .emit import vec_block
@@ -77,8 +75,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, decls=repr(decls),
-        literal_blocks=[{"block": vec_block(L), "value": max(16, 2 ** math.ceil(math.log2(int(L))))}
-                        for L in plan.vec_lengths if L.isdigit()],
+        literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
         fwd=render_kernel("fwd.py.jinja", f=f, **base),
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
