@@ -1,0 +1,103 @@
+"""The Triton backend's runtime: disk cache, call-time validation, strides and decode shapes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+import attngen
+from attngen.runtime import cache
+
+SPEC = """
+attention win {
+    input slopes: f32[H]
+    score = dot(q, k) * scale + slopes[h] * (j - i)
+    mask = window(9)
+}"""
+
+interp = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="kernels need TRITON_INTERPRET=1")
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def qkv(B=1, H=4, HK=2, M=20, N=20, D=16, DV=16):
+    return torch.randn(B, H, M, D), torch.randn(B, HK, N, D), torch.randn(B, HK, N, DV)
+
+
+def test_cache_writes_one_module_per_key(cache_dir):
+    fn = attngen.jit(SPEC)
+    assert hasattr(fn.module, "win")
+    path = cache_dir / f"{fn.key}.py"
+    assert f"Cache key: {fn.key}" in path.read_text()
+    assert [p.name for p in cache_dir.iterdir()] == [path.name]  # no temporary files left
+    assert attngen.jit(SPEC, consts=None).key == fn.key
+    assert attngen.jit(SPEC.replace("window(9)", "window(8)")).key != fn.key
+
+
+def test_corrupt_cache_entry_is_regenerated(cache_dir):
+    fn = attngen.jit(SPEC)
+    path = cache_dir / f"{fn.key}.py"
+    path.write_text("this is not python (a crash mid-write, say")
+    sys.modules.pop(f"attngen_generated_{fn.key}", None)  # as in a new process
+    assert hasattr(fn.module, "win")
+    assert "def win(" in path.read_text()
+
+
+def test_truncated_entry_with_the_right_key_is_regenerated(cache_dir):
+    key = "k" * 20
+    (cache_dir / f"{key}.py").write_text(f'"""\nCache key: {key}\n"""\nraise SyntaxError("cut")\n')
+    mod = cache.load_module(key, lambda: f'"""\nCache key: {key}\n"""\nVALUE = 3\n')
+    assert mod.VALUE == 3
+
+
+@interp
+def test_validation_names_tensor_and_dim(cache_dir):
+    fn = attngen.jit(SPEC)
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match="missing keyword input 'slopes'"):
+        fn(q, k, v)
+    with pytest.raises(ValueError, match="slopes: dim 0 must be H=4, got 3"):
+        fn(q, k, v, slopes=torch.rand(3))
+    with pytest.raises(TypeError, match="slopes must be torch.float32"):
+        fn(q, k, v, slopes=torch.rand(4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="unexpected keyword input 'slope'; did you mean 'slopes'"):
+        fn(q, k, v, slopes=torch.rand(4), slope=1)
+    with pytest.raises(ValueError, match="v: dim 2 must be N=20, got 21"):
+        fn(q, k, torch.randn(1, 2, 21, 16), slopes=torch.rand(4))
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        fn(torch.randn(1, 3, 20, 16), k, v, slopes=torch.rand(3))
+    with pytest.raises(TypeError, match="share a dtype"):
+        fn(q.half(), k, v, slopes=torch.rand(4))
+    with pytest.raises(ValueError, match="return_lse"):
+        attngen.jit("attention s { norm = sigmoid }")(q, k, v, return_lse=True)
+
+
+@interp
+def test_cpu_without_interpreter_names_the_reference_backend(cache_dir, monkeypatch):
+    fn = attngen.jit(SPEC)
+    q, k, v = qkv()
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="backend='reference'"):
+        fn(q, k, v, slopes=torch.rand(4))
+
+
+@interp
+@pytest.mark.parametrize("M,N", [(1, 37), (37, 37), (3, 1)])
+def test_any_strides_and_decode(cache_dir, M, N):
+    """q, k, v as views of [B, rows, heads, D] tensors (the layout most models keep)."""
+    fn, ref = attngen.jit(SPEC), attngen.jit(SPEC, backend="reference")
+    q = torch.randn(2, M, 4, 24).transpose(1, 2)
+    k = torch.randn(2, N, 2, 24).transpose(1, 2)
+    v = torch.randn(2, N, 2, 40)[..., ::2].transpose(1, 2)
+    slopes = torch.rand(4)
+    o, lse = fn(q, k, v, slopes=slopes, return_lse=True)
+    o_ref, lse_ref = ref(q, k, v, slopes=slopes, return_lse=True)
+    torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_ref.float(), atol=1e-5, rtol=1e-5)
