@@ -17,7 +17,7 @@ from .ir.build import ConstValue
 __version__ = "0.1.0"
 BACKENDS = ("triton", "reference")
 
-__all__ = ["AttnError", "load", "jit", "__version__"]
+__all__ = ["AttnError", "load", "jit", "prepare", "__version__"]
 
 
 def _make(attns, name: str | None, backend: str, origin: str):
@@ -46,3 +46,13 @@ def jit(source: str, name: str | None = None, consts: Mapping[str, ConstValue] |
     """Like :func:`load`, for spec text given as a string."""
     from .spec import compile_source
     return _make(compile_source(source, "<jit>", consts, name), name, backend, "the source")
+
+
+def prepare(fn, q, k, **inputs):
+    """Classify the tiles of ``fn``'s data-dependent mask (document ids, flags) once, for calls
+    that share shapes and mask inputs: ``h = attngen.prepare(fn, q, k, doc=doc)`` then
+    ``fn(q, k, v, doc=doc, prepared=h)`` in every layer. Returns None for masks that need
+    no per-call work (affine masks are bounded in closed form inside the kernels)."""
+    if not hasattr(fn, "prepare"):
+        raise TypeError(f"prepare needs a callable from attngen.load/jit with backend='triton', got {fn!r}")
+    return fn.prepare(q, k, **inputs)

@@ -20,6 +20,12 @@ attention fold {
     mask = true and (j <= i or false) and not not (7 // 2 == 3) and (-7) % 3 == 2
     weights = p * (1 + 0) / 1
 }""",
+    "mask_tiles": """
+attention tiles {
+    input doc: i32[B, N]
+    const W = 256
+    mask = causal and i - j < W and (i // 64 == j // 64 or doc[b, i] == doc[b, j] or j < 4)
+}""",
 }
 
 

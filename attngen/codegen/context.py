@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import __version__
-from . import kernels
+from . import kernels, tiles
 from .emit import vec_block
 from .plan import Plan
 
@@ -14,7 +14,7 @@ def _params(plan: Plan) -> str:
          "K", "stride_kb", "stride_kh", "stride_kn", "stride_kd",
          "V", "stride_vb", "stride_vh", "stride_vn", "stride_vd",
          "O", "OR", "DO", "DOR", "stride_ob", "stride_oh", "stride_om", "stride_od",
-         "LSE", "DELTA", "SBL", "SBG",
+         "LSE", "DELTA", "SBL", "SBG", "TL", "TLC",
          "DQ", "stride_dqb", "stride_dqh", "stride_dqm", "stride_dqd",
          "DK", "stride_dkb", "stride_dkh", "stride_dkn", "stride_dkd",
          "DVAL", "stride_dvb", "stride_dvh", "stride_dvn", "stride_dvd"]
@@ -25,7 +25,7 @@ def _params(plan: Plan) -> str:
             n = len(d.dims)
             p += [f"{d.name}_ptr", *(f"{d.name}_s{i}" for i in range(n)),
                   f"d{d.name}_ptr", *(f"d{d.name}_s{i}" for i in range(n))]
-    p += ["B", "H", "HK", "M", "N", "D", "DV", "scale"]
+    p += ["B", "H", "HK", "M", "N", "scale"]
     lines, line = [], []
     for name in p:
         line.append(name)
@@ -38,7 +38,9 @@ def _params(plan: Plan) -> str:
 
 
 def _constexprs(plan: Plan) -> str:
-    names = ["BLOCK_M", "BLOCK_N", *(vec_block(L) for L in plan.vec_lengths), "DOT_DTYPE", "DOT_PRECISION"]
+    # head dims are compile-time: masks on full-width rows fold away and loads vectorize
+    names = ["D", "DV", "BLOCK_M", "BLOCK_N", *(vec_block(L) for L in plan.vec_lengths), "DOT_DTYPE",
+             "DOT_PRECISION", "SCAN", "TILE_HEADS"]
     names += [f"GRAD_{d.name}" for d in plan.float_inputs]
     return ",\n    ".join(f"{n}: tl.constexpr" for n in names)
 
@@ -65,19 +67,27 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                             rope_lengths=_lengths(plan, plan.rope_lengths))
     base = dict(name=a.name, params=_params(plan), constexprs=_constexprs(plan), prelude=prelude,
                 norm=plan.norm, two_pass=plan.two_pass, delta_loop=plan.delta_loop,
-                has_out=a.out is not None, has_sink=a.norm.sink is not None)
+                has_out=a.out is not None, has_sink=a.norm.sink is not None, t=tiles.static_code(a))
     f = _blocks(kernels.forward(plan), _VAR_KEYS)
     u = _blocks(kernels.preprocess(plan), _VAR_KEYS)
     r = _blocks(kernels.dq_kernel(plan), _VAR_KEYS)
     c = _blocks(kernels.dkdv_kernel(plan), _VAR_KEYS)
     inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
+    dynamic = tiles.tiles_kind(a) == "dynamic"
+    classify = ""
+    if dynamic:
+        k = tiles.classify_code(a)
+        if plan.norm == "stickbreaking":
+            k.all = "False"  # its keys are visited in order: one list of partial tiles
+        classify = render_kernel("classify.py.jinja", k=k, **base)
     decls = {d.name: (d.dtype, d.dims) for d in a.inputs}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, decls=repr(decls),
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
-        fwd=render_kernel("fwd.py.jinja", f=f, **base),
+        fwd=render_kernel("fwd.py.jinja", f=f, **base), dynamic=dynamic, classify=classify,
+        tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )
 

@@ -189,6 +189,26 @@ class Norm:
     span: Span | None = _span_field()
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """The mask over a box of pairs, from the ``mask_tiles`` pass: query positions
+    ``i_lo..i_hi`` (inclusive) against keys ``j_lo..j_hi``.
+
+    ``any`` is false only if no pair of the box is allowed (the kernels skip the tile);
+    ``all`` is true only if every pair is allowed (the kernels drop the mask there).
+    ``tile_min(x)`` / ``tile_max(x)`` of a one-sided value (``doc[b, i]``) are its extremes
+    over the box's rows or keys: such tiles are classified per call by a generated kernel.
+    """
+
+    any: Expr
+    all: Expr
+
+    @property
+    def dynamic(self) -> bool:
+        return any(isinstance(n, Call) and n.fn in ("tile_min", "tile_max")
+                   for e in (self.any, self.all) for n in walk(e))
+
+
 STAGES = ("q", "k", "score", "mask", "select", "norm", "weights", "out")
 
 
@@ -207,6 +227,7 @@ class Attention:
     norm: Norm
     weights: Expr | None
     out: Expr | None
+    tiles: Tiles | None = None  # set by the mask_tiles pass
     filename: str = field(default="<string>", compare=False)
     source: str = field(default="", compare=False, repr=False)
     stage_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
@@ -232,6 +253,9 @@ class Attention:
                 yield "select.keep", self.select.keep
         if self.norm.sink is not None:
             yield "norm.sink", self.norm.sink
+        if self.tiles is not None:
+            yield "tiles.any", self.tiles.any
+            yield "tiles.all", self.tiles.all
 
     @property
     def is_softmax(self) -> bool:
@@ -247,5 +271,7 @@ class Attention:
                                    keep=fn("select.keep", s.keep) if s.keep is not None else None)
         if self.norm.sink is not None:
             kw["norm"] = replace(self.norm, sink=fn("norm.sink", self.norm.sink))
+        if self.tiles is not None:
+            kw["tiles"] = Tiles(fn("tiles.any", self.tiles.any), fn("tiles.all", self.tiles.all))
         return replace(self, **kw)
 

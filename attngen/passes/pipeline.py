@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.verify import verify
-from . import fold_constants
+from . import fold_constants, mask_tiles
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Pass:
 
 PASSES: list[Pass] = [
     Pass("fold_constants", fold_constants.run, "consts are inlined: fold literal arithmetic once, not per tile"),
+    Pass("mask_tiles", mask_tiles.run, "bound the mask per tile so kernels skip empty tiles and unmask full ones"),
 ]
 
 

@@ -24,10 +24,15 @@ class TritonAttention:
         return load_module(self.key, lambda: render_module([self.attention], self.attention.source,
                                                             self.attention.filename, self.key))
 
-    def __call__(self, q, k, v, *, scale=None, return_lse=False, **inputs):
+    def __call__(self, q, k, v, *, scale=None, return_lse=False, prepared=None, **inputs):
         if self._fn is None:
             self._fn = getattr(self.module, self.name)
-        return self._fn(q, k, v, scale=scale, return_lse=return_lse, **inputs)
+        return self._fn(q, k, v, scale=scale, return_lse=return_lse, prepared=prepared, **inputs)
+
+    def prepare(self, q, k, **inputs):
+        """Tile lists of a data-dependent mask for these shapes and inputs, to reuse across calls
+        (``fn(q, k, v, prepared=handle, ...)``); None when the mask needs none."""
+        return getattr(self.module, f"{self.name}_prepare")(q, k, **inputs)
 
     def __repr__(self) -> str:
         return f"<attngen {self.name} (triton)>"

@@ -1,0 +1,97 @@
+"""Code for the tile classes of the ``mask_tiles`` pass: which key (or query) tiles a program
+visits, and which of them skip the mask.
+
+Every kernel loops over tiles in three segments, ``[lo, f_lo)`` and ``[f_hi, hi)`` with the
+mask and ``[f_lo, f_hi)`` without it; tiles outside ``[lo, hi)`` are never visited.
+
+    none     no mask: every tile is full but a ragged last one
+    static   the pass's closed forms ``tiles.any`` / ``tiles.all``, evaluated by each program
+             over all tile indices at once (``SCAN`` tiles a step), no per-call data
+    dynamic  per-call lists of partial and full tiles, written by a generated classification
+             kernel from per-tile extremes of the mask's tensor inputs (document ids, flags)
+    masked   a mask the pass cannot bound: every tile, with the mask
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import nodes as ir
+from .analysis import ROW, axes
+from .emit import Emitter, KernelEnv
+
+_BOX = {"i_lo": "ti_lo", "i_hi": "ti_hi", "j_lo": "tj_lo", "j_hi": "tj_hi"}
+
+
+def tiles_kind(a: ir.Attention) -> str:
+    if a.mask is None:
+        return "none"
+    if a.tiles is None:
+        return "masked"
+    return "dynamic" if a.tiles.dynamic else "static"
+
+
+@dataclass
+class TileCode:
+    """Statements evaluating ``tiles.any`` / ``tiles.all`` over a box bound to ti_lo, ti_hi, tj_lo,
+    tj_hi (scalars or [SCAN] vectors), and the names of the two results."""
+
+    kind: str
+    stmts: str = "pass"
+    any: str = "True"
+    all: str = "False"
+
+
+def static_code(a: ir.Attention) -> TileCode:
+    kind = tiles_kind(a)
+    if kind != "static":
+        return TileCode(kind)
+    lines: list[str] = []
+    env = KernelEnv(a, lambda ax: "scan", {"scan": lines}, binds=dict(_BOX))
+    em = Emitter(env, "z")
+    any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
+    return TileCode(kind, "\n".join(lines) or "pass", any_, all_)
+
+
+class _TileEmitter(Emitter):
+    """Emits ``tile_min`` / ``tile_max`` of one-sided values as reductions over the box's rows
+    ([BLOCK_M] vectors, giving scalars) or keys ([SCAN, BLOCK_N] blocks, giving [SCAN])."""
+
+    def __init__(self, env: KernelEnv):
+        super().__init__(env, "y")
+
+    def _call(self, e: ir.Call, orient: str, perm: bool, lvl: str, note: str) -> str:
+        if e.fn not in ("tile_min", "tile_max"):
+            return super()._call(e, orient, perm, lvl, note)
+        x = e.args[0]
+        valid, axis = ("rmask", 0) if ROW in axes(x) else ("cmask", 1)
+        v = self.value(x, orient)
+        if x.ty.kind == "bool":
+            v = f"{v}.to(tl.int32)"
+        big = "float('inf')" if x.ty.kind == "float" else "2147483647"
+        fn = "min" if e.fn == "tile_min" else "max"
+        fill = big if fn == "min" else f"-{big}"
+        red = f"tl.{fn}(tl.where({valid}, {v}, {fill}), axis={axis})"
+        return self.put(lvl, f"({red} != 0)" if x.ty.kind == "bool" else red, fn)
+
+
+@dataclass
+class ClassifyCode:
+    """The classification kernel's statements: ``stmts`` defines ``any_t`` / ``all_t`` [SCAN]."""
+
+    stmts: str
+    any: str
+    all: str
+    per_head: bool
+
+
+def classify_code(a: ir.Attention) -> ClassifyCode:
+    """Code for the dynamic classification kernel: rows i/m are [BLOCK_M] vectors (``i_v``,
+    ``m_v``, valid where ``rmask``), keys j a [SCAN, BLOCK_N] block (``j_v``, valid where ``cmask``)."""
+    lines: list[str] = []
+    binds = dict(_BOX, i="i_v", m="m_v", j="j_v")
+    env = KernelEnv(a, lambda ax: "body", {"body": lines}, binds=binds)
+    em = _TileEmitter(env)
+    any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
+    per_head = any(isinstance(n, ir.Sym) and n.name in ("h", "hk") for e in (a.tiles.any, a.tiles.all) for n in ir.walk(e))
+    return ClassifyCode("\n".join(lines) or "pass", any_, all_, per_head)
