@@ -20,6 +20,13 @@ attention fold {
     mask = true and (j <= i or false) and not not (7 // 2 == 3) and (-7) % 3 == 2
     weights = p * (1 + 0) / 1
 }""",
+    "exp2_scores": """
+attention exp2 {
+    input slopes: f32[H]
+    const CAP = 30.0
+    score = CAP * tanh(dot(q, k) * scale / CAP) - slopes[h] * (i - j) + 0.5 * log(1.0 + j)
+    mask = causal
+}""",
     "mask_tiles": """
 attention tiles {
     input doc: i32[B, N]

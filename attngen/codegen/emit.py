@@ -24,8 +24,7 @@ _FN1 = {
     "exp": "tl.exp({})", "exp2": "tl.exp2({})", "log": "tl.log({})", "log2": "tl.log2({})",
     "sqrt": "tl.sqrt({})", "rsqrt": "tl.rsqrt({})", "sigmoid": "tl.sigmoid({})", "sin": "tl.sin({})",
     "cos": "tl.cos({})", "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)",
-    # 1 - 2 / (e^{2x} + 1): saturates to +-1 without overflow
-    "tanh": "(1.0 - 2.0 / (tl.exp(2.0 * {}) + 1.0))",
+    "tanh": "_tanh({}, DOT_DTYPE)",
     "softplus": "_softplus({})",
 }
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",

@@ -136,9 +136,12 @@ def preprocess(plan: Plan) -> Blocks:
 def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks) -> dict[str, str]:
     """Score and mask of a tile (into 'inner'), and the weights' value (into 'inner_w')."""
     a = plan.attn
-    out = {"s": em.f32(a.score), "mask": em.value(a.mask) if a.mask is not None else ""}
+    # softmax works on log2(e) * score (exp2_scores pass); the natural score only where named
+    uses_score = a.weights is not None and ir.uses(a.weights, "score")
+    out = {"s": em.f32(a.score2 if a.score2 is not None else a.score),
+           "mask": em.value(a.mask) if a.mask is not None else ""}
     if a.weights is not None:
-        env.binds.update(p="p", score="s")
+        env.binds.update(p="p", score=em.f32(a.score) if uses_score and a.score2 is not None else "s")
         saved = env.level_of
         env.level_of = lambda ax: "inner_w" if COL in ax else saved(ax)
         out["w"] = em.f32(a.weights)

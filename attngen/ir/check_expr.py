@@ -37,6 +37,7 @@ _STAGE_NAMES = {
     "norm.sink": {"i", "m"},
     "weights": {"i", "j", "m", "score", "p"},
     "out": {"i", "m", "o"},
+    "score2": {"q", "k", "i", "j", "m"},
     "tiles.any": {"i_lo", "i_hi", "j_lo", "j_hi", "i", "j", "m"},  # i, j, m only inside tile_min/max
     "tiles.all": {"i_lo", "i_hi", "j_lo", "j_hi", "i", "j", "m"},
 }

@@ -228,6 +228,7 @@ class Attention:
     weights: Expr | None
     out: Expr | None
     tiles: Tiles | None = None  # set by the mask_tiles pass
+    score2: Expr | None = None  # log2(e) * score, set by the exp2_scores pass (softmax)
     filename: str = field(default="<string>", compare=False)
     source: str = field(default="", compare=False, repr=False)
     stage_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
@@ -253,6 +254,8 @@ class Attention:
                 yield "select.keep", self.select.keep
         if self.norm.sink is not None:
             yield "norm.sink", self.norm.sink
+        if self.score2 is not None:
+            yield "score2", self.score2
         if self.tiles is not None:
             yield "tiles.any", self.tiles.any
             yield "tiles.all", self.tiles.all
@@ -264,7 +267,7 @@ class Attention:
     def replace_exprs(self, fn: Callable[[str, Expr], Expr]) -> "Attention":
         """Apply ``fn(stage, expr)`` to every expression, keeping everything else."""
         kw = {st: (fn(st, getattr(self, st)) if getattr(self, st) is not None else None)
-              for st in ("q", "k", "score", "mask", "weights", "out")}
+              for st in ("q", "k", "score", "mask", "weights", "out", "score2")}
         if self.select is not None:
             s = self.select
             kw["select"] = replace(s, by=fn("select.by", s.by),

@@ -71,6 +71,8 @@ def attention_str(a: ir.Attention) -> str:
         e = getattr(a, st)
         if e is not None:
             lines.append(f"  {st}: {e.ty} = {expr_str(e)}")
+    if a.score2 is not None:
+        lines.append(f"  score2 = {expr_str(a.score2)}")
     if a.tiles is not None:
         lines.append(f"  tiles.any = {expr_str(a.tiles.any)}")
         lines.append(f"  tiles.all = {expr_str(a.tiles.all)}")

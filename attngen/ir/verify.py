@@ -66,7 +66,7 @@ def verify(a: ir.Attention) -> ir.Attention:
         for n in ir.walk(e):
             _check_node(stage, n, a, names)
     expect = {"score": FLOAT, "mask": BOOL, "weights": FLOAT, "select.by": FLOAT,
-              "select.keep": BOOL, "norm.sink": FLOAT, "tiles.any": BOOL, "tiles.all": BOOL}
+              "select.keep": BOOL, "norm.sink": FLOAT, "score2": FLOAT, "tiles.any": BOOL, "tiles.all": BOOL}
     for stage, e in a.exprs():
         if stage in expect and e.ty != expect[stage]:
             _fail(stage, e, f"stage type is {e.ty}, expected {expect[stage]}")

@@ -4,7 +4,7 @@ Why: consts are inlined by the builder, so ``CAP * tanh(x / CAP)`` or ``log(2048
 leave arithmetic on literals that every kernel tile would otherwise recompute.
 Folds: operations whose operands are all constants (Python semantics, so ``//`` and
 ``%`` floor), ``x * 1``, ``1 * x``, ``x + 0``, ``0 + x``, ``x - 0``, ``x / 1``, ``--x``,
-``not not b``, ``true and b``, ``false or b``, casts of constants.
+``not not b``, ``true and b``, ``false or b``, casts of constants; ``x / c`` becomes ``x * (1/c)``.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def _fold(e: ir.Expr) -> ir.Expr:
             return b
         if e.op in ("mul", "div", "pow") and _is(b, 1) and keeps_type(a):
             return a
+        if e.op == "div" and isinstance(b, ir.Const) and e.ty.kind == "float" and b.value != 0:
+            return ir.Binary("mul", a, ir.Const(1.0 / b.value, b.ty, b.span), e.ty, e.span)  # a multiply per pair, not a divide
         if e.op == "add" and _is(a, 0) and keeps_type(b):
             return b
         if e.op in ("add", "sub") and _is(b, 0) and keeps_type(a):

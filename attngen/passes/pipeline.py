@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.verify import verify
-from . import fold_constants, mask_tiles
+from . import exp2_scores, fold_constants, mask_tiles
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Pass:
 
 PASSES: list[Pass] = [
     Pass("fold_constants", fold_constants.run, "consts are inlined: fold literal arithmetic once, not per tile"),
+    Pass("exp2_scores", exp2_scores.run, "softmax in base 2 with log2(e) folded into the score's factors"),
     Pass("mask_tiles", mask_tiles.run, "bound the mask per tile so kernels skip empty tiles and unmask full ones"),
 ]
 
