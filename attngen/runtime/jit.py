@@ -8,6 +8,12 @@ from ..ir import nodes as ir
 from .cache import load_module
 
 
+def _progress(items, desc):
+    """A progress bar over the configs the autotuner times (first call per shape bucket)."""
+    from tqdm.auto import tqdm
+    return tqdm(items, desc=f"attngen: tuning {desc}", leave=False)
+
+
 class TritonAttention:
     """Callable running one attention's generated kernels: ``fn(q, k, v, scale=None, return_lse=False, **inputs)``."""
 
@@ -26,7 +32,9 @@ class TritonAttention:
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, prepared=None, **inputs):
         if self._fn is None:
-            self._fn = getattr(self.module, self.name)
+            module = self.module
+            module._progress = _progress
+            self._fn = getattr(module, self.name)
         return self._fn(q, k, v, scale=scale, return_lse=return_lse, prepared=prepared, **inputs)
 
     def prepare(self, q, k, **inputs):

@@ -1,0 +1,73 @@
+"""The generated module's autotuner: picks the fastest config, remembers it on disk, survives a
+corrupt tuning file, skips configs that do not fit, and ATTNGEN_AUTOTUNE=0 takes the default."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import triton
+
+from attngen.codegen.render import cache_key, render_module
+from attngen.spec import compile_source
+
+SRC = "attention tuned { mask = causal }"
+
+
+@pytest.fixture
+def module(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("ATTNGEN_AUTOTUNE", raising=False)
+    a = compile_source(SRC, "tuned.attn")[0]
+    path = tmp_path / "tuned_mod.py"
+    path.write_text(render_module([a], SRC, "tuned.attn", cache_key(SRC, {})))
+    spec = importlib.util.spec_from_file_location("tuned_mod", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod._progress = lambda items, desc: items
+    return mod
+
+
+def _fake_bench(times):
+    def bench(fn, **kw):
+        fn()
+        return times[-1]
+    return bench
+
+
+def test_fastest_config_is_chosen_and_remembered(module, monkeypatch):
+    cands = [{"BLOCK_M": 1}, {"BLOCK_M": 2}, {"BLOCK_M": 3}]
+    speed = {1: 3.0, 2: 1.0, 3: 2.0}
+    seen = []
+
+    def run(c):
+        seen.append(speed[c["BLOCK_M"]])
+    monkeypatch.setattr(triton.testing, "do_bench", _fake_bench(seen))
+    assert module._autotune("k1", cands, run) == {"BLOCK_M": 2}
+    assert json.loads(open(module._TUNE_FILE).read()) == {"k1": {"BLOCK_M": 2}}
+    seen.clear()
+    assert module._autotune("k1", cands, run) == {"BLOCK_M": 2} and not seen  # no re-timing
+    module._TUNED = None  # a new process reads the file
+    assert module._autotune("k1", cands, lambda c: pytest.fail("re-timed")) == {"BLOCK_M": 2}
+
+
+def test_configs_that_do_not_fit_are_skipped(module, monkeypatch):
+    def run(c):
+        if c["BLOCK_M"] == 1:
+            raise triton.runtime.errors.OutOfResources(1, 0, "shared memory")
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn() or 1.0)
+    assert module._autotune("k2", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], run) == {"BLOCK_M": 2}
+
+
+def test_corrupt_tuning_file_is_ignored(module, monkeypatch):
+    with open(module._TUNE_FILE, "w") as f:
+        f.write("{not json")
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn() or 1.0)
+    assert module._autotune("k3", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], lambda c: None) == {"BLOCK_M": 1}
+    assert "k3" in json.loads(open(module._TUNE_FILE).read())
+
+
+def test_autotune_off_takes_the_default(module, monkeypatch):
+    monkeypatch.setenv("ATTNGEN_AUTOTUNE", "0")
+    assert module._autotune("k4", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], lambda c: pytest.fail("timed")) == {"BLOCK_M": 1}
