@@ -57,7 +57,7 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-_VAR_KEYS = ("s", "mask", "w", "dp", "ds_w", "sink", "out")
+_VAR_KEYS = ("s", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out")
 
 
 def attention_context(plan: Plan, render_kernel) -> dict:

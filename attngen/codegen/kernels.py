@@ -40,6 +40,10 @@ class Blocks:
     def text(self, name: str) -> str:
         return "\n".join(self.stmts.get(name, [])) or "pass"
 
+    def stmts_names(self, name: str) -> set[str]:
+        """Variables assigned in one statement list."""
+        return {line.split(" = ", 1)[0] for line in self.stmts.get(name, []) if " = " in line}
+
 
 def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var: str = "dk",
                do_var: str | None = None) -> GradSinks:
@@ -81,7 +85,7 @@ def _frontier(acc: dict, blocks: Blocks, init_level: str, prefix: str):
 
 def forward(plan: Plan) -> Blocks:
     bl = Blocks()
-    for n in ("outer", "inner", "inner_w", "epi"):
+    for n in ("outer", "inner", "inner_mask", "inner_w", "epi"):
         bl.stmts[n] = []
     env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
     em = Emitter(env, "f")
@@ -99,7 +103,7 @@ def forward(plan: Plan) -> Blocks:
 def preprocess(plan: Plan) -> Blocks:
     """Out-stage backward (do -> do_raw and gate-like gradients) and the sink gradient."""
     bl = Blocks()
-    for n in ("pre", "sink_bwd", "outer", "inner", "inner_w"):
+    for n in ("pre", "sink_bwd", "outer", "inner", "inner_mask", "inner_w"):
         bl.stmts[n] = []
     cur = {"lvl": "pre"}
     env = KernelEnv(plan.attn, lambda ax: cur["lvl"], bl.stmts, binds={"o": "o_raw"})
@@ -138,8 +142,19 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks) -> dict[str,
     a = plan.attn
     # softmax works on log2(e) * score (exp2_scores pass); the natural score only where named
     uses_score = a.weights is not None and ir.uses(a.weights, "score")
-    out = {"s": em.f32(a.score2 if a.score2 is not None else a.score),
-           "mask": em.value(a.mask) if a.mask is not None else ""}
+    out = {"s": em.f32(a.score2 if a.score2 is not None else a.score), "mask": ""}
+    if not is_pair(a.score):
+        out["s_fill"] = " + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)"  # broadcast to a tile
+    if a.mask is not None:
+        # mask-only values go to 'inner_mask', which only partial tiles run; forgetting them
+        # afterwards keeps later stages from naming a value that full tiles never compute
+        saved, known = env.level_of, set(em.memo)
+        env.level_of = lambda ax: "inner_mask" if saved(ax) == "inner" else saved(ax)
+        out["mask"] = em.value(a.mask)
+        env.level_of = saved
+        for key in set(em.memo) - known:
+            if not em.memo[key].isidentifier() or em.memo[key] in bl.stmts_names("inner_mask"):
+                del em.memo[key]
     if a.weights is not None:
         env.binds.update(p="p", score=em.f32(a.score) if uses_score and a.score2 is not None else "s")
         saved = env.level_of
@@ -179,7 +194,7 @@ def _post_backward(em: Emitter, plan: Plan, acc: dict, orient: str, level: str, 
 
 def dq_kernel(plan: Plan) -> Blocks:
     bl = Blocks()
-    for n in ("outer", "init", "inner", "inner_w", "inner_wb", "inner_s", "post"):
+    for n in ("outer", "init", "inner", "inner_mask", "inner_w", "inner_wb", "inner_s", "post"):
         bl.stmts[n] = []
     env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
     em = Emitter(env, "r")
@@ -198,7 +213,7 @@ def dq_kernel(plan: Plan) -> Blocks:
 
 def dkdv_kernel(plan: Plan) -> Blocks:
     bl = Blocks()
-    for n in ("outer", "init", "head", "init_h", "inner", "inner_w", "inner_wb", "inner_s", "post_h", "post"):
+    for n in ("outer", "init", "head", "init_h", "inner", "inner_mask", "inner_w", "inner_wb", "inner_s", "post_h", "post"):
         bl.stmts[n] = []
 
     def level(part: str):
