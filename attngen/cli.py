@@ -222,3 +222,109 @@ def verify(file: str, name: str | None, consts: dict, device: str | None, dtype:
             click.echo(f"  {key:>10}  kernel {kern:.2e}   low-precision reference {lowp:.2e}  {'ok' if ok else 'FAIL'}")
     if failed:
         sys.exit(1)
+
+
+def _parse_seqs(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        seqs = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        seqs = ()
+    if not seqs or min(seqs) < 1:
+        raise click.BadParameter(f"expected positive integers separated by commas, got {value!r}", ctx, param)
+    return seqs
+
+
+def _parse_peers(ctx, param, value: str) -> tuple[str, ...]:
+    from .bench.peers import PEERS
+
+    peers = tuple(x.strip() for x in value.split(",") if x.strip())
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise click.BadParameter(f"unknown peer '{unknown[0]}'; peers are {', '.join(PEERS)}", ctx, param)
+    return peers
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@name_option
+@define_option
+@click.option("--seq", "seqs", default="4096,16384", show_default=True, callback=_parse_seqs,
+              help="Sequence lengths (M = N), comma-separated.")
+@click.option("--tokens", type=click.IntRange(min=1), default=16384, show_default=True,
+              help="Tokens per batch: B = tokens // seq (at least 1).")
+@click.option("--heads", type=click.IntRange(min=1), default=16, show_default=True, help="Query heads H.")
+@click.option("--kv-heads", type=click.IntRange(min=1), default=None, help="Key/value heads HK (default: --heads).")
+@click.option("--dim", type=click.IntRange(min=1), default=128, show_default=True, help="Head dim D = DV.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Default: bf16 on cuda, fp32 on cpu.")
+@click.option("--peers", default="flex,sdpa", show_default=True, callback=_parse_peers,
+              help="Implementations to compare with: flex (FlexAttention), sdpa (cuDNN and flash).")
+@click.option("--no-backward", is_flag=True, help="Time the forward pass only.")
+@click.option("--no-input-grads", is_flag=True,
+              help="Float keyword inputs (slopes, biases) get no gradient: fwd+bwd computes dq, dk, dv only.")
+@click.option("--json", "json_out", metavar="OUT.json", help="Write every number and the environment as JSON.")
+@click.option("--plot", "plot_out", metavar="OUT.png", help="Plot TFLOP/s against sequence length.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cpu: smoke tests at tiny sizes (TRITON_INTERPRET=1; peers run eagerly).")
+@click.option("--fresh-inputs", is_flag=True,
+              help="New integer/bool inputs (e.g. a new document layout) every call; flex's mask "
+                   "preparation is then timed inside its calls.")
+def bench(files: tuple[str, ...], name: str | None, consts: dict, seqs: tuple[int, ...], tokens: int, heads: int,
+          kv_heads: int | None, dim: int, dtype: str | None, peers: tuple[str, ...], no_backward: bool,
+          no_input_grads: bool, json_out: str | None, plot_out: str | None, device: str, fresh_inputs: bool) -> None:
+    """Time attngen against FlexAttention and torch SDPA on each attention of each FILE."""
+    import torch
+
+    from .bench import report
+    from .bench.run import Config, run
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("error: bench needs a CUDA GPU, and torch sees none; "
+                        "for a smoke test on CPU pass --device cpu (with TRITON_INTERPRET=1 and tiny sizes)")
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UserError("error: bench on cpu runs the kernels under the Triton interpreter: set TRITON_INTERPRET=1")
+    kv_heads = kv_heads or heads
+    dtype = dtype or ("bf16" if device == "cuda" else "fp32")
+    if heads % kv_heads:
+        raise UserError(f"error: --heads {heads} must be a multiple of --kv-heads {kv_heads}")
+    cfg = Config(seqs=seqs, tokens=tokens, heads=heads, kv_heads=kv_heads, dim=dim,
+                 dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype],
+                 peers=peers, backward=not no_backward, input_grads=not no_input_grads, device=device,
+                 fresh_inputs=fresh_inputs)
+    records = run(_bench_targets(files, name, consts), cfg, lambda line: click.echo(line, err=True))
+    if not records:
+        raise UserError("error: nothing to benchmark (every attention was skipped)")
+    env = report.environment(device)
+    click.echo(report.table(records))
+    for line in report.mismatches(records):
+        click.echo(line, err=True)
+    if json_out:
+        config = {k: (str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v)
+                  for k, v in vars(cfg).items()}
+        report.write_json(json_out, records, env, config)
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        from .bench.plot import save_plot
+
+        try:
+            save_plot(records, plot_out, f"{env.get('gpu', device)}, {dtype}, {tokens} tokens, "
+                                         f"H={heads} HK={kv_heads} D={dim}")
+        except (OSError, ValueError) as err:
+            raise UserError(f"{plot_out}: error: cannot write the image: {err}") from None
+        click.echo(f"wrote {plot_out}")
+
+
+def _bench_targets(files: tuple[str, ...], name: str | None, consts: Mapping[str, ConstValue]):
+    """Every attention of ``files`` (or only ``name``); each file takes the -D overrides it declares."""
+    from .bench.run import Target
+
+    targets, used = [], set()
+    for path in files:
+        declared = {c for a in load_spec(path, name) for c, _ in a.consts}
+        mine = {c: v for c, v in consts.items() if c in declared}
+        used |= set(mine)
+        targets += [Target(Path(path), a, mine) for a in load_spec(path, name, mine)]
+    unused = sorted(set(consts) - used)
+    if unused:
+        raise UserError(f"error: no attention in {', '.join(files)} declares a const '{unused[0]}'")
+    return targets

@@ -1,0 +1,130 @@
+"""What ``attngen bench`` prints and writes: the text table, the mismatch warnings, the JSON file.
+
+The table has one row per record (attention, seq, pass) and a group of columns per
+implementation; a peer that cannot run a case spans its group with ``n/a (reason)``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .run import ERR_LIMIT
+
+PEER_ORDER = ("flex", "sdpa-cudnn", "sdpa-flash")
+#: longest reason shown in a table cell; longer ones are cut there and given in full below the table
+REASON_CHARS = 60
+_SEP = " | "
+
+
+def environment(device: str) -> dict:
+    """Versions and hardware, recorded with the numbers."""
+    import triton
+
+    env = {"attngen": __version__, "torch": torch.__version__, "triton": triton.__version__,
+           "python": platform.python_version(), "platform": platform.platform(), "device": device}
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def write_json(path: str | Path, records: list[dict], env: dict, config: dict) -> None:
+    Path(path).write_text(json.dumps({"environment": env, "config": config, "records": records}, indent=1) + "\n")
+
+
+def table(records: list[dict]) -> str:
+    """The records as an aligned text table, with a legend."""
+    fresh = any(r["fresh_inputs"] for r in records)
+    peers = [p for p in PEER_ORDER if any(p in r["peers"] for r in records)]
+    groups = [("", ["spec", "seq", "B", "pass"]), ("attngen", ["ms", "TFLOP/s"])]
+    groups += [(p, ["ms", "TFLOP/s", "ratio"] + (["prep ms"] if p == "flex" else []) + ["err"]) for p in peers]
+    rows, long_reasons = [], {}
+    for r in records:
+        row = [[r["spec"], str(r["seq"]), str(r["B"]), r["pass"]],
+               [_ms(r["attngen"]["ms"]), _tflops(r["attngen"]["tflops"])]]
+        for p in peers:
+            res = r["peers"].get(p)
+            if res is None or "skipped" in res:
+                why = res["skipped"] if res else ""
+                if len(why) > REASON_CHARS:
+                    long_reasons.setdefault(why, []).append(f"{p} on {r['spec']} {r['seq']} {r['pass']}")
+                    why = why[:REASON_CHARS - 3] + "..."
+                row.append(f"n/a ({why})" if res else "-")
+                continue
+            cells = [_ms(res["ms"]), _tflops(res["tflops"]), f"{res['ratio']:.2f}"]
+            if p == "flex":
+                cells.append(_ms(res["mask_prep_ms"]) if res["mask_prep_ms"] is not None else "-")
+            cells.append(f"{res['rel_err']:.1e}" + (" !!" if not res["rel_err"] <= ERR_LIMIT else ""))
+            row.append(cells)
+        rows.append(row)
+    lines = _render(groups, rows)
+    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines.append("ratio: attngen TFLOP/s / peer TFLOP/s (> 1: attngen is faster). err: |o - o_peer| / |o_peer| "
+                 f"(fwd), the largest over o and the gradients (fwd+bwd); !! marks err > {ERR_LIMIT:.0e}.")
+    lines.append("prep ms: flex's create_block_mask"
+                 + (", also inside flex's ms: the integer/bool inputs change every call." if fresh
+                    else ", timed on its own (the mask is built once, outside flex's ms).")
+                 + " attngen's ms include any per-call work on its mask.")
+    return "\n".join(lines)
+
+
+def mismatches(records: list[dict]) -> list[str]:
+    """A line for every peer whose result disagrees with attngen's beyond ERR_LIMIT."""
+    out = []
+    for r in records:
+        for p, res in r["peers"].items():
+            if "rel_err" in res and not res["rel_err"] <= ERR_LIMIT:
+                worst = ", ".join(f"{n} {e:.1e}" for n, e in res["errors"].items())
+                out.append(f"MISMATCH: attngen and {p} disagree on {r['spec']} seq {r['seq']} {r['pass']}: "
+                           f"relative error {worst} (limit {ERR_LIMIT:.0e})")
+    return out
+
+
+def _render(groups: list[tuple[str, list[str]]], rows: list[list]) -> list[str]:
+    """Aligned lines: a line of group titles, a line of column titles, then the rows.
+
+    A row holds, per group, a list of cells or one string spanning the whole group.
+    """
+    widths = [[len(c) for c in cols] for _, cols in groups]
+    for row in rows:
+        for g, cells in enumerate(row):
+            if isinstance(cells, list):
+                widths[g] = [max(w, len(c)) for w, c in zip(widths[g], cells)]
+    for row in rows:  # a spanning string wider than its group widens the group's last column
+        for g, cells in enumerate(row):
+            if isinstance(cells, str):
+                widths[g][-1] += max(0, len(cells) - _span(widths[g]))
+
+    def line(parts: list) -> str:
+        out = []
+        for g, cells in enumerate(parts):
+            if isinstance(cells, str):
+                out.append(cells.ljust(_span(widths[g])))
+            else:  # the first group (names) reads left-aligned, numbers right-aligned
+                out.append("  ".join(c.ljust(w) if g == 0 else c.rjust(w) for c, w in zip(cells, widths[g])))
+        return _SEP.join(out).rstrip()
+
+    titles = line([title for title, _ in groups])
+    return [titles, line([cols for _, cols in groups]), "-" * max(len(titles), _width(widths))] + \
+        [line(row) for row in rows]
+
+
+def _span(widths: list[int]) -> int:
+    return sum(widths) + 2 * (len(widths) - 1)
+
+
+def _width(widths: list[list[int]]) -> int:
+    return sum(_span(w) for w in widths) + len(_SEP) * (len(widths) - 1)
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 10 else f"{ms:.3f}"
+
+
+def _tflops(tf: float) -> str:
+    return f"{tf:.1f}" if tf >= 1 else f"{tf:.3g}"

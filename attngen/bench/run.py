@@ -1,0 +1,252 @@
+"""The benchmark loop: for every attention and sequence length, one case, two records.
+
+A case draws the inputs once (q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV], M = N =
+seq, B = tokens // seq), counts the pairs the mask allows on them, checks attngen's output
+and gradients against each peer's on those same inputs, then times every implementation
+forward (under no_grad) and forward+backward (``torch.autograd.grad(o, [q, k, v] + the
+float inputs that require grad, do)``, so nothing accumulates).
+
+Records (one per pass, ``fwd`` and ``fwd+bwd``) are plain dicts, ready for JSON::
+
+    {"spec", "file", "seq", "B", "H", "HK", "D", "DV", "dtype", "device", "fresh_inputs",
+     "input_grads", "allowed_pairs", "density", "pass", "flops",
+     "attngen": {"ms", "tflops"},
+     "peers": {"flex": {"rel_err", "errors", "ms", "tflops", "ratio", "mask_prep_ms"}
+                       or {"skipped": reason},
+               "sdpa-cudnn": ..., "sdpa-flash": ...}}
+
+``errors``: attngen's relative error against the peer for o (and, in fwd+bwd, for every
+gradient both produce); ``rel_err`` the largest of them; ``ratio`` the peer's time over
+attngen's (attngen TFLOP/s over the peer's: > 1 means attngen is faster).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from .. import load
+from ..frontend.errors import AttnError
+from ..ir import nodes as ir
+from ..ir.build import ConstValue
+from .impls import (SDPA_BACKENDS, Impl, Outputs, attngen_impl, errors, flex_impl, outputs, sdpa_impl)
+from .inputs import discrete_names, make_inputs, make_qkv
+from .pairs import allowed_pairs
+from .peers import Unsupported
+from .timing import time_ms
+
+#: forward+backward FLOPs as a multiple of the forward's (2 matmuls forward, 5 backward)
+BWD_FACTOR = 3.5
+#: relative error above which attngen and a peer are reported as disagreeing
+ERR_LIMIT = 2e-2
+#: document layouts cycled through with fresh inputs
+LAYOUTS = 8
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One attention to benchmark: the file it came from, its IR and the const overrides it took."""
+
+    path: Path
+    attention: ir.Attention
+    consts: Mapping[str, ConstValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the benchmark was asked for (the options of ``attngen bench``)."""
+
+    seqs: tuple[int, ...] = (4096, 16384)
+    tokens: int = 16384
+    heads: int = 16
+    kv_heads: int = 16
+    dim: int = 128
+    dtype: torch.dtype = torch.bfloat16
+    peers: tuple[str, ...] = ("flex", "sdpa")
+    backward: bool = True
+    input_grads: bool = True  # float keyword inputs require grad (their gradients are part of fwd+bwd)
+    device: str = "cuda"
+    fresh_inputs: bool = False
+    seed: int = 0
+
+
+def run(targets: list[Target], cfg: Config, log: Callable[[str], None]) -> list[dict]:
+    """Every case of every target; ``log`` gets one progress or skip line at a time."""
+    records = []
+    for t in targets:
+        try:
+            fn = load(t.path, name=t.attention.name, consts=t.consts)
+        except AttnError as err:  # what the kernels cannot run yet (select stages) is a skip, not a failure
+            log(f"{t.attention.name}: skipped (attngen: {err.message})")
+            continue
+        for seq in cfg.seqs:
+            records += run_case(t, fn, seq, cfg, log)
+    return records
+
+
+@dataclass
+class Case:
+    """The tensors of one case, shared by every implementation."""
+
+    q: torch.Tensor  # [B, H, M, D], requires grad
+    k: torch.Tensor  # [B, HK, N, D], requires grad
+    v: torch.Tensor  # [B, HK, N, DV], requires grad
+    inputs: dict  # the keyword inputs; float tensors require grad unless --no-input-grads
+    do: torch.Tensor  # [B, H, M, DV], the output gradient
+    refresh: Callable[[], None]  # before every timed call: the next layout with fresh inputs, else nothing
+    device: torch.device
+
+
+def run_case(t: Target, fn: Callable, seq: int, cfg: Config, log: Callable[[str], None]) -> list[dict]:
+    """The records of one case; ``fn``: attngen's callable for ``t``."""
+    a, device = t.attention, torch.device(cfg.device)
+    B = max(1, cfg.tokens // seq)
+    sizes = dict(B=B, H=cfg.heads, HK=cfg.kv_heads, M=seq, N=seq, D=cfg.dim, DV=cfg.dim)
+    if device.type == "cuda":
+        import torch._dynamo as dynamo
+
+        dynamo.reset()  # a fresh compile cache per case: no recompile limits across many specs
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    q, k, v = make_qkv(sizes, cfg.dtype, device, gen)
+    inputs = make_inputs(a, sizes, device, gen, requires_grad=cfg.input_grads)
+    do = torch.randn(q.shape[:3] + v.shape[3:], generator=gen, device=device).to(cfg.dtype)
+    mine = attngen_impl(fn, inputs)
+    log(f"{a.name} ({t.path}) seq={seq} B={B}: checking and timing")
+    layouts = [make_inputs(a, sizes, device, gen, discrete_names(a)) for _ in range(LAYOUTS)] \
+        if cfg.fresh_inputs and discrete_names(a) else []
+    case = Case(q, k, v, inputs, do, _refresher(inputs, layouts), device)
+    pairs = _count(a, case, len(layouts))
+    base = {"spec": a.name, "file": str(t.path), "seq": seq, "B": B, "H": cfg.heads, "HK": cfg.kv_heads,
+            "D": cfg.dim, "DV": cfg.dim, "dtype": DTYPE_NAMES[cfg.dtype], "device": device.type,
+            "fresh_inputs": cfg.fresh_inputs, "input_grads": cfg.input_grads, "allowed_pairs": pairs,
+            "density": pairs / (B * cfg.heads * seq * seq)}
+    fwd_flops = 2.0 * pairs * (sizes["D"] + sizes["DV"])
+    passes = ["fwd"] + (["fwd+bwd"] if cfg.backward else [])
+    records = [{**base, "pass": p, "flops": fwd_flops * (BWD_FACTOR if p == "fwd+bwd" else 1.0),
+                "attngen": {}, "peers": {}} for p in passes]
+
+    mine_out = outputs(mine, q, k, v, inputs, do if cfg.backward else None)
+    peers = list(_peers(a, sizes, inputs, cfg, device))
+    for name, peer in peers:  # every check before any timing, since timing with fresh inputs changes them
+        for rec in records:
+            rec["peers"][name] = _check(peer, rec["pass"], mine_out, case)
+    for rec in records:
+        ms = _time(mine, rec["pass"], case)
+        rec["attngen"] = {"ms": ms, "tflops": _tflops(rec["flops"], ms)}
+    for name, peer in peers:
+        if isinstance(peer, Impl):
+            _time_peer(peer, records, case)
+    return records
+
+
+def _peers(a: ir.Attention, sizes: dict, inputs: dict, cfg: Config, device: torch.device):
+    """(name, Impl) for each peer asked for, or (name, reason) where it cannot run ``a``."""
+    scale = sizes["D"] ** -0.5
+    makers = []
+    if "flex" in cfg.peers:
+        makers.append(("flex", lambda: flex_impl(a, sizes, scale, inputs, device, cfg.fresh_inputs)))
+    if "sdpa" in cfg.peers:
+        makers += [(n, lambda n=n: sdpa_impl(n, a, sizes, scale, cfg.dtype, device)) for n in SDPA_BACKENDS]
+    for name, make in makers:
+        try:
+            yield name, make()
+        except Unsupported as why:
+            yield name, str(why)
+
+
+def _check(peer: Impl | str, pass_: str, mine: Outputs, case: Case) -> dict:
+    """``{"rel_err", "errors"}`` of attngen against ``peer`` for one pass, or ``{"skipped": reason}``."""
+    if isinstance(peer, str):
+        return {"skipped": peer}
+    backward = pass_ == "fwd+bwd"
+    if backward and peer.no_backward:
+        return {"skipped": peer.no_backward}
+    try:
+        errs = errors(mine, outputs(peer, case.q, case.k, case.v, case.inputs, case.do if backward else None))
+    except RuntimeError as err:
+        return {"skipped": _failure(err, case)}
+    return {"rel_err": max(errs.values()), "errors": errs}
+
+
+def _time_peer(peer: Impl, records: list[dict], case: Case) -> None:
+    """Time ``peer`` in every pass it passed its check in; flex's mask preparation once, on its own."""
+    prep = None
+    for rec in records:
+        res = rec["peers"][peer.name]
+        if "skipped" in res:
+            continue
+        try:
+            if peer.prep is not None and prep is None:
+                prep = time_ms(peer.prep, case.device)
+            ms = _time(peer, rec["pass"], case)
+        except RuntimeError as err:
+            rec["peers"][peer.name] = {"skipped": _failure(err, case)}
+            continue
+        res.update(ms=ms, tflops=_tflops(rec["flops"], ms), ratio=ms / rec["attngen"]["ms"])
+        if peer.name == "flex":
+            res["mask_prep_ms"] = prep
+
+
+def _failure(err: RuntimeError, case: Case) -> str:
+    """The reason to report for a peer that failed on a case (no kernel for it, a compile error, OOM)."""
+    if case.device.type == "cuda":
+        torch.cuda.empty_cache()
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"error: {type(err).__name__}: {first}"
+
+
+def _time(impl: Impl, pass_: str, case: Case) -> float:
+    """``impl``'s time for one pass, ``fwd`` (under no_grad) or ``fwd+bwd``."""
+    refresh = case.refresh
+    if pass_ == "fwd":
+        q, k, v = case.q.detach(), case.k.detach(), case.v.detach()
+
+        def step():
+            refresh()
+            with torch.no_grad():
+                impl.call(q, k, v)
+    else:
+        q, k, v, do = case.q, case.k, case.v, case.do
+        leaves = [q, k, v] + [case.inputs[n] for n in impl.grad_inputs]
+
+        def step():
+            refresh()
+            torch.autograd.grad(impl.call(q, k, v), leaves, do, allow_unused=True)
+    with impl.context():
+        return time_ms(step, case.device)
+
+
+def _refresher(inputs: dict, layouts: list[dict]) -> Callable[[], None]:
+    """A function that copies the next layout into the integer/bool inputs, in place (no-op without layouts).
+
+    In place, so every implementation (flex's captured tensors included) sees the new layout.
+    """
+    if not layouts:
+        return lambda: None
+    cycle = itertools.cycle(layouts)
+
+    def refresh():
+        for n, t in next(cycle).items():
+            inputs[n].copy_(t)
+
+    return refresh
+
+
+def _count(a: ir.Attention, case: Case, layouts: int) -> float:
+    """Allowed pairs on the case's inputs; with fresh inputs, their mean over the layouts."""
+    if not layouts:
+        return allowed_pairs(a, case.q, case.k, case.v, case.inputs)
+    total = 0
+    for _ in range(layouts):
+        case.refresh()
+        total += allowed_pairs(a, case.q, case.k, case.v, case.inputs)
+    return total / layouts
+
+
+def _tflops(flops: float, ms: float) -> float:
+    return flops / (ms * 1e-3) / 1e12

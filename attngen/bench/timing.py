@@ -1,0 +1,34 @@
+"""Wall time of one call, in milliseconds.
+
+On CUDA: ``triton.testing.do_bench`` (CUDA events, the L2 cache flushed before every
+call, the median of the repetitions). On CPU, where the kernels run under the Triton
+interpreter and only smoke tests make sense, the median of a few perf_counter calls.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+#: do_bench's warm-up and measurement budgets, in ms of run time
+WARMUP_MS, REP_MS = 25, 100
+#: timed calls on CPU
+CPU_REPS = 3
+
+
+def time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Median time of ``fn()``; one untimed call first, so compilation is never measured."""
+    fn()
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, return_mode="median"))
+    times = []
+    for _ in range(CPU_REPS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
