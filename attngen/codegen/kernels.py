@@ -45,9 +45,52 @@ class Blocks:
         return {line.split(" = ", 1)[0] for line in self.stmts.get(name, []) if " = " in line}
 
 
+#: a gathered table this small gets its gradient summed per entry in registers (see _table_grad)
+SMALL_TABLE = 128
+
+
+def _small_table(em: Emitter, n: ir.Expr) -> int | None:
+    """Position of the one pair-varying index of a scalar load from a dim of constant extent
+    <= SMALL_TABLE whose other indices are per program (``rel[h, bucket(i - j)]``), or None."""
+    if not isinstance(n, ir.Load) or n.ty.is_vec or not is_pair(n):
+        return None
+    varying = [p for p, x in enumerate(n.indices) if {ROW, COL} & axes(x)]
+    if len(varying) != 1:
+        return None
+    extent = em.decls[n.name].dims[varying[0]]
+    return varying[0] if isinstance(extent, int) and extent <= SMALL_TABLE else None
+
+
+def _table_grad(em: Emitter, bl: Blocks, n: ir.Load, pos: int, g: str, level: str) -> None:
+    """Gradient of a small gathered table: each tile's adjoints are summed per table entry into a
+    register vector, added to memory once per program. One atomic add per pair instead would
+    collide on a few addresses from every program at once (T5 buckets: 8192 adds per tile into
+    32 entries)."""
+    d = em.decls[n.name]
+    T = d.dims[pos]
+    TB = 1 << max(T - 1, 1).bit_length()
+    acc = em.fresh(f"d{n.name}")
+    idx = em.value(n.indices[pos])
+    lane = f"tl.arange(0, {TB})"
+    bl.stmts["init"].append(f"{acc} = tl.zeros([{TB}], dtype=tl.float32)  # d{n.name} by table entry")
+    em.env.stmts[level].append(
+        f"if GRAD_{n.name}:\n    for t in tl.static_range({T}):\n"
+        f"        {acc} += tl.where({lane} == t, tl.sum(tl.where(({idx} == t) & rmask & cmask, {g}, 0.0)), 0.0)")
+    terms, checks = [f"{lane} * d{n.name}_s{pos}"], [f"({lane} < {T})"]
+    for p, x in enumerate(n.indices):
+        if p != pos:
+            code = em.value(x)
+            terms.append(f"{code} * d{n.name}_s{p}")
+            checks.append(f"({code} >= 0) & ({code} < {d.dims[p]})")
+    # "!= 0": the interpreter widens a scalar & vector of bools to int, which a mask may not be
+    bl.stmts["post"].append(f"if GRAD_{n.name}:\n    tl.atomic_add(d{n.name}_ptr + {' + '.join(terms)}, {acc}, "
+                            f"mask=({' & '.join(checks)}) != 0)")
+
+
 def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var: str = "dk",
-               do_var: str | None = None) -> GradSinks:
-    """Leaf gradient updates: q/k rows into accumulators, inputs by atomic adds (guarded)."""
+               do_var: str | None = None, bl: Blocks | None = None) -> GradSinks:
+    """Leaf gradient updates: q/k rows into accumulators, inputs by atomic adds (guarded).
+    ``bl``: the dq kernel's blocks, where small gathered tables accumulate per program."""
 
     def leaf(n: ir.Expr, g: str, orient: str, level: str) -> None:
         out = em.env.stmts[level]
@@ -57,6 +100,10 @@ def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var:
             return
         if kernel == "dkdv" and is_pair(n):
             return  # pair-level inputs belong to the dq kernel
+        pos = _small_table(em, n) if bl is not None else None
+        if pos is not None:
+            _table_grad(em, bl, n, pos, g, level)
+            return
         flag = f"GRAD_{n.name}"
         if isinstance(n, ir.Param):
             out.append(f"if {flag}:\n    tl.atomic_add(d{n.name}_ptr, tl.sum({g}))")
@@ -200,7 +247,7 @@ def dq_kernel(plan: Plan) -> Blocks:
     em = Emitter(env, "r")
     bl.vars.update(_recompute(em, env, plan, bl))
     acc: dict = {}
-    sinks = _grad_sink(plan, em, "dq")
+    sinks = _grad_sink(plan, em, "dq", bl=bl)
     update = _frontier(acc, bl, "init", "acc_r")
     _loop_backward(em, env, plan, bl,
                    level_of=lambda part: (lambda ax: part if COL in ax else "outer"),
