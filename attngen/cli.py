@@ -269,9 +269,19 @@ def _parse_peers(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--fresh-inputs", is_flag=True,
               help="New integer/bool inputs (e.g. a new document layout) every call; flex's mask "
                    "preparation is then timed inside its calls.")
+@click.option("--baseline", metavar="FILE[:NAME]",
+              help="Also time attngen alone on this attention (NAME: one of a multi-attention file), on the "
+                   "same shapes; each row gets the baseline's time over its own (vs base).")
+@click.option("--startup", is_flag=True,
+              help="Also time each attention's first call with nothing cached (autotuning off) and the host "
+                   "overhead of a cached call on tiny inputs.")
+@click.option("--autotune/--no-autotune", default=None,
+              help="Set ATTNGEN_AUTOTUNE for the run (default: as the environment has it). Tuning happens in "
+                   "the first, untimed call.")
 def bench(files: tuple[str, ...], name: str | None, consts: dict, seqs: tuple[int, ...], tokens: int, heads: int,
           kv_heads: int | None, dim: int, dtype: str | None, peers: tuple[str, ...], no_backward: bool,
-          no_input_grads: bool, json_out: str | None, plot_out: str | None, device: str, fresh_inputs: bool) -> None:
+          no_input_grads: bool, json_out: str | None, plot_out: str | None, device: str, fresh_inputs: bool,
+          baseline: str | None, startup: bool, autotune: bool | None) -> None:
     """Time attngen against FlexAttention and torch SDPA on each attention of each FILE."""
     import torch
 
@@ -287,21 +297,28 @@ def bench(files: tuple[str, ...], name: str | None, consts: dict, seqs: tuple[in
     dtype = dtype or ("bf16" if device == "cuda" else "fp32")
     if heads % kv_heads:
         raise UserError(f"error: --heads {heads} must be a multiple of --kv-heads {kv_heads}")
+    if autotune is None:
+        autotune = os.environ.get("ATTNGEN_AUTOTUNE", "1") != "0"
     cfg = Config(seqs=seqs, tokens=tokens, heads=heads, kv_heads=kv_heads, dim=dim,
                  dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype],
                  peers=peers, backward=not no_backward, input_grads=not no_input_grads, device=device,
-                 fresh_inputs=fresh_inputs)
-    records = run(_bench_targets(files, name, consts), cfg, lambda line: click.echo(line, err=True))
+                 fresh_inputs=fresh_inputs, autotune=autotune, startup=startup)
+    targets, base = _bench_targets(files, name, consts, baseline)
+    base_name = None if base is None else f"{base.path}:{base.attention.name}"
+    results = run(targets, cfg, lambda line: click.echo(line, err=True), base)
+    records = results.records
     if not records:
         raise UserError("error: nothing to benchmark (every attention was skipped)")
     env = report.environment(device)
-    click.echo(report.table(records))
+    click.echo(report.table(records, None if base is None else base.attention.name))
+    if results.startup:
+        click.echo("\n" + report.startup_table(results.startup))
     for line in report.mismatches(records):
         click.echo(line, err=True)
     if json_out:
         config = {k: (str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v)
                   for k, v in vars(cfg).items()}
-        report.write_json(json_out, records, env, config)
+        report.write_json(json_out, records, env, {**config, "baseline": base_name}, results.startup)
         click.echo(f"wrote {json_out}")
     if plot_out:
         from .bench.plot import save_plot
@@ -314,17 +331,32 @@ def bench(files: tuple[str, ...], name: str | None, consts: dict, seqs: tuple[in
         click.echo(f"wrote {plot_out}")
 
 
-def _bench_targets(files: tuple[str, ...], name: str | None, consts: Mapping[str, ConstValue]):
-    """Every attention of ``files`` (or only ``name``); each file takes the -D overrides it declares."""
+def _bench_targets(files: tuple[str, ...], name: str | None, consts: Mapping[str, ConstValue],
+                   baseline: str | None):
+    """Every attention of ``files`` (or only ``name``), and the baseline's (``FILE[:NAME]``, or None);
+    each file takes the -D overrides it declares."""
     from .bench.run import Target
 
-    targets, used = [], set()
-    for path in files:
-        declared = {c for a in load_spec(path, name) for c, _ in a.consts}
+    used = set()
+
+    def targets_of(path: str, nm: str | None) -> list[Target]:
+        declared = {c for a in load_spec(path, nm) for c, _ in a.consts}
         mine = {c: v for c, v in consts.items() if c in declared}
-        used |= set(mine)
-        targets += [Target(Path(path), a, mine) for a in load_spec(path, name, mine)]
+        used.update(mine)
+        return [Target(Path(path), a, mine) for a in load_spec(path, nm, mine)]
+
+    targets = [t for path in files for t in targets_of(path, name)]
+    base = None
+    if baseline is not None:
+        path, sep, nm = baseline.rpartition(":")
+        path, nm = (path, nm) if sep and path and nm.isidentifier() else (baseline, None)
+        found = targets_of(path, nm)
+        if len(found) > 1:
+            names = ", ".join(t.attention.name for t in found)
+            raise UserError(f"{path}: error: it defines several attentions ({names}); "
+                            f"pick one with --baseline {path}:NAME")
+        base = found[0]
     unused = sorted(set(consts) - used)
     if unused:
         raise UserError(f"error: no attention in {', '.join(files)} declares a const '{unused[0]}'")
-    return targets
+    return targets, base

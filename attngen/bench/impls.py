@@ -5,6 +5,7 @@ inputs are bound when an implementation is made (flex captures them in its mods)
 every implementation reads the same tensors, including in-place updates of them.
 
     attngen      what attngen.load(...) returns (the Triton backend)
+    attngen-prepared  the same with its data-dependent mask prepared ahead (attngen.prepare)
     flex         flex_attention, compiled on CUDA and eager on CPU; the block mask is
                  built once, or on every call with fresh inputs
     sdpa-cudnn   F.scaled_dot_product_attention under sdpa_kernel(CUDNN_ATTENTION)
@@ -27,6 +28,7 @@ import torch
 from ..ir import nodes as ir
 from ..verify import rel_err
 from .flexmods import translate
+from .inputs import Layouts
 from .peers import Unsupported, sdpa_causal
 
 Inputs = Mapping[str, Union[torch.Tensor, float]]
@@ -59,6 +61,28 @@ def requiring_grad(inputs: Inputs) -> tuple[str, ...]:
 def attngen_impl(fn: Callable, inputs: Inputs) -> Impl:
     """``fn``: what ``attngen.load`` returned for the attention."""
     return Impl("attngen", lambda q, k, v: fn(q, k, v, **inputs), requiring_grad(inputs))
+
+
+def prepared_impl(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: Inputs,
+                  layouts: Layouts) -> Impl | None:
+    """attngen with its mask prepared ahead: one ``attngen.prepare`` handle per input layout, each
+    warmed by a forward call (which builds its tile lists for the forward's block shape); a call
+    uses the handle of the layout the inputs hold. None when the mask needs no per-call work.
+
+    Leaves the inputs holding the layout they held before (a full cycle of ``layouts``).
+    """
+    from .. import prepare
+
+    handles = {}
+    with torch.no_grad():
+        for _ in range(max(1, len(layouts))):
+            layouts.refresh()
+            handle = prepare(fn, q, k, **inputs)
+            if handle is None:
+                return None
+            fn(q, k, v, prepared=handle, **inputs)
+            handles[layouts.index] = handle
+    return Impl("attngen-prepared", lambda q, k, v: fn(q, k, v, prepared=handles[layouts.index], **inputs))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,7 @@
 """The benchmark's inputs: q, k, v and the keyword inputs an attention declares.
 
-Every implementation of one benchmark case gets these same tensors.
+Every implementation of one benchmark case gets these same tensors; with fresh inputs,
+:class:`Layouts` copies a new document layout into them before every call.
 """
 
 from __future__ import annotations
@@ -71,3 +72,26 @@ def make_inputs(a: ir.Attention, sizes: Mapping[str, int], device, gen: torch.Ge
         else:
             out[d.name] = torch.randint(0, sizes["N"] + 1, shape, generator=gen, device=device).to(dtype)
     return out
+
+
+class Layouts:
+    """Cycles the integer/bool inputs through drawn layouts, copying each into ``inputs`` in place,
+    so every implementation (flex's captured tensors included) sees it. Without layouts
+    :meth:`refresh` does nothing.
+
+    ``index``: the layout the inputs hold (-1: the inputs as first drawn).
+    """
+
+    def __init__(self, inputs: dict, layouts: list[dict]):
+        self.inputs, self.layouts, self.index = inputs, layouts, -1
+
+    def __len__(self) -> int:
+        return len(self.layouts)
+
+    def refresh(self) -> None:
+        """Copy the next layout into the inputs."""
+        if not self.layouts:
+            return
+        self.index = (self.index + 1) % len(self.layouts)
+        for n, t in self.layouts[self.index].items():
+            self.inputs[n].copy_(t)

@@ -1,7 +1,9 @@
-"""What ``attngen bench`` prints and writes: the text table, the mismatch warnings, the JSON file.
+"""What ``attngen bench`` prints and writes: the tables, the mismatch warnings, the JSON file.
 
-The table has one row per record (attention, seq, pass) and a group of columns per
+The main table has one row per record (attention, seq, pass) and a group of columns per
 implementation; a peer that cannot run a case spans its group with ``n/a (reason)``.
+attngen's group gains ``prep ms`` and ``vs base`` only where records have them. The
+startup table has one row per attention.
 """
 
 from __future__ import annotations
@@ -33,20 +35,28 @@ def environment(device: str) -> dict:
     return env
 
 
-def write_json(path: str | Path, records: list[dict], env: dict, config: dict) -> None:
-    Path(path).write_text(json.dumps({"environment": env, "config": config, "records": records}, indent=1) + "\n")
+def write_json(path: str | Path, records: list[dict], env: dict, config: dict, startup: list[dict]) -> None:
+    data = {"environment": env, "config": config, "records": records, "startup": startup}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 
-def table(records: list[dict]) -> str:
-    """The records as an aligned text table, with a legend."""
+def table(records: list[dict], baseline: str | None = None) -> str:
+    """The records as an aligned text table, with a legend; ``baseline`` names the baseline in it."""
     fresh = any(r["fresh_inputs"] for r in records)
     peers = [p for p in PEER_ORDER if any(p in r["peers"] for r in records)]
-    groups = [("", ["spec", "seq", "B", "pass"]), ("attngen", ["ms", "TFLOP/s"])]
+    prep = any("prep_ms" in r["attngen"] for r in records)
+    vs = any("vs_base" in r for r in records)
+    groups = [("", ["spec", "seq", "B", "pass"]),
+              ("attngen", ["ms", "TFLOP/s"] + (["prep ms"] if prep else []) + (["vs base"] if vs else []))]
     groups += [(p, ["ms", "TFLOP/s", "ratio"] + (["prep ms"] if p == "flex" else []) + ["err"]) for p in peers]
     rows, long_reasons = [], {}
     for r in records:
-        row = [[r["spec"], str(r["seq"]), str(r["B"]), r["pass"]],
-               [_ms(r["attngen"]["ms"]), _tflops(r["attngen"]["tflops"])]]
+        mine = [_ms(r["attngen"]["ms"]), _tflops(r["attngen"]["tflops"])]
+        if prep:
+            mine.append(_ms(r["attngen"]["prep_ms"]) if "prep_ms" in r["attngen"] else "-")
+        if vs:
+            mine.append(f"{r['vs_base']:.2f}" if "vs_base" in r else "-")
+        row = [[r["spec"], str(r["seq"]), str(r["B"]), r["pass"]], mine]
         for p in peers:
             res = r["peers"].get(p)
             if res is None or "skipped" in res:
@@ -66,11 +76,39 @@ def table(records: list[dict]) -> str:
     lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
     lines.append("ratio: attngen TFLOP/s / peer TFLOP/s (> 1: attngen is faster). err: |o - o_peer| / |o_peer| "
                  f"(fwd), the largest over o and the gradients (fwd+bwd); !! marks err > {ERR_LIMIT:.0e}.")
-    lines.append("prep ms: flex's create_block_mask"
-                 + (", also inside flex's ms: the integer/bool inputs change every call." if fresh
-                    else ", timed on its own (the mask is built once, outside flex's ms).")
-                 + " attngen's ms include any per-call work on its mask.")
+    if "flex" in peers:
+        lines.append("flex prep ms: flex's create_block_mask"
+                     + (", also inside flex's ms: the integer/bool inputs change every call." if fresh
+                        else ", timed on its own (the mask is built once, outside flex's ms)."))
+    lines.append("attngen's ms include any per-call work on its mask"
+                 + ("; attngen prep ms: that work, forward only: attngen's ms less its ms with a warm "
+                    + ("attngen.prepare handle per layout" if fresh else "attngen.prepare handle") + " (at least 0)."
+                    if prep else "."))
+    if vs:
+        name = baseline or "the baseline"
+        lines.append(f"vs base: {name}'s attngen ms / the row's attngen ms, same seq and pass "
+                     f"(> 1: faster than {name}).")
     return "\n".join(lines)
+
+
+def startup_table(startup: list[dict]) -> str:
+    """The startup records as an aligned text table, with a legend."""
+    groups = [("", ["spec"]), ("first call, nothing cached", ["load ms", "call ms"]),
+              ("cached call, host", ["attngen us", "launch us", "overhead us"])]
+    rows = [[[s["spec"]], [_ms(s["load_ms"]), _ms(s["first_call_ms"])],
+             [_us(s["call_us"]), _us(s["launch_us"]), _us(s["overhead_us"])]] for s in startup]
+    first, host = startup[0]["first_call_sizes"], startup[0]["host_sizes"]
+    return "\n".join(_render(groups, rows) + [
+        "first call: attngen.load (parse, check, plan), then the first forward call (module generation, "
+        f"Triton compilation, the run) at {_sizes(first)}, with empty ATTNGEN_CACHE_DIR and TRITON_CACHE_DIR "
+        "and ATTNGEN_AUTOTUNE=0, in this already warm process.",
+        f"cached call: host time of a forward call at {_sizes(host)}, issued back to back without synchronizing "
+        f"(mean of {startup[0]['host_calls']}); launch: the same for one trivial Triton kernel; "
+        "overhead: the difference."])
+
+
+def _sizes(sizes: dict) -> str:
+    return " ".join(f"{n}={sizes[n]}" for n in ("B", "H", "HK", "M", "N", "D"))
 
 
 def mismatches(records: list[dict]) -> list[str]:
@@ -124,6 +162,10 @@ def _width(widths: list[list[int]]) -> int:
 
 def _ms(ms: float) -> str:
     return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 10 else f"{ms:.3f}"
+
+
+def _us(us: float) -> str:
+    return f"{us:.0f}" if abs(us) >= 100 else f"{us:.1f}"
 
 
 def _tflops(tf: float) -> str:

@@ -4,26 +4,36 @@ A case draws the inputs once (q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV],
 seq, B = tokens // seq), counts the pairs the mask allows on them, checks attngen's output
 and gradients against each peer's on those same inputs, then times every implementation
 forward (under no_grad) and forward+backward (``torch.autograd.grad(o, [q, k, v] + the
-float inputs that require grad, do)``, so nothing accumulates).
+float inputs that require grad, do)``, so nothing accumulates). Where attngen's mask needs
+per-call work (``attngen.prepare`` gives a handle), its forward is also timed with a warm
+handle; the difference is attngen's mask preparation. A baseline attention runs on the
+same shapes, attngen only (unless it is also one of the attentions benchmarked), and every
+record gets its time over the baseline's.
 
 Records (one per pass, ``fwd`` and ``fwd+bwd``) are plain dicts, ready for JSON::
 
     {"spec", "file", "seq", "B", "H", "HK", "D", "DV", "dtype", "device", "fresh_inputs",
      "input_grads", "allowed_pairs", "density", "pass", "flops",
-     "attngen": {"ms", "tflops"},
+     "attngen": {"ms", "tflops"[, "prepared_ms", "prep_ms"]},
      "peers": {"flex": {"rel_err", "errors", "ms", "tflops", "ratio", "mask_prep_ms"}
                        or {"skipped": reason},
-               "sdpa-cudnn": ..., "sdpa-flash": ...}}
+               "sdpa-cudnn": ..., "sdpa-flash": ...}
+     [, "vs_base"]}
 
 ``errors``: attngen's relative error against the peer for o (and, in fwd+bwd, for every
 gradient both produce); ``rel_err`` the largest of them; ``ratio`` the peer's time over
-attngen's (attngen TFLOP/s over the peer's: > 1 means attngen is faster).
+attngen's (attngen TFLOP/s over the peer's: > 1 means attngen is faster). ``prepared_ms``
+(fwd only, masks that need per-call work): attngen's time with a warm ``prepare`` handle;
+``prep_ms``: ``ms - prepared_ms``, at least 0. ``vs_base``: the baseline's attngen ms over
+this record's, same seq and pass (> 1: faster than the baseline). The baseline's own
+records, when it is not one of the attentions benchmarked, have no peers.
+
+With ``Config.startup``, :mod:`.startup` adds one startup record per attention.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -33,10 +43,13 @@ from .. import load
 from ..frontend.errors import AttnError
 from ..ir import nodes as ir
 from ..ir.build import ConstValue
-from .impls import (SDPA_BACKENDS, Impl, Outputs, attngen_impl, errors, flex_impl, outputs, sdpa_impl)
-from .inputs import discrete_names, make_inputs, make_qkv
+from .impls import (SDPA_BACKENDS, Impl, Outputs, attngen_impl, errors, flex_impl, outputs, prepared_impl,
+                    sdpa_impl)
+from .inputs import Layouts, discrete_names, make_inputs, make_qkv
 from .pairs import allowed_pairs
 from .peers import Unsupported
+from .startup import measure as measure_startup
+from .startup import scoped_environ
 from .timing import time_ms
 
 #: forward+backward FLOPs as a multiple of the forward's (2 matmuls forward, 5 backward)
@@ -73,20 +86,55 @@ class Config:
     device: str = "cuda"
     fresh_inputs: bool = False
     seed: int = 0
+    autotune: bool | None = None  # ATTNGEN_AUTOTUNE for the run; None: as the environment has it
+    startup: bool = False  # also measure the startup figures (see .startup)
 
 
-def run(targets: list[Target], cfg: Config, log: Callable[[str], None]) -> list[dict]:
-    """Every case of every target; ``log`` gets one progress or skip line at a time."""
-    records = []
-    for t in targets:
-        try:
-            fn = load(t.path, name=t.attention.name, consts=t.consts)
-        except AttnError as err:  # what the kernels cannot run yet (select stages) is a skip, not a failure
-            log(f"{t.attention.name}: skipped (attngen: {err.message})")
-            continue
-        for seq in cfg.seqs:
-            records += run_case(t, fn, seq, cfg, log)
-    return records
+@dataclass
+class Results:
+    """What :func:`run` measured."""
+
+    records: list[dict] = field(default_factory=list)  # one per (attention, seq, pass); see the module docstring
+    startup: list[dict] = field(default_factory=list)  # one per attention, with Config.startup
+
+
+def run(targets: list[Target], cfg: Config, log: Callable[[str], None], baseline: Target | None = None) -> Results:
+    """Every case of every target (and of ``baseline``); ``log`` gets one progress or skip line at a time.
+
+    A baseline that is not among ``targets`` runs first, attngen only; one that attngen
+    cannot run raises :class:`AttnError`.
+    """
+    cases = [(t, cfg) for t in targets]
+    if baseline is not None and not any(_same(baseline, t) for t in targets):
+        cases.insert(0, (baseline, replace(cfg, peers=(), startup=False)))
+    out, base = Results(), None
+    autotune = {} if cfg.autotune is None else {"ATTNGEN_AUTOTUNE": "1" if cfg.autotune else "0"}
+    with scoped_environ(autotune):
+        for t, c in cases:
+            try:
+                fn = load(t.path, name=t.attention.name, consts=t.consts)
+            except AttnError as err:  # what the kernels cannot run yet (select stages) is a skip, not a failure
+                if baseline is not None and _same(t, baseline):
+                    raise
+                log(f"{t.attention.name}: skipped (attngen: {err.message})")
+                continue
+            records = [r for seq in c.seqs for r in run_case(t, fn, seq, c, log)]
+            out.records += records
+            if baseline is not None and _same(t, baseline):
+                base = records
+            if c.startup:
+                log(f"{t.attention.name}: startup figures")
+                out.startup.append(measure_startup(t, fn, c))
+    if base is not None:
+        base_ms = {(r["seq"], r["pass"]): r["attngen"]["ms"] for r in base}
+        for r in out.records:
+            r["vs_base"] = base_ms[(r["seq"], r["pass"])] / r["attngen"]["ms"]
+    return out
+
+
+def _same(a: Target, b: Target) -> bool:
+    """Whether two targets are the same attention of the same file with the same const overrides."""
+    return (a.path.resolve(), a.attention.name, dict(a.consts)) == (b.path.resolve(), b.attention.name, dict(b.consts))
 
 
 @dataclass
@@ -98,7 +146,7 @@ class Case:
     v: torch.Tensor  # [B, HK, N, DV], requires grad
     inputs: dict  # the keyword inputs; float tensors require grad unless --no-input-grads
     do: torch.Tensor  # [B, H, M, DV], the output gradient
-    refresh: Callable[[], None]  # before every timed call: the next layout with fresh inputs, else nothing
+    layouts: Layouts  # refreshed before every timed call: the next layout with fresh inputs, else nothing
     device: torch.device
 
 
@@ -119,8 +167,8 @@ def run_case(t: Target, fn: Callable, seq: int, cfg: Config, log: Callable[[str]
     log(f"{a.name} ({t.path}) seq={seq} B={B}: checking and timing")
     layouts = [make_inputs(a, sizes, device, gen, discrete_names(a)) for _ in range(LAYOUTS)] \
         if cfg.fresh_inputs and discrete_names(a) else []
-    case = Case(q, k, v, inputs, do, _refresher(inputs, layouts), device)
-    pairs = _count(a, case, len(layouts))
+    case = Case(q, k, v, inputs, do, Layouts(inputs, layouts), device)
+    pairs = _count(a, case)
     base = {"spec": a.name, "file": str(t.path), "seq": seq, "B": B, "H": cfg.heads, "HK": cfg.kv_heads,
             "D": cfg.dim, "DV": cfg.dim, "dtype": DTYPE_NAMES[cfg.dtype], "device": device.type,
             "fresh_inputs": cfg.fresh_inputs, "input_grads": cfg.input_grads, "allowed_pairs": pairs,
@@ -130,14 +178,21 @@ def run_case(t: Target, fn: Callable, seq: int, cfg: Config, log: Callable[[str]
     records = [{**base, "pass": p, "flops": fwd_flops * (BWD_FACTOR if p == "fwd+bwd" else 1.0),
                 "attngen": {}, "peers": {}} for p in passes]
 
+    # Every check before any timing: attngen autotunes inside its first call (this check,
+    # forward and backward), which must not be timed; and timing with fresh inputs changes them.
     mine_out = outputs(mine, q, k, v, inputs, do if cfg.backward else None)
     peers = list(_peers(a, sizes, inputs, cfg, device))
-    for name, peer in peers:  # every check before any timing, since timing with fresh inputs changes them
+    for name, peer in peers:
         for rec in records:
             rec["peers"][name] = _check(peer, rec["pass"], mine_out, case)
     for rec in records:
         ms = _time(mine, rec["pass"], case)
         rec["attngen"] = {"ms": ms, "tflops": _tflops(rec["flops"], ms)}
+    prepared = prepared_impl(fn, q.detach(), k.detach(), v.detach(), inputs, case.layouts)
+    if prepared is not None:  # the mask needs per-call work: time the forward without it too
+        fwd = records[0]["attngen"]
+        fwd["prepared_ms"] = _time(prepared, "fwd", case)
+        fwd["prep_ms"] = max(0.0, fwd["ms"] - fwd["prepared_ms"])
     for name, peer in peers:
         if isinstance(peer, Impl):
             _time_peer(peer, records, case)
@@ -202,7 +257,7 @@ def _failure(err: RuntimeError, case: Case) -> str:
 
 def _time(impl: Impl, pass_: str, case: Case) -> float:
     """``impl``'s time for one pass, ``fwd`` (under no_grad) or ``fwd+bwd``."""
-    refresh = case.refresh
+    refresh = case.layouts.refresh
     if pass_ == "fwd":
         q, k, v = case.q.detach(), case.k.detach(), case.v.detach()
 
@@ -221,31 +276,15 @@ def _time(impl: Impl, pass_: str, case: Case) -> float:
         return time_ms(step, case.device)
 
 
-def _refresher(inputs: dict, layouts: list[dict]) -> Callable[[], None]:
-    """A function that copies the next layout into the integer/bool inputs, in place (no-op without layouts).
-
-    In place, so every implementation (flex's captured tensors included) sees the new layout.
-    """
-    if not layouts:
-        return lambda: None
-    cycle = itertools.cycle(layouts)
-
-    def refresh():
-        for n, t in next(cycle).items():
-            inputs[n].copy_(t)
-
-    return refresh
-
-
-def _count(a: ir.Attention, case: Case, layouts: int) -> float:
+def _count(a: ir.Attention, case: Case) -> float:
     """Allowed pairs on the case's inputs; with fresh inputs, their mean over the layouts."""
-    if not layouts:
+    if not case.layouts:
         return allowed_pairs(a, case.q, case.k, case.v, case.inputs)
     total = 0
-    for _ in range(layouts):
-        case.refresh()
+    for _ in range(len(case.layouts)):
+        case.layouts.refresh()
         total += allowed_pairs(a, case.q, case.k, case.v, case.inputs)
-    return total / layouts
+    return total / len(case.layouts)
 
 
 def _tflops(flops: float, ms: float) -> float:

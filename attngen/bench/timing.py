@@ -1,8 +1,9 @@
-"""Wall time of one call, in milliseconds.
+"""Wall time of one call, in milliseconds, and host time per call, in microseconds.
 
-On CUDA: ``triton.testing.do_bench`` (CUDA events, the L2 cache flushed before every
-call, the median of the repetitions). On CPU, where the kernels run under the Triton
-interpreter and only smoke tests make sense, the median of a few perf_counter calls.
+:func:`time_ms` on CUDA: ``triton.testing.do_bench`` (CUDA events, the L2 cache flushed
+before every call, the median of the repetitions). On CPU, where the kernels run under
+the Triton interpreter and only smoke tests make sense, the median of a few perf_counter
+calls. :func:`host_us`: the host's side only, calls issued back to back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 WARMUP_MS, REP_MS = 25, 100
 #: timed calls on CPU
 CPU_REPS = 3
+#: untimed calls before host_us times (fewer when it times fewer)
+HOST_WARMUP = 20
 
 
 def time_ms(fn: Callable[[], object], device: torch.device) -> float:
@@ -32,3 +35,19 @@ def time_ms(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def host_us(fn: Callable[[], object], device: torch.device, calls: int) -> float:
+    """Mean host wall time of ``fn()`` over ``calls`` calls issued back to back without
+    synchronizing: for calls whose GPU work is shorter than their launch, the host's cost
+    per call. A few untimed calls first; the device is idle when the timing starts."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(min(calls, HOST_WARMUP)):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    sync()
+    return elapsed / calls * 1e6

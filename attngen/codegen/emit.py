@@ -22,7 +22,7 @@ from .analysis import COL, ROW, CodegenError, axes
 #: Triton spelling of elementwise float functions of one argument
 _FN1 = {
     "exp": "tl.exp({})", "exp2": "tl.exp2({})", "log": "tl.log({})", "log2": "tl.log2({})",
-    "sqrt": "tl.sqrt({})", "rsqrt": "tl.rsqrt({})", "sigmoid": "tl.sigmoid({})", "sin": "tl.sin({})",
+    "sqrt": "tl.sqrt({})", "rsqrt": "tl.rsqrt({})", "sigmoid": "_sigmoid({}, DOT_DTYPE)", "sin": "tl.sin({})",
     "cos": "tl.cos({})", "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)",
     "tanh": "_tanh({}, DOT_DTYPE)",
     "softplus": "_softplus({})",
