@@ -1,10 +1,12 @@
 """``attngen bench`` on CPU: the flex translation against the reference, the peer decisions,
-allowed-pair counting, the input generator, the table, and the command end to end
-(TRITON_INTERPRET=1, tiny sizes; flex and SDPA run eagerly, flex forward only)."""
+allowed-pair counting, the input generator, the table, the startup figures, and the command
+end to end (TRITON_INTERPRET=1, tiny sizes; flex and SDPA run eagerly, flex forward only)."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from attngen.bench.inputs import BOOL_DENSITY, make_inputs
 from attngen.bench.pairs import allowed_pairs
 from attngen.bench.peers import Unsupported, check_flex, sdpa_causal
 from attngen.bench.report import mismatches, table
+from attngen.bench.startup import first_call, scoped_environ
 from attngen.cli import main
 from attngen.reference.interpreter import selected_pairs
 from attngen.spec import compile_file, compile_source
@@ -210,6 +213,7 @@ def test_table_spans_reasons_and_flags_mismatches():
     text = table(records)
     lines = text.splitlines()
     assert lines[0].split("|")[1].strip() == "attngen" and "sdpa-cudnn" in lines[0]
+    assert lines[1].split("|")[1].split() == ["ms", "TFLOP/s"]  # no prep ms or vs base without data
     assert "5.0e-01 !!" in lines[3] and "n/a (score is not dot(q, k) * scale)" in lines[3]
     assert "n/a (error: RuntimeError: xxx" in lines[4] and long not in lines[4]
     assert f"n/a for flex on s 32 fwd: {long}" in text
@@ -259,6 +263,97 @@ def test_bench_fresh_inputs(tmp_path):
     assert rec["fresh_inputs"] and rec["pass"] == "fwd" and set(rec["peers"]) == {"flex"}
     assert rec["peers"]["flex"]["rel_err"] < 1e-4
     assert 0 < rec["density"] < 0.5  # causal within documents
+    mine = rec["attngen"]  # a prepare handle per layout
+    assert mine["prepared_ms"] > 0 and mine["prep_ms"] == max(0.0, mine["ms"] - mine["prepared_ms"])
+
+
+TINY = ("--device", "cpu", "--seq", "32", "--tokens", "32", "--heads", "2", "--dim", "16", "--no-backward",
+        "--peers", "sdpa")
+
+
+def test_bench_prep_and_baseline_among_files(tmp_path):
+    """document_mask's classification is timed apart (causal needs none); the baseline is one of
+    the files, so its timing is reused; --no-autotune is recorded and does not outlive the run."""
+    out = tmp_path / "out.json"
+    before = os.environ.get("ATTNGEN_AUTOTUNE")
+    r = _bench(EXAMPLE_DIR / "document_mask.attn", EXAMPLE_DIR / "causal_gqa.attn", *TINY,
+               "--baseline", EXAMPLE_DIR / "causal_gqa.attn", "--no-autotune", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert os.environ.get("ATTNGEN_AUTOTUNE") == before
+    data = json.loads(out.read_text())
+    assert data["config"]["autotune"] is False and data["startup"] == []
+    assert data["config"]["baseline"] == f"{EXAMPLE_DIR / 'causal_gqa.attn'}:causal_gqa"
+    doc, causal = data["records"]
+    assert (doc["spec"], causal["spec"]) == ("document_mask", "causal_gqa")
+    assert doc["attngen"]["prep_ms"] >= 0 and doc["attngen"]["prepared_ms"] > 0
+    assert "prep_ms" not in causal["attngen"] and "prepared_ms" not in causal["attngen"]
+    assert causal["vs_base"] == 1.0
+    assert doc["vs_base"] == pytest.approx(causal["attngen"]["ms"] / doc["attngen"]["ms"])
+    header = r.stdout.splitlines()[1].split("|")[1].split()
+    assert header == ["ms", "TFLOP/s", "prep", "ms", "vs", "base"]
+    assert "faster than causal_gqa" in r.stdout
+
+
+def test_bench_baseline_alone_and_startup(tmp_path):
+    """A baseline that is not one of the files runs first, attngen only; --startup adds a record per
+    file (not for the baseline) with positive figures, and restores the environment."""
+    out = tmp_path / "out.json"
+    before = {n: os.environ.get(n) for n in ("ATTNGEN_CACHE_DIR", "TRITON_CACHE_DIR", "ATTNGEN_AUTOTUNE")}
+    r = _bench(EXAMPLE_DIR / "sigmoid_attn.attn", *TINY, "--baseline", EXAMPLE_DIR / "causal_gqa.attn",
+               "--startup", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert {n: os.environ.get(n) for n in before} == before
+    data = json.loads(out.read_text())
+    assert data["config"]["autotune"] is True and data["config"]["startup"] is True
+    base, sig = data["records"]
+    assert (base["spec"], base["peers"], sig["spec"]) == ("causal_gqa", {}, "sigmoid_attn")
+    assert sig["vs_base"] == pytest.approx(base["attngen"]["ms"] / sig["attngen"]["ms"])
+    (st,) = data["startup"]
+    assert st["spec"] == "sigmoid_attn" and st["host_sizes"]["M"] == 128 and st["first_call_sizes"]["D"] == 16
+    for key in ("load_ms", "first_call_ms", "call_us", "launch_us", "overhead_us"):
+        assert st[key] > 0, key
+    assert st["overhead_us"] == pytest.approx(st["call_us"] - st["launch_us"])
+    assert "first call, nothing cached" in r.stdout and "overhead us" in r.stdout
+
+
+def test_first_call_generates_and_imports_anew(tmp_path, monkeypatch):
+    """The first call runs on an empty cache directory with autotuning off, imports the generated
+    module afresh, then leaves the environment, triton's cache knob and the process's module as they were."""
+    import triton
+
+    import attngen.runtime.jit as jit
+
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path))
+    fn = attngen.load(EXAMPLE_DIR / "causal_gqa.attn")
+    q = torch.randn(1, 1, 32, 16)
+    fn(q, q, q)
+    name = f"attngen_generated_{fn.key}"
+    module, knob = sys.modules[name], triton.knobs.cache.dir
+    seen = []
+
+    def spy(key, generate):
+        seen.append((os.environ["ATTNGEN_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"], triton.knobs.cache.dir,
+                     os.environ["ATTNGEN_AUTOTUNE"], name in sys.modules))
+        return load_module(key, generate)
+
+    load_module = jit.load_module
+    monkeypatch.setattr(jit, "load_module", spy)
+    load_ms, call_ms = first_call(lambda: attngen.load(EXAMPLE_DIR / "causal_gqa.attn"), (q, q, q, {}),
+                                  torch.device("cpu"))
+    assert load_ms > 0 and call_ms > 0
+    ((cache, triton_cache, knob_then, autotune, imported),) = seen
+    assert cache != str(tmp_path) and triton_cache == knob_then != knob and autotune == "0" and not imported
+    assert os.environ["ATTNGEN_CACHE_DIR"] == str(tmp_path) and triton.knobs.cache.dir == knob
+    assert "TRITON_CACHE_DIR" not in os.environ or os.environ["TRITON_CACHE_DIR"] == knob
+    assert sys.modules[name] is module and not os.path.exists(cache)
+
+
+def test_scoped_environ(monkeypatch):
+    monkeypatch.setenv("ATTNGEN_X", "1")
+    monkeypatch.delenv("ATTNGEN_Y", raising=False)
+    with scoped_environ({"ATTNGEN_X": "2", "ATTNGEN_Y": "3"}):
+        assert (os.environ["ATTNGEN_X"], os.environ["ATTNGEN_Y"]) == ("2", "3")
+    assert os.environ["ATTNGEN_X"] == "1" and "ATTNGEN_Y" not in os.environ
 
 
 def test_bench_skips_what_attngen_cannot_run():
@@ -284,6 +379,11 @@ def test_bench_cpu_needs_the_interpreter():
     (("--peers", "flex,cudnn"), "unknown peer 'cudnn'"),
     (("--heads", "4", "--kv-heads", "3"), "multiple of --kv-heads"),
     (("-D", "NOPE=3"), "declares a const 'NOPE'"),
+    (("--baseline", "examples/nope.attn"), "no such file"),
+    (("--baseline", f"{EXAMPLE_DIR / 'full.attn'}:nope"), "no attention named 'nope'"),
+    (("--baseline", EXAMPLE_DIR / "relu2.attn"), "pick one with --baseline"),
+    (("--baseline", EXAMPLE_DIR / "krause.attn"), "krause"),  # attngen cannot run it: an error, not a skip
+    (("--autotune", "--startup=2"), "--startup"),
 ])
 def test_bench_bad_options(args, message):
     r = _bench(EXAMPLE_DIR / "full.attn", "--device", "cpu", *args)

@@ -82,6 +82,7 @@ def test_validation_names_tensor_and_dim(cache_dir):
 @interp
 def test_cpu_without_interpreter_names_the_reference_backend(cache_dir, monkeypatch):
     fn = attngen.jit(SPEC)
+    fn.module  # imported under the interpreter, as later tests in this process will reuse it
     q, k, v = qkv()
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="backend='reference'"):

@@ -3,15 +3,17 @@
 For each attention and sequence length, every implementation runs on the same inputs
 (q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV], M = N, plus the spec's keyword
 inputs); attngen's output and gradients are compared with each peer's, then each is
-timed forward and forward+backward.
+timed forward and forward+backward (attngen also with its mask prepared ahead; optionally
+a baseline attention too, attngen only, on the same shapes).
 
     inputs.py    the benchmark's inputs (q/k/v and the spec's declared inputs)
     peers.py     which peers can run a spec, decided from the IR (Unsupported: why not)
     flexmods.py  a spec's score and mask as FlexAttention score_mod / mask_mod
     pairs.py     allowed (b, h, i, j) pairs counted on the actual inputs, for FLOPs
     impls.py     the implementations as callables, and their correctness check
-    timing.py    do_bench on CUDA, a perf_counter loop on CPU
+    timing.py    do_bench on CUDA, a perf_counter loop on CPU; host time per call
     run.py       the benchmark loop: one record per (attention, seq, pass)
-    report.py    the text table, the JSON file and the environment
+    startup.py   a first call with nothing cached, and the host time of a cached call
+    report.py    the text tables, the JSON file and the environment
     plot.py      TFLOP/s against sequence length, as a PNG
 """

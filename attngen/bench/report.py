@@ -80,10 +80,12 @@ def table(records: list[dict], baseline: str | None = None) -> str:
         lines.append("flex prep ms: flex's create_block_mask"
                      + (", also inside flex's ms: the integer/bool inputs change every call." if fresh
                         else ", timed on its own (the mask is built once, outside flex's ms)."))
-    lines.append("attngen's ms include any per-call work on its mask"
-                 + ("; attngen prep ms: that work, forward only: attngen's ms less its ms with a warm "
-                    + ("attngen.prepare handle per layout" if fresh else "attngen.prepare handle") + " (at least 0)."
-                    if prep else "."))
+    if prep:
+        handle = "attngen.prepare handle per layout" if fresh else "attngen.prepare handle"
+        lines.append("attngen's ms include any per-call work on its mask; attngen prep ms: that work in the "
+                     f"forward, attngen's ms less its ms with a warm {handle} (at least 0).")
+    else:
+        lines.append("attngen's ms include any per-call work on its mask.")
     if vs:
         name = baseline or "the baseline"
         lines.append(f"vs base: {name}'s attngen ms / the row's attngen ms, same seq and pass "

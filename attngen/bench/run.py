@@ -6,9 +6,9 @@ and gradients against each peer's on those same inputs, then times every impleme
 forward (under no_grad) and forward+backward (``torch.autograd.grad(o, [q, k, v] + the
 float inputs that require grad, do)``, so nothing accumulates). Where attngen's mask needs
 per-call work (``attngen.prepare`` gives a handle), its forward is also timed with a warm
-handle; the difference is attngen's mask preparation. A baseline attention runs on the
-same shapes, attngen only (unless it is also one of the attentions benchmarked), and every
-record gets its time over the baseline's.
+handle; the difference is attngen's mask preparation. A baseline attention, if given, runs
+on the same shapes, attngen only (unless it is also one of the attentions benchmarked), and
+every record gets its time over the baseline's.
 
 Records (one per pass, ``fwd`` and ``fwd+bwd``) are plain dicts, ready for JSON::
 

@@ -10,6 +10,8 @@ host         on B=1 H=1 M=N=128 D=64, the mean host time of a cached forward cal
              to back without synchronizing (``call_us``), less the same for one launch of a
              trivial Triton copy kernel (``launch_us``): ``overhead_us``, attngen's own cost
              per call on the host (argument checks, autograd, tile lists, its launches).
+             Autotuning is off for it (the launch config hardly matters to the host, and
+             tuning this tiny shape would compile every candidate).
 """
 
 from __future__ import annotations
@@ -46,23 +48,23 @@ def _copy_kernel(src, dst, n, BLOCK: tl.constexpr):
 
 
 def measure(t: Target, fn: Callable, cfg: Config) -> dict:
-    """The startup record of ``t``; ``fn``: its callable from ``attngen.load``, used for the cached calls."""
+    """The startup record of ``t`` (in the benchmark's dtype and device); ``fn``: its callable from
+    ``attngen.load``, used for the cached calls."""
     device = torch.device(cfg.device)
     first = dict(B=1, H=cfg.heads, HK=cfg.kv_heads, M=FIRST_CALL_SEQ, N=FIRST_CALL_SEQ, D=cfg.dim, DV=cfg.dim)
     load_ms, first_ms = first_call(lambda: load(t.path, name=t.attention.name, consts=t.consts),
                                    _args(t, first, cfg, device), device)
     q, k, v, inputs = _args(t, HOST_SIZES, cfg, device)
     calls = HOST_CALLS[device.type]
-    with torch.no_grad():
+    with torch.no_grad(), scoped_environ({"ATTNGEN_AUTOTUNE": "0"}):
         call_us = host_us(lambda: fn(q, k, v, **inputs), device, calls)
     src = q.flatten()
     dst = torch.empty_like(src)
     grid = (triton.cdiv(src.numel(), _COPY_BLOCK),)
     launch_us = host_us(lambda: _copy_kernel[grid](src, dst, src.numel(), BLOCK=_COPY_BLOCK), device, calls)
-    return {"spec": t.attention.name, "file": str(t.path), "dtype": str(cfg.dtype).removeprefix("torch."),
-            "device": device.type, "first_call_sizes": first, "load_ms": load_ms, "first_call_ms": first_ms,
-            "host_sizes": HOST_SIZES, "host_calls": calls, "call_us": call_us, "launch_us": launch_us,
-            "overhead_us": call_us - launch_us}
+    return {"spec": t.attention.name, "file": str(t.path), "first_call_sizes": first, "load_ms": load_ms,
+            "first_call_ms": first_ms, "host_sizes": HOST_SIZES, "host_calls": calls, "call_us": call_us,
+            "launch_us": launch_us, "overhead_us": call_us - launch_us}
 
 
 def _args(t: Target, sizes: Mapping[str, int], cfg: Config, device: torch.device):

@@ -7,6 +7,7 @@ import torch
 from ..ir import nodes as ir
 from ..signature import bind
 from .interpreter import run
+from .varlen import run_packed
 
 
 class ReferenceAttention:
@@ -14,6 +15,7 @@ class ReferenceAttention:
 
     q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV] → o [B, H, M, DV] (and lse
     [B, H, M] with ``return_lse``). Accepts float64 besides fp16/bf16/fp32 and any device.
+    Packed sequences (``cu_seqlens_q=...``): see :mod:`attngen.reference.varlen`.
     """
 
     def __init__(self, attention: ir.Attention):
@@ -21,7 +23,11 @@ class ReferenceAttention:
         self.name = attention.name
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None,
-                 return_lse: bool = False, **inputs):
+                 return_lse: bool = False, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                 max_seqlen_k=None, **inputs):
+        if cu_seqlens_q is not None or cu_seqlens_k is not None:
+            return run_packed(self.attention, self, q, k, v, inputs, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                              max_seqlen_k, return_lse, scale=scale)
         bound = bind(self.attention, q, k, v, inputs, scale, allow_float64=True, return_lse=return_lse)
         return run(self.attention, bound, return_lse)
 
