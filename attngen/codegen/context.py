@@ -14,7 +14,7 @@ def _params(plan: Plan) -> str:
          "K", "stride_kb", "stride_kh", "stride_kn", "stride_kd",
          "V", "stride_vb", "stride_vh", "stride_vn", "stride_vd",
          "O", "OR", "DO", "DOR", "stride_ob", "stride_oh", "stride_om", "stride_od",
-         "LSE", "DELTA", "SBL", "SBG", "TL", "TLC", "CU_Q", "CU_K",
+         "LSE", "DELTA", "SBL", "SBG", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb",
          "DQ", "stride_dqb", "stride_dqh", "stride_dqm", "stride_dqd",
          "DK", "stride_dkb", "stride_dkh", "stride_dkn", "stride_dkd",
          "DVAL", "stride_dvb", "stride_dvh", "stride_dvn", "stride_dvd"]
@@ -40,7 +40,7 @@ def _params(plan: Plan) -> str:
 def _constexprs(plan: Plan) -> str:
     # head dims are compile-time: masks on full-width rows fold away and loads vectorize
     names = ["D", "DV", "BLOCK_M", "BLOCK_N", *(vec_block(L) for L in plan.vec_lengths), "DOT_DTYPE",
-             "DOT_PRECISION", "SCAN", "TILE_HEADS", "VARLEN"]
+             "DOT_PRECISION", "SCAN", "TILE_HEADS", "VARLEN", "PAGED", "PAGE_SIZE"]
     names += [f"GRAD_{d.name}" for d in plan.float_inputs]
     return ",\n    ".join(f"{n}: tl.constexpr" for n in names)
 

@@ -177,7 +177,7 @@ class Emitter:
                             "[BLOCK_M, BLOCK_D]")
         if e.name == "k_raw":
             offs = vec_offs("D", perm)
-            return self.put(self.level(e), f"tl.load(k_base + j_k * stride_kn + {offs}[None, :] * stride_kd, "
+            return self.put(self.level(e), f"tl.load(k_base + k_rows + {offs}[None, :] * stride_kd, "
                             f"mask=cmask_k & dmask_D[None, :], other=0.0)", "k" + ("_perm" if perm else ""),
                             "[BLOCK_N, BLOCK_D]")
         raise CodegenError(f"row '{e.name}' is not available in this kernel")
