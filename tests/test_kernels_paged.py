@@ -25,7 +25,7 @@ SPECS = {
     "document": "input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]",
     "sigmoid": "score = dot(q, k) * scale - 3.0\n norm = sigmoid",
 }
-PAGE, PAGES_PER_SEQ, LENGTHS = 16, 6, [70, 1, 96, 33]
+PAGE, PAGES_PER_SEQ, LENGTHS = 16, 12, [150, 1, 192, 33]  # M <= 16 splits the keys
 
 
 def _cache(a, M, seed=0):
@@ -78,8 +78,8 @@ def test_paged_is_forward_only_and_checks_its_table():
     bad[2, 1] = 999
     with pytest.raises(ValueError, match=r"block_table\[2\] refers to page 999"):
         fn(q, k_cache, v_cache, block_table=bad, seqlens_k=lengths)
-    with pytest.raises(ValueError, match="seqlens_k\\[0\\] = 97"):
-        fn(q, k_cache, v_cache, block_table=table, seqlens_k=torch.tensor([97, 1, 2, 3], dtype=torch.int32))
+    with pytest.raises(ValueError, match="seqlens_k\\[0\\] = 193"):
+        fn(q, k_cache, v_cache, block_table=table, seqlens_k=torch.tensor([193, 1, 2, 3], dtype=torch.int32))
     with pytest.raises(TypeError, match="block_table must be a 2-d int32"):
         fn(q, k_cache, v_cache, block_table=table.long(), seqlens_k=lengths)
     with pytest.raises(TypeError, match="needs block_table and seqlens_k"):

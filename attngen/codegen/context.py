@@ -14,7 +14,7 @@ def _params(plan: Plan) -> str:
          "K", "stride_kb", "stride_kh", "stride_kn", "stride_kd",
          "V", "stride_vb", "stride_vh", "stride_vn", "stride_vd",
          "O", "OR", "DO", "DOR", "stride_ob", "stride_oh", "stride_om", "stride_od",
-         "LSE", "DELTA", "SBL", "SBG", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb",
+         "LSE", "DELTA", "SBL", "SBG", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb", "OP", "MP", "LP",
          "DQ", "stride_dqb", "stride_dqh", "stride_dqm", "stride_dqd",
          "DK", "stride_dkb", "stride_dkh", "stride_dkn", "stride_dkd",
          "DVAL", "stride_dvb", "stride_dvh", "stride_dvn", "stride_dvd"]
@@ -25,7 +25,7 @@ def _params(plan: Plan) -> str:
             n = len(d.dims)
             p += [f"{d.name}_ptr", *(f"{d.name}_s{i}" for i in range(n)),
                   f"d{d.name}_ptr", *(f"d{d.name}_s{i}" for i in range(n))]
-    p += ["B", "H", "HK", "M", "N", "M_MAX", "N_MAX", "TQ", "scale"]
+    p += ["B", "H", "HK", "M", "N", "M_MAX", "N_MAX", "TQ", "SPLITS", "scale"]
     lines, line = [], []
     for name in p:
         line.append(name)
@@ -74,6 +74,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     c = _blocks(kernels.dkdv_kernel(plan), _VAR_KEYS)
     inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
     dynamic = tiles.tiles_kind(a) == "dynamic"
+    # split-KV decoding: partial results must merge by the row statistics alone, and the key range
+    # must be closed-form (no per-call lists)
+    splittable = (plan.norm != "stickbreaking" and a.weights is None and a.out is None and not dynamic)
     classify = ""
     if dynamic:
         k = tiles.classify_code(a)
@@ -86,7 +89,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, decls=repr(decls),
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
-        fwd=render_kernel("fwd.py.jinja", f=f, **base), dynamic=dynamic, classify=classify,
+        fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
+        splittable=splittable,
+        fwd_split=render_kernel("fwd.py.jinja", f=f, split=True, **base) if splittable else "",
         tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )
