@@ -20,18 +20,21 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
 SPECS = {
     "causal": "mask = causal",
     "window": "mask = causal and i - j < 150",
-    "sink": "input sinks: f32[H]\n mask = causal\n norm = softmax(sink = sinks[h])",
+    "sink": "input sinks: f32[H]\n input slopes: f32[H]\n score = dot(q, k) * scale + slopes[h] * (j - i)\n"
+            " mask = causal\n norm = softmax(sink = sinks[h])",
     "sum": "score = relu(dot(q, k) * scale) + 0.1\n mask = causal\n norm = sum",
     "sigmoid": "score = dot(q, k) * scale - 2.0\n mask = causal and i - j < 170\n norm = sigmoid",
     "full": "norm = softmax",
 }
 
 
+@pytest.mark.parametrize("heads", [(4, 1), (2, 2)], ids=["gqa4_packed", "mha"])
 @pytest.mark.parametrize("M", [1, 3, 16])
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_split_kv(name, M):
+def test_split_kv(name, M, heads):
+    """GQA 4:1 packs the group's heads into one tile up to M = 8 (32 rows); M = 16 splits unpacked."""
     a = compile_source(f"attention {name} {{\n {SPECS[name]}\n}}", f"{name}.attn")[0]
-    assert_close(compare(a, B=1, H=2, HK=1, M=M, N=230, D=16, DV=16))
+    assert_close(compare(a, B=1, H=heads[0], HK=heads[1], M=M, N=230, D=16, DV=16))
 
 
 def test_split_kernel_is_generated_where_it_can_merge():

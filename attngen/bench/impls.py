@@ -11,6 +11,9 @@ every implementation reads the same tensors, including in-place updates of them.
     sdpa-cudnn   F.scaled_dot_product_attention under sdpa_kernel(CUDNN_ATTENTION)
     sdpa-flash   the same under sdpa_kernel(FLASH_ATTENTION)
 
+Decoding (:mod:`.decode`) uses flex and SDPA on a contiguous cache as they are (SDPA with its
+causal mask aligned to the bottom right); packed sequences (:mod:`.varlen`) have their own flex.
+
 A constructor raises :class:`~.peers.Unsupported` when its implementation cannot run
 the case.
 """
@@ -29,7 +32,7 @@ from ..ir import nodes as ir
 from ..verify import rel_err
 from .flexmods import translate
 from .inputs import Layouts
-from .peers import Unsupported, sdpa_causal
+from .peers import Unsupported, sdpa_causal, sdpa_end_aligned
 
 Inputs = Mapping[str, Union[torch.Tensor, float]]
 SDPA_BACKENDS = ("sdpa-cudnn", "sdpa-flash")
@@ -127,12 +130,23 @@ def flex_impl(a: ir.Attention, sizes: Mapping[str, int], scale: float, inputs: I
 
 
 def sdpa_impl(name: str, a: ir.Attention, sizes: Mapping[str, int], scale: float, dtype: torch.dtype,
-              device: torch.device) -> Impl:
-    """SDPA with the backend ``name`` (one of SDPA_BACKENDS), for plain full or causal attention."""
+              device: torch.device, decode: bool = False) -> Impl:
+    """SDPA with the backend ``name`` (one of SDPA_BACKENDS), for plain full or causal attention.
+
+    ``decode``: the M query rows are the last of N keys (a KV cache), and a causal mask is aligned
+    to the bottom right as attngen aligns it: no mask with M = 1, ``causal_lower_right`` otherwise.
+    """
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention
 
-    causal = sdpa_causal(a, sizes["M"], sizes["N"])
+    if decode:
+        from torch.nn.attention.bias import causal_lower_right
+
+        causal = False
+        lower_right = sdpa_end_aligned(a, sizes["M"], sizes["N"])
+        bias = {"attn_mask": causal_lower_right(sizes["M"], sizes["N"])} if lower_right else {}
+    else:
+        causal, bias = sdpa_causal(a, sizes["M"], sizes["N"]), {}
     backend = SDPBackend.CUDNN_ATTENTION if name == "sdpa-cudnn" else SDPBackend.FLASH_ATTENTION
     if device.type != "cuda" and name == "sdpa-cudnn":
         raise Unsupported("cuDNN attention needs CUDA")
@@ -141,7 +155,7 @@ def sdpa_impl(name: str, a: ir.Attention, sizes: Mapping[str, int], scale: float
     gqa = {"enable_gqa": True} if sizes["H"] != sizes["HK"] else {}
 
     def call(q, k, v):
-        return scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, **gqa)
+        return scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, **bias, **gqa)
 
     return Impl(name, call, context=lambda: sdpa_kernel(backend))
 

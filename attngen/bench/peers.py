@@ -5,7 +5,10 @@ FlexAttention runs a softmax over ``score_mod(q·k, b, h, q_idx, kv_idx)`` restr
 ``dot(q, k)`` exactly once and nothing else of the rows, its mask reads neither the
 score nor the rows, and it has no prologue, select, sink, weights or out stage.
 SDPA (cuDNN, flash) runs only plain full or plain causal softmax attention with the
-default score ``dot(q, k) * scale``.
+default score ``dot(q, k) * scale``. ``is_causal`` aligns its mask to the top left, so
+prefill (M = N) uses it; decoding (M query rows at the end of N keys: :func:`sdpa_end_aligned`)
+needs no mask at all with M = 1 (the last row sees every key) and the bottom-right
+aligned ``causal_lower_right`` bias with more rows.
 
 Each check raises :class:`Unsupported` with the reason the benchmark prints.
 """
@@ -79,6 +82,20 @@ def sdpa_causal(a: ir.Attention, M: int, N: int) -> bool:
     if M != N:
         raise Unsupported("causal with M != N (SDPA aligns causal masks to the top left)")
     return True
+
+
+def sdpa_end_aligned(a: ir.Attention, M: int, N: int) -> bool:
+    """Whether SDPA needs a causal mask aligned to the bottom right (``causal_lower_right``) to run
+    ``a`` with M query rows at the end of N keys (decoding); False: no mask (full attention, or causal
+    with M = 1, which sees every key). Raise :class:`Unsupported` if SDPA cannot run ``a``."""
+    _check_plain_softmax(a)
+    if a.score != DEFAULT_SCORE:
+        raise Unsupported("score is not dot(q, k) * scale")
+    if a.mask is None:
+        return False
+    if not _is_causal(a.mask):
+        raise Unsupported("mask is neither absent nor plain causal")
+    return M > 1
 
 
 def _is_causal(e: ir.Expr) -> bool:

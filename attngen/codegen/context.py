@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import __version__
+from ..ir import nodes as ir
 from . import kernels, tiles
 from .emit import vec_block
 from .plan import Plan
@@ -40,7 +41,8 @@ def _params(plan: Plan) -> str:
 def _constexprs(plan: Plan) -> str:
     # head dims are compile-time: masks on full-width rows fold away and loads vectorize
     names = ["D", "DV", "BLOCK_M", "BLOCK_N", *(vec_block(L) for L in plan.vec_lengths), "DOT_DTYPE",
-             "DOT_PRECISION", "SCAN", "TILE_HEADS", "VARLEN", "PAGED", "PAGE_SIZE"]
+             "DOT_PRECISION", "SCAN", "TILE_HEADS", "VARLEN", "PAGED", "PAGE_SIZE", "PACK",
+             "MERGE_M"]
     names += [f"GRAD_{d.name}" for d in plan.float_inputs]
     return ",\n    ".join(f"{n}: tl.constexpr" for n in names)
 
@@ -77,6 +79,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     # split-KV decoding: partial results must merge by the row statistics alone, and the key range
     # must be closed-form (no per-call lists)
     splittable = (plan.norm != "stickbreaking" and a.weights is None and a.out is None and not dynamic)
+    # GQA packing makes the head a per-row value: the tile bounds must not depend on it
+    packable = splittable and not (a.tiles is not None and any(
+        ir.uses(e, "h", "hk") for e in (a.tiles.any, a.tiles.all)))
     classify = ""
     if dynamic:
         k = tiles.classify_code(a)
@@ -90,7 +95,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
         fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
-        splittable=splittable,
+        splittable=splittable, packable=packable,
         fwd_split=render_kernel("fwd.py.jinja", f=f, split=True, **base) if splittable else "",
         tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
