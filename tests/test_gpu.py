@@ -1,15 +1,18 @@
 """GPU suite (``pytest -m gpu`` on a CUDA machine): every dense example at real shapes, forward
-and every gradient, against the float64 reference; kernel error within 4x the low-precision
-reference's own error (floor 1e-3)."""
+and every gradient, against the float64 reference; packed sequences, paged caches, split-KV
+decoding and autotuned configs; kernel error within 4x the low-precision reference's own error
+(floor 1e-3)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from attngen.spec import compile_source
 from attngen.verify import assert_close, compare
 
 from example_specs import DENSE, DENSE_IDS, EXAMPLES, shrunk
+from seqcases import packed_case, packed_errors, paged_case, paged_errors
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -47,3 +50,50 @@ def test_head_dims(stem, D, DV):
 @pytest.mark.parametrize("stem", ["causal_gqa", "softcap", "sink_softmax", "gated_output"])
 def test_fp32(stem):
     _run(EXAMPLES[0].parent / f"{stem}.attn", stem, torch.float32, 64, 333, 333, 2, 4, 2)
+
+
+SEQ_SPECS = {
+    "causal": "mask = causal",
+    "alibi_window": "input slopes: f32[H]\n score = dot(q, k) * scale + slopes[h] * (j - i)\n mask = causal and i - j < 300",
+    "document": "input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]",
+    "sink": "input sinks: f32[H]\n mask = causal\n norm = softmax(sink = sinks[h])",
+    "sigmoid": "score = dot(q, k) * scale - 5.0\n mask = causal\n norm = sigmoid",
+}
+
+
+def _spec(name):
+    return compile_source(f"attention {name} {{\n {SEQ_SPECS[name]}\n}}", f"{name}.attn")[0]
+
+
+@pytest.mark.parametrize("name", sorted(SEQ_SPECS))
+def test_varlen(name):
+    a = _spec(name)
+    case = packed_case(a, [700, 1, 1300, 0, 64], [700, 50, 1300, 20, 164], H=8, HK=2, D=128,
+                       dtype=torch.bfloat16, device="cuda")
+    assert_close(packed_errors(a, *case), factor=4.0, floor=1e-3)
+
+
+@pytest.mark.parametrize("M", [1, 4, 40])
+@pytest.mark.parametrize("page", [16, 64])
+@pytest.mark.parametrize("name", sorted(SEQ_SPECS))
+def test_paged(name, page, M):
+    """M = 1 and 4 split the keys and pack the GQA group (8 heads over 2); M = 40 does not."""
+    a = _spec(name)
+    case = paged_case(a, M, [2048, 1, 777, 1500], page, 2048 // page, H=8, HK=2, D=128, dtype=torch.bfloat16,
+                      device="cuda")
+    assert_close(paged_errors(a, *case), factor=4.0, floor=1e-3)
+
+
+@pytest.mark.parametrize("M", [1, 8, 16])
+@pytest.mark.parametrize("name", ["causal", "sink", "sigmoid"])
+def test_split_kv(name, M):
+    assert_close(compare(_spec(name), B=2, H=8, HK=2, M=M, N=4096, D=128, DV=128, dtype=torch.bfloat16,
+                         device="cuda"), factor=4.0, floor=1e-3)
+
+
+def test_autotuned_configs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNGEN_AUTOTUNE", "1")
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path))
+    assert_close(compare(_spec("alibi_window"), B=1, H=4, HK=2, M=1024, N=1024, D=128, DV=128,
+                         dtype=torch.bfloat16, device="cuda"), factor=4.0, floor=1e-3)
+    assert list(tmp_path.glob("tune-*.json"))

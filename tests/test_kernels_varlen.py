@@ -10,9 +10,11 @@ import torch
 
 import attngen
 from attngen.spec import compile_source
-from attngen.verify import assert_close, make_inputs, rel_err
+from attngen.verify import assert_close
 from attngen.reference import ReferenceAttention
 from attngen.runtime.jit import TritonAttention
+
+from seqcases import packed_case, packed_errors
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="CPU kernel tests need TRITON_INTERPRET=1")
@@ -30,40 +32,15 @@ LENS_Q = [37, 0, 70, 5]
 LENS_K = [37, 12, 70, 41]  # keys may outnumber queries: positions are end-aligned per sequence
 
 
-def _packed_call(name, dtype=torch.float32, seed=0):
+def _packed_call(name, seed=0):
     a = compile_source(f"attention {name} {{\n {SPECS[name]}\n}}", f"{name}.attn")[0]
-    g = torch.Generator().manual_seed(seed)
-    H, HK, D, DV = 4, 2, 16, 16
-    TQ, TK = sum(LENS_Q), sum(LENS_K)
-    cu = lambda lens: torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)  # noqa: E731
-    seq = dict(cu_seqlens_q=cu(LENS_Q), cu_seqlens_k=cu(LENS_K), max_seqlen_q=max(LENS_Q), max_seqlen_k=max(LENS_K))
-    q, k, v = (torch.randn(*s, generator=g) for s in ((TQ, H, D), (TK, HK, D), (TK, HK, DV)))
-    sizes = dict(B=len(LENS_Q), H=H, HK=HK, M=max(LENS_Q), N=max(LENS_K), D=D, DV=DV)
-    xs = make_inputs(a, sizes, "cpu", g)
-    do = torch.randn(TQ, H, DV, generator=g)
-    return a, q, k, v, xs, seq, do
-
-
-def _run(f, a, q, k, v, xs, seq, do, cast):
-    leaves = {"q": cast(q), "k": cast(k), "v": cast(v)}
-    leaves.update({n: cast(x) for n, x in xs.items() if x.is_floating_point()})
-    leaves = {n: t.detach().requires_grad_() for n, t in leaves.items()}
-    args = {**xs, **leaves}
-    o = f(args.pop("q"), args.pop("k"), args.pop("v"), **args, **seq)
-    o.backward(cast(do))
-    return o.detach(), {n: t.grad for n, t in leaves.items()}
+    return (a, *packed_case(a, LENS_Q, LENS_K, seed=seed))
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_varlen_matches_the_reference_per_sequence(name):
     a, q, k, v, xs, seq, do = _packed_call(name)
-    o_k, g_k = _run(TritonAttention(a), a, q, k, v, xs, seq, do, lambda t: t)
-    o_64, g_64 = _run(ReferenceAttention(a), a, q, k, v, xs, seq, do, lambda t: t.double())
-    o_32, g_32 = _run(ReferenceAttention(a), a, q, k, v, xs, seq, do, lambda t: t)
-    assert o_k.shape == (sum(LENS_Q), 4, 16)
-    errs = {"o": (rel_err(o_k, o_64), rel_err(o_32, o_64))}
-    errs.update({"d" + n: (rel_err(g_k[n], g_64[n]), rel_err(g_32[n], g_64[n])) for n in g_k})
-    assert_close(errs)
+    assert_close(packed_errors(a, q, k, v, xs, seq, do))
 
 
 def test_varlen_lse_layout():
