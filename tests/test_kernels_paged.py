@@ -52,3 +52,15 @@ def test_paged_is_forward_only_and_checks_its_table():
         fn(q, k_cache, v_cache, block_table=table.long(), seqlens_k=lengths)
     with pytest.raises(TypeError, match="needs block_table and seqlens_k"):
         fn(q, k_cache, v_cache, block_table=table)
+
+
+def test_reference_backend_reads_the_same_pages():
+    a = compile_source(f"attention alibi_window {{\n {SPECS['alibi_window']}\n}}")[0]
+    q, k, v, k_cache, v_cache, table, lengths, xs = paged_case(a, 5, LENGTHS, PAGE, PAGES_PER_SEQ)
+    ref = attngen.jit(f"attention alibi_window {{\n {SPECS['alibi_window']}\n}}", backend="reference")
+    paged = ref(q.double(), k_cache.double(), v_cache.double(), block_table=table, seqlens_k=lengths,
+                slopes=xs["slopes"].double())
+    for b, n in enumerate(LENGTHS):
+        dense = ref(q[b:b + 1].double(), k[b:b + 1, :, :n].double(), v[b:b + 1, :, :n].double(),
+                    slopes=xs["slopes"].double())
+        torch.testing.assert_close(paged[b:b + 1], dense)

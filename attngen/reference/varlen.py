@@ -1,4 +1,4 @@
-"""Packed variable-length calls for the reference: each sequence as a batch of one.
+"""Packed variable-length calls and paged caches for the reference: each sequence as a batch of one.
 
 q [TQ, H, D], k [TK, HK, D], v [TK, HK, DV]; sequence b holds query rows
 cu_seqlens_q[b]:cu_seqlens_q[b + 1] and keys cu_seqlens_k[b]:cu_seqlens_k[b + 1]. Inputs
@@ -51,3 +51,22 @@ def run_packed(a: ir.Attention, dense: Callable, q, k, v, inputs: Mapping, cu_q,
             lses.append(lse[0])
     o = torch.cat(outs, 0) if outs else q.new_zeros(0, q.shape[1], v.shape[2])
     return (o, torch.cat(lses, 1)) if return_lse else o
+
+
+def run_paged(a: ir.Attention, dense: Callable, q, k_cache, v_cache, inputs: Mapping, table, lengths,
+              return_lse: bool, **kw):
+    """``dense`` on each sequence's keys gathered from a paged cache: q [B, H, M, D], caches
+    [pages, page_size, HK, D], table [B, max_pages], lengths [B]; o [B, H, M, DV] (lse [B, H, M])."""
+    page = k_cache.shape[1]
+    decls = {d.name: d.dims for d in a.inputs}
+    outs, lses = [], []
+    for b, n in enumerate(lengths.tolist()):
+        pages = table[b, :-(-n // page)].long()
+        ks, vs = (c[pages].reshape(-1, *c.shape[2:])[:n].permute(1, 0, 2)[None] for c in (k_cache, v_cache))
+        xs = {nm: _cut(x, decls.get(nm), b, q.shape[2], n) for nm, x in inputs.items()}
+        res = dense(q[b:b + 1], ks, vs, return_lse=return_lse, **xs, **kw)
+        o, lse = res if return_lse else (res, None)
+        outs.append(o)
+        lses.append(lse)
+    o = torch.cat(outs)
+    return (o, torch.cat(lses)) if return_lse else o
