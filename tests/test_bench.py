@@ -1,11 +1,14 @@
 """``attngen bench`` on CPU: the flex translation against the reference, the peer decisions,
 allowed-pair counting, the input generator, the table, the startup figures, and the command
-end to end (TRITON_INTERPRET=1, tiny sizes; flex and SDPA run eagerly, flex forward only)."""
+end to end (TRITON_INTERPRET=1, tiny sizes; flex and SDPA run eagerly, flex forward only);
+the decode mode (allowed keys, paged caches, SDPA end-aligned) and the varlen mode (packed
+pairs, flex's document mask) likewise."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 
 import pytest
@@ -13,11 +16,14 @@ import torch
 from click.testing import CliRunner
 
 import attngen
-from attngen.bench.impls import flex_impl
+from attngen.bench.impls import flex_impl, sdpa_impl
 from attngen.bench.inputs import BOOL_DENSITY, make_inputs
-from attngen.bench.pairs import allowed_pairs
-from attngen.bench.peers import Unsupported, check_flex, sdpa_causal
-from attngen.bench.report import mismatches, table
+from attngen.bench.paged import paged_cache
+from attngen.bench.pairs import allowed_keys, allowed_pairs, varlen_pairs
+from attngen.bench.peers import Unsupported, check_flex, sdpa_causal, sdpa_end_aligned
+from attngen.bench.report import decode_table, mismatches, table
+from attngen.bench.run import Config, Results
+from attngen.bench.varlen import DEFAULT_LENGTHS, flex_varlen_impl
 from attngen.bench.startup import first_call, scoped_environ
 from attngen.cli import main
 from attngen.reference.interpreter import selected_pairs
@@ -304,7 +310,8 @@ def test_bench_baseline_alone_and_startup(tmp_path):
     assert r.exit_code == 0, r.output
     assert {n: os.environ.get(n) for n in before} == before
     data = json.loads(out.read_text())
-    assert data["config"]["autotune"] is True and data["config"]["startup"] is True
+    assert data["config"]["autotune"] is (before["ATTNGEN_AUTOTUNE"] != "0")  # as the environment has it
+    assert data["config"]["startup"] is True
     base, sig = data["records"]
     assert (base["spec"], base["peers"], sig["spec"]) == ("causal_gqa", {}, "sigmoid_attn")
     assert sig["vs_base"] == pytest.approx(base["attngen"]["ms"] / sig["attngen"]["ms"])
@@ -386,5 +393,299 @@ def test_bench_cpu_needs_the_interpreter():
     (("--autotune", "--startup=2"), "--startup"),
 ])
 def test_bench_bad_options(args, message):
+    r = _bench(EXAMPLE_DIR / "full.attn", "--device", "cpu", *args)
+    assert r.exit_code in (1, 2) and message in r.stderr, r.output
+
+
+# ---- decode: allowed keys, paged caches, SDPA with end-aligned masks
+
+@pytest.mark.parametrize("stem,src", PAIR_SPECS, ids=[s or f"src{n}" for n, (s, _) in enumerate(PAIR_SPECS)])
+@pytest.mark.parametrize("M,N", [(1, 37), (5, 37)])
+def test_allowed_keys_against_brute_force(stem, src, M, N):
+    """A key row counts once per (b, hk) when any query row of any head of the group may read it."""
+    a = _example(stem) if stem else compile_source(src)[0]
+    B, H, HK, D = 2, 4, 2, 8
+    q, k, v = (t.detach() for t in qkv(B, H, HK, M, N, D, D))
+    inputs = _inputs64(a, dict(B=B, H=H, HK=HK, M=M, N=N, D=D, DV=D), seed=3)
+    pairs = selected_pairs(a, q, k, v, **inputs).expand(B, H, M, N)
+    want = int(pairs.any(dim=2).view(B, HK, H // HK, N).any(dim=2).sum())
+    assert allowed_keys(a, q, k, v, inputs, budget=50) == want
+    assert allowed_keys(a, q, k, v, inputs) == want
+
+
+def test_allowed_keys_by_hand():
+    B, H, HK, N, D = 3, 8, 2, 100, 8
+    q, k, v = (t.detach() for t in qkv(B, H, HK, 1, N, D, D))
+    assert allowed_keys(_example("causal_gqa"), q, k, v, {}) == B * HK * N  # the whole cache
+    window = shrunk(EXAMPLE_DIR / "sliding_window.attn", None, {"W": 24})
+    assert allowed_keys(window, q, k, v, {}) == B * HK * 24
+    q4 = qkv(B, H, HK, 4, N, D, D)[0].detach()
+    assert allowed_keys(window, q4, k, v, {}) == B * HK * (24 + 3)  # the window of the first row reaches back
+    per_head = compile_source("attention x { mask = j < 10 * (h + 1) }")[0]  # group 0: heads 0-3, group 1: 4-7
+    assert allowed_keys(per_head, q, k, v, {}) == B * (40 + 80)
+
+
+def test_paged_cache_holds_the_keys_in_shuffled_pages():
+    g = torch.Generator().manual_seed(0)
+    B, HK, N, D, DV, P = 3, 2, 64, 4, 6, 16
+    k, v = torch.randn(B, HK, N, D, generator=g), torch.randn(B, HK, N, DV, generator=g)
+    c = paged_cache(k, v, P, torch.Generator().manual_seed(1))
+    assert c.k.shape == (B * N // P, P, HK, D) and c.v.shape == (B * N // P, P, HK, DV) and c.page_size == P
+    assert c.block_table.dtype == torch.int32 and c.block_table.shape == (B, N // P)
+    assert sorted(c.block_table.flatten().tolist()) == list(range(B * N // P))  # every page used once
+    assert not torch.equal(c.block_table.flatten(), torch.arange(B * N // P, dtype=torch.int32))  # shuffled
+    assert c.seqlens_k.tolist() == [N] * B and c.seqlens_k.dtype == torch.int32
+    for b in range(B):
+        for j in (0, 17, N - 1):
+            page, row = c.block_table[b, j // P], j % P
+            assert torch.equal(c.k[page, row], k[b, :, j]) and torch.equal(c.v[page, row], v[b, :, j])
+    with pytest.raises(ValueError, match="not a multiple of the page size"):
+        paged_cache(k, v, 24, g)
+
+
+def test_sdpa_end_aligned():
+    assert sdpa_end_aligned(_example("causal_gqa"), 1, 64) is False  # the last row sees every key
+    assert sdpa_end_aligned(_example("causal_gqa"), 4, 64) is True
+    assert sdpa_end_aligned(_example("full"), 4, 64) is False
+    for stem, reason in [("alibi", "score is not"), ("sliding_window", "mask is neither")]:
+        with pytest.raises(Unsupported, match=reason):
+            sdpa_end_aligned(_example(stem), 1, 64)
+
+
+@pytest.mark.parametrize("M", [1, 3])
+def test_sdpa_decode_matches_reference(M):
+    """SDPA's decode call (no mask, or causal_lower_right) with GQA equals attngen's end-aligned causal."""
+    a = _example("causal_gqa")
+    B, H, HK, N, D = 2, 4, 2, 40, 16
+    q, k, v = (t.detach().float() for t in qkv(B, H, HK, M, N, D, D))
+    impl = sdpa_impl("sdpa-flash", a, dict(B=B, H=H, HK=HK, M=M, N=N, D=D, DV=D), 0.25, torch.float32,
+                     torch.device("cpu"), decode=True)
+    with impl.context():
+        got = impl.call(q, k, v)
+    ref = attngen.load(EXAMPLE_DIR / "causal_gqa.attn", backend="reference")
+    torch.testing.assert_close(got, ref(q, k, v, scale=0.25))
+
+
+# ---- varlen: packed pairs, flex's document mask
+
+def test_default_lengths_are_the_stated_draw():
+    rng = random.Random(0)
+    weights = [2.0 ** rng.uniform(-2.0, 2.0) for _ in range(8)]
+    drawn = [int(32768 * w / sum(weights)) for w in weights]
+    drawn[drawn.index(max(drawn))] += 32768 - sum(drawn)
+    assert tuple(drawn) == DEFAULT_LENGTHS and sum(DEFAULT_LENGTHS) == 32768
+    assert max(DEFAULT_LENGTHS) > 4 * min(DEFAULT_LENGTHS)  # mixed
+
+
+def _packed(lengths, H=4, HK=2, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T = sum(lengths)
+    starts = [0] + torch.tensor(lengths).cumsum(0).tolist()
+    q, k, v = (torch.randn(T, h, D, generator=g, dtype=torch.float64) for h in (H, HK, HK))
+    return q, k, v, starts
+
+
+def test_varlen_pairs():
+    lengths, H = [5, 40, 1, 19], 4
+    q, k, v, starts = _packed(lengths, H)
+    assert varlen_pairs(_example("causal_gqa"), q, k, v, {}, starts, starts) == \
+        H * sum(n * (n + 1) // 2 for n in lengths)
+    assert varlen_pairs(_example("full"), q, k, v, {}, starts, starts) == H * sum(n * n for n in lengths)
+    window = _example("sliding_window")  # W = 12: min(n, 12) keys for row n - 1, counted within each sequence
+    assert varlen_pairs(window, q, k, v, {}, starts, starts) == \
+        H * sum(min(i + 1, 12) for n in lengths for i in range(n))
+    doc = _example("document_mask")  # an input sized [B, N], cut per sequence as the kernels cut it
+    xs = make_inputs(doc, dict(B=4, H=H, HK=2, M=40, N=40, D=8, DV=8), "cpu", torch.Generator().manual_seed(2))
+    want = sum(int(selected_pairs(doc, *(t[s:e].permute(1, 0, 2)[None] for t in (q, k, v)),
+                                  doc=xs["doc"][b:b + 1, :e - s]).sum())
+               for b, (s, e) in enumerate(zip(starts, starts[1:])))
+    assert varlen_pairs(doc, q, k, v, xs, starts, starts) == want
+
+
+FLEX_VARLEN = ["causal_gqa", "full", "alibi", "sliding_window", "document_mask", "softcap", "prefix_lm",
+               # the score reads the sequence (b) and both positions; the mask a per-sequence input at j
+               "attention bj {\n input bias: f32[B, H]\n input pos: f32[B, N]\n"
+               " score = dot(q, k) * scale + bias[b, h] * (j - i) + pos[b, j]\n mask = causal and i - j < 17 }"]
+
+
+@pytest.mark.parametrize("spec", FLEX_VARLEN, ids=[s if " " not in s else "inline" for s in FLEX_VARLEN])
+def test_flex_varlen_matches_the_packed_reference(spec, tmp_path):
+    """flex over the concatenation with a document mask = the reference run per sequence."""
+    if " " in spec:
+        path = tmp_path / "inline.attn"
+        path.write_text(spec)
+        a = compile_file(path)[0]
+    else:
+        path = EXAMPLE_DIR / f"{spec}.attn"
+        a = _example(spec)
+    lengths, H, HK, D = [23, 40, 1, 9], 4, 2, 8
+    q, k, v, starts = _packed(lengths, H, HK, D)
+    sizes = dict(B=len(lengths), H=H, HK=HK, M=40, N=40, D=D, DV=D)
+    inputs = _inputs64(a, sizes, seed=5)
+    impl = flex_varlen_impl(a, sizes, 0.3, inputs, starts, torch.device("cpu"))
+    assert impl.no_backward and impl.prep is not None
+    cu = torch.tensor(starts, dtype=torch.int32)
+    ref = attngen.load(path, backend="reference", consts={c: x for c, x in SMALL.items() if c in dict(a.consts)})
+    want = ref(q, k, v, scale=0.3, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=40, max_seqlen_k=40, **inputs)
+    torch.testing.assert_close(impl.call(q, k, v), want)
+
+
+def test_flex_varlen_refuses_specs_reading_the_lengths():
+    a = compile_source("attention x { score = dot(q, k) * scale - log(N)\n mask = causal }")[0]
+    q, k, v, starts = _packed([3, 5])
+    with pytest.raises(Unsupported, match="reads M or N"):
+        flex_varlen_impl(a, dict(B=2, H=4, HK=2, M=5, N=5, D=8, DV=8), 1.0, {}, starts, torch.device("cpu"))
+    with pytest.raises(Unsupported, match="stick-breaking"):
+        flex_varlen_impl(_example("stickbreaking"), dict(B=2, H=4, HK=2, M=5, N=5, D=8, DV=8), 1.0, {}, starts,
+                         torch.device("cpu"))
+
+
+# ---- decode and varlen: tables and the command
+
+def _decode_record(layout="contiguous", page_size=None, **extra):
+    rec = {"mode": "decode", "spec": "s", "seq": 64, "B": 2, "M": 1, "layout": layout, "page_size": page_size,
+           "pass": "fwd", "attngen": {"ms": 0.5, "tbps": 2.0, "host_ms": 0.01, **extra},
+           "peers": {"flex": {"ms": 1.0, "tbps": 1.0, "ratio": 2.0, "rel_err": 1e-3, "errors": {"o": 1e-3}},
+                     "sdpa-flash": {"skipped": "mask is neither absent nor plain causal"}}}
+    return rec
+
+
+def test_decode_table_and_mismatches():
+    records = [_decode_record(), _decode_record("paged", 16, contiguous_err=0.5)]
+    lines = decode_table(records).splitlines()
+    assert lines[1].split("|")[0].split() == ["spec", "cache", "N", "B", "M", "layout"]
+    assert lines[1].split("|")[1].split() == ["ms", "TB/s", "host", "ms", "err"]
+    assert "contiguous" in lines[3] and "paged 16" in lines[4] and "5.0e-01 !!" in lines[4]
+    assert "n/a (mask is neither absent nor plain causal)" in lines[3]
+    assert "2.00" in lines[3].split("|")[2]  # the ratio
+    assert mismatches(records) == ["MISMATCH: attngen on the paged 16 cache and on the contiguous one disagree on "
+                                   "s cache 64 paged 16: relative error o 5.0e-01 (limit 2e-02)"]
+
+
+DECODE = ("--decode", "--device", "cpu", "--seq", "64", "--batch", "2", "--heads", "4", "--kv-heads", "2",
+          "--dim", "16")
+
+
+def test_bench_decode_cpu_end_to_end(tmp_path):
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    r = _bench(EXAMPLE_DIR / "causal_gqa.attn", *DECODE, "--page-sizes", "16,32", "--json", out, "--plot", png)
+    assert r.exit_code == 0, r.output
+    assert "MISMATCH" not in r.stderr and "paged 32" in r.stdout and "TB/s" in r.stdout
+    data = json.loads(out.read_text())
+    cfg = data["config"]
+    assert (cfg["mode"], cfg["batch"], cfg["decode_rows"], cfg["page_sizes"], cfg["seqs"]) == \
+        ("decode", 2, 1, [16, 32], [64])
+    assert "tokens" not in cfg and "backward" not in cfg
+    recs = data["records"]
+    assert [(x["layout"], x["page_size"], x["pass"], x["mode"]) for x in recs] == \
+        [("contiguous", None, "fwd", "decode"), ("paged", 16, "fwd", "decode"), ("paged", 32, "fwd", "decode")]
+    B, HK, N, D, H = 2, 2, 64, 16, 4
+    for rec in recs:
+        assert (rec["B"], rec["H"], rec["HK"], rec["M"], rec["seq"], rec["dtype"]) == (B, H, HK, 1, N, "fp32")
+        assert rec["allowed_pairs"] == B * H * N and rec["density"] == 1.0  # M = 1: causal sees the whole cache
+        assert rec["allowed_keys"] == B * HK * N
+        assert rec["kv_bytes"] == rec["cache_bytes"] == B * HK * N * (D + D) * 4  # fp32
+        assert rec["flops"] == 2 * rec["allowed_pairs"] * (D + D)
+        mine = rec["attngen"]
+        assert mine["ms"] > 0 and mine["tbps"] == pytest.approx(rec["kv_bytes"] / (mine["ms"] * 1e-3) / 1e12)
+        flex, flash = rec["peers"]["flex"], rec["peers"]["sdpa-flash"]
+        assert flex["rel_err"] < 1e-5 and flash["rel_err"] < 1e-5 and flex["layout"] == "contiguous"
+        assert flex["mask_prep_ms"] > 0 and flash["ratio"] == pytest.approx(flash["ms"] / mine["ms"])
+        assert mine["host_ms"] > 0 and flex["host_ms"] > 0 and flash["host_ms"] > 0
+        assert rec["peers"]["sdpa-cudnn"] == {"skipped": "cuDNN attention needs CUDA"}
+    assert "contiguous_err" not in recs[0]["attngen"]
+    assert all(x["attngen"]["contiguous_err"] < 1e-6 for x in recs[1:])
+    assert len({x["peers"]["flex"]["ms"] for x in recs}) == 1  # timed once, on the contiguous cache
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_decode_window_rows_and_inputs(tmp_path):
+    """Three query rows; a window reads only its keys; ALiBi's slopes reach the paged calls; no SDPA."""
+    out = tmp_path / "out.json"
+    r = _bench(EXAMPLE_DIR / "sliding_window.attn", EXAMPLE_DIR / "alibi.attn", *DECODE, "-D", "W=24",
+               "--decode-rows", "3", "--page-sizes", "32", "--peers", "flex", "--json", out)
+    assert r.exit_code == 0, r.output
+    window, window_paged, alibi, alibi_paged = json.loads(out.read_text())["records"]
+    assert (window["spec"], window_paged["layout"], alibi["spec"]) == ("sliding_window", "paged", "alibi")
+    assert window["allowed_keys"] == 2 * 2 * (24 + 2)  # rows 61..63 reach back to key 38
+    assert window["kv_bytes"] == window["allowed_keys"] * 32 * 4 < window["cache_bytes"]
+    assert window["allowed_pairs"] == 2 * 4 * 3 * 24
+    assert alibi["allowed_pairs"] == 2 * 4 * (62 + 63 + 64)
+    for rec in (window, window_paged, alibi, alibi_paged):
+        assert set(rec["peers"]) == {"flex"} and rec["peers"]["flex"]["rel_err"] < 1e-5
+    assert alibi_paged["attngen"]["contiguous_err"] < 1e-6
+
+
+def test_bench_varlen_cpu_end_to_end(tmp_path):
+    out = tmp_path / "out.json"
+    lengths = [5, 40, 19]
+    r = _bench(EXAMPLE_DIR / "causal_gqa.attn", "--varlen", "--device", "cpu", "--varlen-lengths",
+               ",".join(map(str, lengths)), "--heads", "4", "--kv-heads", "2", "--dim", "16", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "MISMATCH" not in r.stderr and "5, 40, 19" in r.stdout
+    data = json.loads(out.read_text())
+    assert (data["config"]["mode"], data["config"]["varlen_lengths"], data["config"]["peers"]) == \
+        ("varlen", lengths, ["flex"])
+    fwd, bwd = data["records"]
+    H, D = 4, 16
+    for rec in (fwd, bwd):
+        assert (rec["mode"], rec["lengths"], rec["tokens"], rec["seq"], rec["B"]) == ("varlen", lengths, 64, 40, 3)
+        assert rec["allowed_pairs"] == H * (15 + 820 + 190)  # causal within each sequence
+        assert rec["density"] == pytest.approx(rec["allowed_pairs"] / (H * (25 + 1600 + 361)))
+    assert fwd["flops"] == 4 * fwd["allowed_pairs"] * D and bwd["flops"] == 3.5 * fwd["flops"]
+    flex = fwd["peers"]["flex"]
+    assert flex["rel_err"] < 1e-5 and flex["mask_prep_ms"] > 0 and flex["ms"] > 0
+    assert flex["ratio"] == pytest.approx(flex["ms"] / fwd["attngen"]["ms"])
+    assert bwd["peers"]["flex"] == {"skipped": "flex has no backward on cpu"}
+    assert bwd["attngen"]["ms"] > 0 and bwd["attngen"]["tflops"] > 0
+
+
+def _captured_config(monkeypatch, *args):
+    """The Config the command builds (the run itself replaced by one that measures nothing)."""
+    import attngen.bench.run as bench_run
+
+    seen = []
+    monkeypatch.setattr(bench_run, "run", lambda targets, cfg, log, base=None: seen.append(cfg) or Results())
+    r = _bench(EXAMPLE_DIR / "full.attn", "--device", "cpu", *args)
+    assert r.exit_code == 1 and "nothing to benchmark" in r.stderr, r.output
+    return seen[0]
+
+
+def test_bench_mode_defaults(monkeypatch):
+    dense = _captured_config(monkeypatch)
+    assert (dense.mode, dense.seqs, dense.heads, dense.kv_heads, dense.peers, dense.backward) == \
+        ("dense", (4096, 16384), 16, 16, ("flex", "sdpa"), True)
+    decode = _captured_config(monkeypatch, "--decode")
+    assert (decode.mode, decode.seqs, decode.heads, decode.kv_heads, decode.batch, decode.decode_rows,
+            decode.page_sizes, decode.backward) == ("decode", (8192, 32768), 32, 8, 32, 1, (16, 64), False)
+    assert _captured_config(monkeypatch, "--decode", "--heads", "8").kv_heads == 8  # --heads alone: MHA
+    assert _captured_config(monkeypatch, "--decode", "--page-sizes", "none").page_sizes == ()
+    varlen = _captured_config(monkeypatch, "--varlen")
+    assert (varlen.mode, varlen.varlen_lengths, varlen.heads, varlen.kv_heads, varlen.peers, varlen.backward) == \
+        ("varlen", DEFAULT_LENGTHS, 16, 16, ("flex",), True)
+    assert Config().as_json()["mode"] == "dense" and "batch" not in Config().as_json()
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--decode", "--varlen"), "separate modes"),
+    (("--decode", "--tokens", "64"), "--tokens applies to the dense mode only"),
+    (("--decode", "--fresh-inputs"), "--fresh-inputs applies to the dense mode only"),
+    (("--decode", "--startup"), "--startup applies to the dense mode only"),
+    (("--batch", "4"), "--batch applies to --decode only"),
+    (("--page-sizes", "16"), "--page-sizes applies to --decode only"),
+    (("--varlen-lengths", "4,5"), "--varlen-lengths applies to --varlen only"),
+    (("--varlen", "--seq", "64"), "--seq applies to the dense mode or --decode only"),
+    (("--varlen", "--plot", "x.png"), "--plot applies to the dense mode or --decode only"),
+    (("--varlen", "--peers", "flex,sdpa"), "flex only"),
+    (("--decode", "--seq", "64", "--page-sizes", "24"), "--page-sizes 24 does not divide the cache length 64"),
+    (("--decode", "--seq", "8", "--decode-rows", "9", "--page-sizes", "none"), "exceeds the cache length 8"),
+    (("--decode", "--page-sizes", "0"), "expected positive integers"),
+    (("--varlen", "--varlen-lengths", "4,x"), "expected positive integers"),
+    (("--decode", "--heads", "6"), None),  # HK = 6 (MHA): fine, up to the point of running
+])
+def test_bench_mode_options(args, message, monkeypatch):
+    if message is None:
+        assert _captured_config(monkeypatch, *args).kv_heads == 6
+        return
     r = _bench(EXAMPLE_DIR / "full.attn", "--device", "cpu", *args)
     assert r.exit_code in (1, 2) and message in r.stderr, r.output

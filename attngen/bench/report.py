@@ -3,7 +3,9 @@
 The main table has one row per record (attention, seq, pass) and a group of columns per
 implementation; a peer that cannot run a case spans its group with ``n/a (reason)``.
 attngen's group gains ``prep ms`` and ``vs base`` only where records have them. The
-startup table has one row per attention.
+startup table has one row per attention. The decode mode's table (:func:`decode_table`)
+has a row per (attention, cache length, cache layout) in ms and TB/s; the varlen mode's
+(:func:`varlen_table`) a row per (attention, pass) in ms and TFLOP/s.
 """
 
 from __future__ import annotations
@@ -60,11 +62,7 @@ def table(records: list[dict], baseline: str | None = None) -> str:
         for p in peers:
             res = r["peers"].get(p)
             if res is None or "skipped" in res:
-                why = res["skipped"] if res else ""
-                if len(why) > REASON_CHARS:
-                    long_reasons.setdefault(why, []).append(f"{p} on {r['spec']} {r['seq']} {r['pass']}")
-                    why = why[:REASON_CHARS - 3] + "..."
-                row.append(f"n/a ({why})" if res else "-")
+                row.append(_skipped(res, f"{p} on {r['spec']} {r['seq']} {r['pass']}", long_reasons))
                 continue
             cells = [_ms(res["ms"]), _tflops(res["tflops"]), f"{res['ratio']:.2f}"]
             if p == "flex":
@@ -93,6 +91,98 @@ def table(records: list[dict], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _skipped(res: dict | None, where: str, long_reasons: dict[str, list[str]]) -> str:
+    """The cell spanning a peer's group where it did not run: ``n/a (reason)``, the reason cut to
+    REASON_CHARS (and kept in ``long_reasons`` to print in full), or ``-`` where it was not asked."""
+    if res is None:
+        return "-"
+    why = res["skipped"]
+    if len(why) > REASON_CHARS:
+        long_reasons.setdefault(why, []).append(where)
+        why = why[:REASON_CHARS - 3] + "..."
+    return f"n/a ({why})"
+
+
+def _err(rel: float) -> str:
+    return f"{rel:.1e}" + (" !!" if not rel <= ERR_LIMIT else "")
+
+
+def _layout(r: dict) -> str:
+    return "contiguous" if r["layout"] == "contiguous" else f"paged {r['page_size']}"
+
+
+def decode_table(records: list[dict]) -> str:
+    """The decode mode's records as an aligned text table, with a legend."""
+    peers = [p for p in PEER_ORDER if any(p in r["peers"] for r in records)]
+    paged = any(r["layout"] == "paged" for r in records)
+    groups = [("", ["spec", "cache N", "B", "M", "layout"]),
+              ("attngen", ["ms", "TB/s", "host ms"] + (["err"] if paged else []))]
+    groups += [(p, ["ms", "TB/s", "ratio", "err"]) for p in peers]
+    rows, long_reasons = [], {}
+    for r in records:
+        mine = [_ms(r["attngen"]["ms"]), _tbps(r["attngen"]["tbps"]), _ms(r["attngen"]["host_ms"])]
+        if paged:
+            mine.append(_err(r["attngen"]["contiguous_err"]) if "contiguous_err" in r["attngen"] else "-")
+        row = [[r["spec"], str(r["seq"]), str(r["B"]), str(r["M"]), _layout(r)], mine]
+        for p in peers:
+            res = r["peers"].get(p)
+            if res is None or "skipped" in res:
+                row.append(_skipped(res, f"{p} on {r['spec']} {r['seq']} {_layout(r)}", long_reasons))
+                continue
+            row.append([_ms(res["ms"]), _tbps(res["tbps"]), f"{res['ratio']:.2f}", _err(res["rel_err"])])
+        rows.append(row)
+    lines = _render(groups, rows)
+    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines += [
+        "TB/s: bytes of the K and V rows the mask lets some query row of the group read "
+        "(B·HK·keys·(D + DV)·element size; all N keys for causal decoding) / time; q, o and the block table not "
+        "counted. Forward only.",
+        "Peers run on the contiguous cache (the same keys): their ms is the same on every layout's row. "
+        "ratio: peer ms / attngen ms on the row's layout (> 1: attngen is faster).",
+        "host ms: the host's time for one attngen call started with the GPU idle (argument checks, the block "
+        "table's validation, launches); where it nears ms, the row measures the host, not the memory.",
+        f"err: |o - o_peer| / |o_peer|; attngen err (paged rows): against attngen on the contiguous cache; "
+        f"!! marks err > {ERR_LIMIT:.0e}."]
+    if "flex" in peers:
+        lines.append("flex's block mask is built once, outside its ms (create_block_mask ms in the JSON).")
+    return "\n".join(lines)
+
+
+def varlen_table(records: list[dict]) -> str:
+    """The varlen mode's records as an aligned text table, with a legend."""
+    flex = any("flex" in r["peers"] for r in records)
+    groups = [("", ["spec", "tokens", "seqs", "longest", "pass"]), ("attngen", ["ms", "TFLOP/s"])]
+    if flex:
+        groups.append(("flex", ["ms", "TFLOP/s", "ratio", "prep ms", "err"]))
+    rows, long_reasons = [], {}
+    for r in records:
+        row = [[r["spec"], str(r["tokens"]), str(r["B"]), str(r["seq"]), r["pass"]],
+               [_ms(r["attngen"]["ms"]), _tflops(r["attngen"]["tflops"])]]
+        if flex:
+            res = r["peers"].get("flex")
+            if res is None or "skipped" in res:
+                row.append(_skipped(res, f"flex on {r['spec']} {r['pass']}", long_reasons))
+            else:
+                prep = _ms(res["mask_prep_ms"]) if res.get("mask_prep_ms") is not None else "-"
+                row.append([_ms(res["ms"]), _tflops(res["tflops"]), f"{res['ratio']:.2f}", prep,
+                            _err(res["rel_err"])])
+        rows.append(row)
+    lengths = records[0]["lengths"]
+    lines = _render(groups, rows)
+    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines += [
+        f"{len(lengths)} packed sequences of lengths {', '.join(map(str, lengths))}: attngen with cu_seqlens; flex on "
+        "their concatenation under a document mask.",
+        "TFLOP/s: pairs each sequence's mask allows, summed (4·pairs·D forward, 3.5× that forward+backward). "
+        "ratio: attngen TFLOP/s / flex TFLOP/s (> 1: attngen is faster).",
+        f"err: |o - o_flex| / |o_flex| (fwd), the largest over o and the gradients (fwd+bwd); !! marks err > "
+        f"{ERR_LIMIT:.0e}."]
+    if flex:
+        lines.append("flex prep ms: flex's create_block_mask (compiled on CUDA), also inside flex's ms: "
+                     "the packing changes every batch.")
+    return "\n".join(lines)
+
+
 def startup_table(startup: list[dict]) -> str:
     """The startup records as an aligned text table, with a legend."""
     groups = [("", ["spec"]), ("first call, nothing cached", ["load ms", "call ms"]),
@@ -114,15 +204,31 @@ def _sizes(sizes: dict) -> str:
 
 
 def mismatches(records: list[dict]) -> list[str]:
-    """A line for every peer whose result disagrees with attngen's beyond ERR_LIMIT."""
+    """A line for every peer whose result disagrees with attngen's beyond ERR_LIMIT (and, in the decode
+    mode, for every paged layout whose output disagrees with attngen's on the contiguous cache)."""
     out = []
     for r in records:
+        where = _where(r)
         for p, res in r["peers"].items():
             if "rel_err" in res and not res["rel_err"] <= ERR_LIMIT:
                 worst = ", ".join(f"{n} {e:.1e}" for n, e in res["errors"].items())
-                out.append(f"MISMATCH: attngen and {p} disagree on {r['spec']} seq {r['seq']} {r['pass']}: "
+                out.append(f"MISMATCH: attngen and {p} disagree on {r['spec']} {where}: "
                            f"relative error {worst} (limit {ERR_LIMIT:.0e})")
+        own = r["attngen"].get("contiguous_err")
+        if own is not None and not own <= ERR_LIMIT:
+            out.append(f"MISMATCH: attngen on the {_layout(r)} cache and on the contiguous one disagree on "
+                       f"{r['spec']} {where}: relative error o {own:.1e} (limit {ERR_LIMIT:.0e})")
     return out
+
+
+def _where(r: dict) -> str:
+    """Where a record was measured, for messages: ``seq 4096 fwd``, ``cache 8192 paged 16``."""
+    mode = r.get("mode", "dense")
+    if mode == "decode":
+        return f"cache {r['seq']} {_layout(r)}"
+    if mode == "varlen":
+        return f"{r['tokens']} tokens in {r['B']} sequences {r['pass']}"
+    return f"seq {r['seq']} {r['pass']}"
 
 
 def _render(groups: list[tuple[str, list[str]]], rows: list[list]) -> list[str]:
@@ -168,6 +274,10 @@ def _ms(ms: float) -> str:
 
 def _us(us: float) -> str:
     return f"{us:.0f}" if abs(us) >= 100 else f"{us:.1f}"
+
+
+def _tbps(tb: float) -> str:
+    return f"{tb:.2f}" if tb >= 0.1 else f"{tb:.3g}"
 
 
 def _tflops(tf: float) -> str:

@@ -1,5 +1,10 @@
 """The benchmark loop: for every attention and sequence length, one case, two records.
 
+This docstring describes the dense mode (``Config.mode == "dense"``, the default); the
+decode mode (:mod:`.decode`: M query rows against a KV cache, contiguous and paged, bandwidth)
+and the varlen mode (:mod:`.varlen`: packed sequences of mixed lengths) run through the same
+:func:`run` and describe their own records.
+
 A case draws the inputs once (q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV], M = N =
 seq, B = tokens // seq), counts the pairs the mask allows on them, checks attngen's output
 and gradients against each peer's on those same inputs, then times every implementation
@@ -88,6 +93,19 @@ class Config:
     seed: int = 0
     autotune: bool | None = None  # ATTNGEN_AUTOTUNE for the run; None: as the environment has it
     startup: bool = False  # also measure the startup figures (see .startup)
+    mode: str = "dense"  # "dense", "decode" (.decode) or "varlen" (.varlen)
+    batch: int = 32  # decode: sequences in the batch (B)
+    decode_rows: int = 1  # decode: query rows per sequence (M)
+    page_sizes: tuple[int, ...] = (16, 64)  # decode: a paged cache per page size, besides the contiguous one
+    varlen_lengths: tuple[int, ...] = ()  # varlen: the packed sequences' lengths
+
+    def as_json(self) -> dict:
+        """The options as JSON values, without those of the modes not run."""
+        skip = {"dense": ("batch", "decode_rows", "page_sizes", "varlen_lengths"),
+                "decode": ("tokens", "backward", "input_grads", "fresh_inputs", "startup", "varlen_lengths"),
+                "varlen": ("seqs", "tokens", "fresh_inputs", "startup", "batch", "decode_rows", "page_sizes")}
+        return {k: (str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v)
+                for k, v in vars(self).items() if k not in skip[self.mode]}
 
 
 @dataclass
@@ -104,6 +122,8 @@ def run(targets: list[Target], cfg: Config, log: Callable[[str], None], baseline
     A baseline that is not among ``targets`` runs first, attngen only; one that attngen
     cannot run raises :class:`AttnError`.
     """
+    if cfg.mode != "dense" and (baseline is not None or cfg.startup):
+        raise ValueError(f"{cfg.mode} mode: no baseline and no startup figures (dense mode only)")
     cases = [(t, cfg) for t in targets]
     if baseline is not None and not any(_same(baseline, t) for t in targets):
         cases.insert(0, (baseline, replace(cfg, peers=(), startup=False)))
@@ -118,7 +138,7 @@ def run(targets: list[Target], cfg: Config, log: Callable[[str], None], baseline
                     raise
                 log(f"{t.attention.name}: skipped (attngen: {err.message})")
                 continue
-            records = [r for seq in c.seqs for r in run_case(t, fn, seq, c, log)]
+            records = _run_target(t, fn, c, log)
             out.records += records
             if baseline is not None and _same(t, baseline):
                 base = records
@@ -130,6 +150,29 @@ def run(targets: list[Target], cfg: Config, log: Callable[[str], None], baseline
         for r in out.records:
             r["vs_base"] = base_ms[(r["seq"], r["pass"])] / r["attngen"]["ms"]
     return out
+
+
+def _run_target(t: Target, fn: Callable, cfg: Config, log: Callable[[str], None]) -> list[dict]:
+    """The records of one attention in the mode asked for."""
+    if cfg.mode == "decode":
+        from .decode import run_decode_case
+
+        return [r for seq in cfg.seqs for r in run_decode_case(t, fn, seq, cfg, log)]
+    if cfg.mode == "varlen":
+        from .varlen import run_varlen_case
+
+        return run_varlen_case(t, fn, cfg, log)
+    if cfg.mode != "dense":
+        raise ValueError(f"unknown benchmark mode {cfg.mode!r}")
+    return [r for seq in cfg.seqs for r in run_case(t, fn, seq, cfg, log)]
+
+
+def fresh_compile_cache(device: torch.device) -> None:
+    """A fresh torch.compile cache per case on CUDA: no recompile limits across many specs."""
+    if device.type == "cuda":
+        import torch._dynamo as dynamo
+
+        dynamo.reset()
 
 
 def _same(a: Target, b: Target) -> bool:
@@ -145,7 +188,7 @@ class Case:
     k: torch.Tensor  # [B, HK, N, D], requires grad
     v: torch.Tensor  # [B, HK, N, DV], requires grad
     inputs: dict  # the keyword inputs; float tensors require grad unless --no-input-grads
-    do: torch.Tensor  # [B, H, M, DV], the output gradient
+    do: torch.Tensor | None  # [B, H, M, DV], the output gradient (None: forward only)
     layouts: Layouts  # refreshed before every timed call: the next layout with fresh inputs, else nothing
     device: torch.device
 
@@ -155,10 +198,7 @@ def run_case(t: Target, fn: Callable, seq: int, cfg: Config, log: Callable[[str]
     a, device = t.attention, torch.device(cfg.device)
     B = max(1, cfg.tokens // seq)
     sizes = dict(B=B, H=cfg.heads, HK=cfg.kv_heads, M=seq, N=seq, D=cfg.dim, DV=cfg.dim)
-    if device.type == "cuda":
-        import torch._dynamo as dynamo
-
-        dynamo.reset()  # a fresh compile cache per case: no recompile limits across many specs
+    fresh_compile_cache(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     q, k, v = make_qkv(sizes, cfg.dtype, device, gen)
     inputs = make_inputs(a, sizes, device, gen, requires_grad=cfg.input_grads)
@@ -249,10 +289,7 @@ def _time_peer(peer: Impl, records: list[dict], case: Case) -> None:
 
 def _failure(err: RuntimeError, case: Case) -> str:
     """The reason to report for a peer that failed on a case (no kernel for it, a compile error, OOM)."""
-    if case.device.type == "cuda":
-        torch.cuda.empty_cache()
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"error: {type(err).__name__}: {first}"
+    return failure(err, case.device)
 
 
 def _time(impl: Impl, pass_: str, case: Case) -> float:
@@ -289,3 +326,12 @@ def _count(a: ir.Attention, case: Case) -> float:
 
 def _tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12
+
+
+def failure(err: Exception, device: torch.device) -> str:
+    """The reason to report for an implementation that failed on a case (no kernel for it, a compile
+    error, OOM), from any exception."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"error: {type(err).__name__}: {first}"

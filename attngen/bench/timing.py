@@ -3,7 +3,8 @@
 :func:`time_ms` on CUDA: ``triton.testing.do_bench`` (CUDA events, the L2 cache flushed
 before every call, the median of the repetitions). On CPU, where the kernels run under
 the Triton interpreter and only smoke tests make sense, the median of a few perf_counter
-calls. :func:`host_us`: the host's side only, calls issued back to back.
+calls. :func:`host_us`: the host's side only, calls issued back to back. :func:`idle_host_ms`:
+the host's side of one call started with the device idle.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ WARMUP_MS, REP_MS = 25, 100
 CPU_REPS = 3
 #: untimed calls before host_us times (fewer when it times fewer)
 HOST_WARMUP = 20
+#: calls idle_host_ms times
+IDLE_CALLS = {"cuda": 20, "cpu": 3}
 
 
 def time_ms(fn: Callable[[], object], device: torch.device) -> float:
@@ -51,3 +54,20 @@ def host_us(fn: Callable[[], object], device: torch.device, calls: int) -> float
     elapsed = time.perf_counter() - start
     sync()
     return elapsed / calls * 1e6
+
+
+def idle_host_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Median host wall time of one ``fn()`` started with the device idle and not waited for at its
+    end: launch costs, argument checks and any host work before its last launch, including waits
+    for the device inside it (short here, the device being idle). Where this approaches
+    :func:`time_ms`, the call's time is the host's, not the kernels'."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    times = []
+    for _ in range(IDLE_CALLS[device.type]):
+        sync()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    sync()
+    return statistics.median(times) * 1e3
