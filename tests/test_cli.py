@@ -222,7 +222,7 @@ def test_compile_select_spec_is_a_clean_error(tmp_path):
     spec = tmp_path / "sel.attn"
     spec.write_text("attention sel { select = topk(4, by = score) }\n")
     res = run("compile", spec, "-o", tmp_path / "x.py")
-    assert res.exit_code == 1 and "select stages" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "token top-k" in res.output and "Traceback" not in res.output
 
 
 def test_show_triton(files):

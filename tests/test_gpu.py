@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attngen.spec import compile_source
+from attngen.spec import compile_file, compile_source
 from attngen.verify import assert_close, compare
 
 from example_specs import DENSE, DENSE_IDS, EXAMPLES, shrunk
@@ -97,3 +97,11 @@ def test_autotuned_configs(tmp_path, monkeypatch):
     assert_close(compare(_spec("alibi_window"), B=1, H=4, HK=2, M=1024, N=1024, D=128, DV=128,
                          dtype=torch.bfloat16, device="cuda"), factor=4.0, floor=1e-3)
     assert list(tmp_path.glob("tune-*.json"))
+
+
+@pytest.mark.parametrize("stem", ["moba", "nsa_select"])
+def test_block_selection(stem):
+    """fp32, so that the selection's scores are exact enough to pick the reference's blocks."""
+    a = compile_file(EXAMPLES[0].parent / f"{stem}.attn", {"BLOCK": 64, "TOPK": 4})[0]
+    assert_close(compare(a, B=2, H=8, HK=2, M=1000, N=1000, D=64, DV=64, dtype=torch.float32, device="cuda"),
+                 factor=4.0, floor=1e-3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import __version__
 from ..ir import nodes as ir
-from . import kernels, tiles
+from . import kernels, select, tiles
 from .emit import vec_block
 from .plan import Plan
 
@@ -74,7 +74,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     u = _blocks(kernels.preprocess(plan), _VAR_KEYS)
     r = _blocks(kernels.dq_kernel(plan), _VAR_KEYS)
     c = _blocks(kernels.dkdv_kernel(plan), _VAR_KEYS)
-    inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
+    # the public inputs; the kernels' argument list also has the internal selection (_args)
+    all_inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
+    inputs = [x for x in all_inputs if x["name"] != select.SEL]
     dynamic = tiles.tiles_kind(a) == "dynamic"
     # split-KV decoding: partial results must merge by the row statistics alone, and the key range
     # must be closed-form (no per-call lists)
@@ -88,10 +90,14 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         if plan.norm == "stickbreaking":
             k.all = "False"  # its keys are visited in order: one list of partial tiles
         classify = render_kernel("classify.py.jinja", k=k, **base)
-    decls = {d.name: (d.dtype, d.dims) for d in a.inputs}
+    decls = {d.name: (d.dtype, d.dims) for d in a.inputs if d.name != select.SEL}
+    sel = plan.select
+    selection = None if sel is None else {"block": sel.block, "k": sel.k, "share": sel.share,
+                                          "code": render_kernel("select.py.jinja", s=plan.select_code, **base)}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
-        has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, decls=repr(decls),
+        has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
+        decls=repr(decls), selection=selection,
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
         fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
@@ -110,5 +116,6 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         version=__version__, filename=filename, cache_key=cache_key,
         consts_text=", ".join(f"{k}={v}" for k, v in consts.items()) or "none",
         source=source.rstrip(), attentions=[attention_context(p, render_kernel) for p in plans],
+        sel_name=select.SEL, sel_max=select.MAX_BLOCKS,
     )
 

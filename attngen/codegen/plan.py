@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from ..ir import nodes as ir
 from ..ir.types import vec
+from . import select
 from .analysis import CodegenError, check_vector_sides
 
 
@@ -33,8 +34,10 @@ def _substitute(a: ir.Attention) -> ir.Attention:
 
 @dataclass(frozen=True)
 class Plan:
-    attn: ir.Attention  # substituted IR
+    attn: ir.Attention  # substituted IR (a block selection folded into the mask)
     source: ir.Attention  # as given to the code generator
+    select_code: "select.SelectCode | None" = None  # the selection kernels' statements
+    select: ir.Select | None = None
 
     @property
     def norm(self) -> str:
@@ -96,10 +99,11 @@ class Plan:
 
 
 def make_plan(a: ir.Attention) -> Plan:
-    if a.select is not None:
-        raise CodegenError(f"attention '{a.name}': select stages compile with the sparse kernels, "
-                           "which this version does not have yet; use backend='reference'")
     sub = _substitute(a)
     for stage, e in sub.exprs():
         check_vector_sides(stage, e)
-    return Plan(sub, a)
+    if sub.select is None:
+        return Plan(sub, a)
+    k_row = ir.transform(a.k, lambda e: ir.Row("k_raw", vec("D")) if isinstance(e, ir.Row) else e) \
+        if a.k is not None else ir.Row("k_raw", vec("D"))
+    return Plan(select.lower(sub), a, select.select_code(sub, k_row), sub.select)
