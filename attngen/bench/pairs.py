@@ -22,7 +22,8 @@ import torch
 from ..ir import nodes as ir
 from ..reference.context import Context
 from ..reference.exprs import as_grid, evaluate, prepare_inputs
-from ..reference.varlen import _cut
+from ..reference.interpreter import apply_prologue
+from ..reference.varlen import cut_to_sequence
 from ..signature import bind
 
 #: pairs evaluated at once (a few bytes each, per intermediate)
@@ -89,7 +90,7 @@ class _MaskGrids:
         self.ctx = Context.make(bound.sizes, prepare_inputs(bound.inputs, dtype, q.device), dtype, q.device,
                                 bound.scale, batch=None if per_b else first, heads=None if per_h else first)
         if self.data:
-            _prologue(a, self.ctx, q.to(dtype), k.to(dtype))
+            apply_prologue(a, self.ctx, q.to(dtype), k.to(dtype))
         nb, nh = self.ctx.syms["b"].shape[0], self.ctx.syms["h"].shape[1]
         self.b_repeat, self.h_repeat = self.B // nb, self.H // nh
 
@@ -122,18 +123,8 @@ def varlen_pairs(a: ir.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         if q1 == q0:
             continue
         qs, ks, vs = (t[lo:hi].permute(1, 0, 2)[None] for t, lo, hi in ((q, q0, q1), (k, k0, k1), (v, k0, k1)))
-        xs = {n: _cut(x, decls.get(n), b, q1 - q0, k1 - k0) for n, x in inputs.items()}
+        xs = {n: cut_to_sequence(x, decls.get(n), b, q1 - q0, k1 - k0) for n, x in inputs.items()}
         total += allowed_pairs(a, qs, ks, vs, xs, scale, budget)
     return total
 
 
-def _prologue(a: ir.Attention, ctx: Context, q: torch.Tensor, k: torch.Tensor) -> None:
-    """Set ``ctx.q_rows`` q' [B, H, M, D] and ``ctx.k_rows`` k' [B, H, N, D] (k expanded to query heads)."""
-    B, H, M, D = q.shape
-    N = k.shape[2]
-    k = k.index_select(1, ctx.syms["hk"].flatten())
-    if a.q is not None:
-        q = as_grid(evaluate(a.q, ctx.env({"q": q[:, :, :, None, :]})), (B, H, M, 1, D)).squeeze(3)
-    if a.k is not None:
-        k = as_grid(evaluate(a.k, ctx.env({"k": k[:, :, None, :, :]})), (B, H, 1, N, D)).squeeze(2)
-    ctx.q_rows, ctx.k_rows = q, k

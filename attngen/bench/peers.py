@@ -70,15 +70,21 @@ def check_flex(a: ir.Attention) -> None:
             raise Unsupported("mask reads the q/k rows")
 
 
-def sdpa_causal(a: ir.Attention, M: int, N: int) -> bool:
-    """Whether SDPA runs ``a`` with ``is_causal``; raise :class:`Unsupported` if SDPA cannot run it."""
+def _sdpa_masked(a: ir.Attention) -> bool:
+    """Whether ``a`` is plain causal (True) or plain full (False) softmax attention; raise
+    :class:`Unsupported` for anything else SDPA cannot run."""
     _check_plain_softmax(a)
     if a.score != DEFAULT_SCORE:
         raise Unsupported("score is not dot(q, k) * scale")
-    if a.mask is None:
-        return False
-    if not _is_causal(a.mask):
+    if a.mask is not None and not _is_causal(a.mask):
         raise Unsupported("mask is neither absent nor plain causal")
+    return a.mask is not None
+
+
+def sdpa_causal(a: ir.Attention, M: int, N: int) -> bool:
+    """Whether SDPA runs ``a`` with ``is_causal``; raise :class:`Unsupported` if SDPA cannot run it."""
+    if not _sdpa_masked(a):
+        return False
     if M != N:
         raise Unsupported("causal with M != N (SDPA aligns causal masks to the top left)")
     return True
@@ -88,14 +94,7 @@ def sdpa_end_aligned(a: ir.Attention, M: int, N: int) -> bool:
     """Whether SDPA needs a causal mask aligned to the bottom right (``causal_lower_right``) to run
     ``a`` with M query rows at the end of N keys (decoding); False: no mask (full attention, or causal
     with M = 1, which sees every key). Raise :class:`Unsupported` if SDPA cannot run ``a``."""
-    _check_plain_softmax(a)
-    if a.score != DEFAULT_SCORE:
-        raise Unsupported("score is not dot(q, k) * scale")
-    if a.mask is None:
-        return False
-    if not _is_causal(a.mask):
-        raise Unsupported("mask is neither absent nor plain causal")
-    return M > 1
+    return _sdpa_masked(a) and M > 1
 
 
 def _is_causal(e: ir.Expr) -> bool:

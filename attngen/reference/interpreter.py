@@ -76,6 +76,13 @@ def _prepare(a: ir.Attention, bound: Bound) -> Context:
     q, k = bound.q, bound.k
     ctx = Context.make(bound.sizes, prepare_inputs(bound.inputs, q.dtype, q.device), q.dtype, q.device,
                        bound.scale)
+    apply_prologue(a, ctx, q, k)
+    return ctx
+
+
+def apply_prologue(a: ir.Attention, ctx: Context, q: torch.Tensor, k: torch.Tensor) -> None:
+    """Set ``ctx.q_rows`` q' [B, H, M, D] and ``ctx.k_rows`` k' [B, H, N, D] (k expanded to the query
+    heads through hk) from q [B, H, M, D] and k [B, HK, N, D]."""
     B, H, M, D = q.shape
     N = k.shape[2]
     k = k.index_select(1, ctx.syms["hk"].flatten())
@@ -84,7 +91,6 @@ def _prepare(a: ir.Attention, bound: Bound) -> Context:
     if a.k is not None:
         k = as_grid(evaluate(a.k, ctx.env({"k": k[:, :, None, :, :]})), (B, H, 1, N, D)).squeeze(2)
     ctx.q_rows, ctx.k_rows = q, k
-    return ctx
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ import torch
 from ..ir import nodes as ir
 
 
-def _cut(x, dims, b: int, m: int, n: int):
+def cut_to_sequence(x, dims, b: int, m: int, n: int):
+    """Input ``x`` (declared ``dims``) for sequence ``b`` of ``m`` query rows and ``n`` keys."""
     if not isinstance(x, torch.Tensor) or dims is None:
         return x
     index = tuple(slice(b, b + 1) if d == "B" else slice(0, m) if d == "M" else slice(0, n) if d == "N"
@@ -43,7 +44,7 @@ def run_packed(a: ir.Attention, dense: Callable, q, k, v, inputs: Mapping, cu_q,
             continue
         qs, ks, vs = (t[s:s + ln].permute(1, 0, 2)[None] for t, s, ln in
                       ((q, starts_q[b], m), (k, starts_k[b], n), (v, starts_k[b], n)))
-        xs = {nm: _cut(x, decls.get(nm), b, m, n) for nm, x in inputs.items()}
+        xs = {nm: cut_to_sequence(x, decls.get(nm), b, m, n) for nm, x in inputs.items()}
         res = dense(qs, ks, vs, return_lse=return_lse, **xs, **kw)
         o, lse = res if return_lse else (res, None)
         outs.append(o[0].permute(1, 0, 2))
@@ -63,7 +64,7 @@ def run_paged(a: ir.Attention, dense: Callable, q, k_cache, v_cache, inputs: Map
     for b, n in enumerate(lengths.tolist()):
         pages = table[b, :-(-n // page)].long()
         ks, vs = (c[pages].reshape(-1, *c.shape[2:])[:n].permute(1, 0, 2)[None] for c in (k_cache, v_cache))
-        xs = {nm: _cut(x, decls.get(nm), b, q.shape[2], n) for nm, x in inputs.items()}
+        xs = {nm: cut_to_sequence(x, decls.get(nm), b, q.shape[2], n) for nm, x in inputs.items()}
         res = dense(q[b:b + 1], ks, vs, return_lse=return_lse, **xs, **kw)
         o, lse = res if return_lse else (res, None)
         outs.append(o)
