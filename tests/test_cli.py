@@ -236,3 +236,12 @@ def test_verify_on_cpu(files):
     res = run("verify", files / "good.attn", "--name", "win", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert "dslopes" in res.output and "FAIL" not in res.output
+
+
+def test_verify_skips_token_selection_and_runs_block_selection(tmp_path):
+    spec = tmp_path / "sel.attn"
+    spec.write_text("attention tok { select = topk(4, by = score) }\n"
+                    "attention blk { mask = causal\n select = topk(1, by = dot(q, kmean), block = 16) }\n")
+    res = run("verify", spec, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "tok: skipped (token top-k" in res.output and "blk (cpu" in res.output and "FAIL" not in res.output
