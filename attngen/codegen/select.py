@@ -25,7 +25,7 @@ from .analysis import COL, CodegenError
 from .emit import Emitter, KernelEnv
 
 SEL = "_sel"  # the internal input holding the choice
-MAX_BLOCKS = 1024
+MAX_BLOCKS = 256  # the kmean tile of a row block is held whole ([NBP, BLOCK_D] float32)
 
 
 def lower(a: ir.Attention) -> ir.Attention:
