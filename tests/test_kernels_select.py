@@ -59,3 +59,10 @@ def test_ties_go_to_the_smaller_block():
     sel = fn.module.t_selected(q, k)
     want = selected_pairs(a, q.double(), k.double(), v.double())[..., ::8]
     assert torch.equal(sel, want)
+
+
+def test_too_many_blocks_is_a_clear_error():
+    fn = attngen.jit("attention t { select = topk(2, by = dot(q, kmean), block = 1) }")
+    q, k, v = _qkv(1, 1, 1, 3, 300)
+    with pytest.raises(ValueError, match="up to 256 blocks per row, this call has 300"):
+        fn(q, k, v)
