@@ -31,6 +31,11 @@ _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", 
         "gt": ">", "ge": ">=", "and": "&", "or": "|"}
 
 
+def statements(lines: list[str]) -> str:
+    """A block of emitted statements as template text (``pass`` when empty)."""
+    return "\n".join(lines) or "pass"
+
+
 def vec_block(length: str) -> str:
     """The constexpr block size name of a vector length ('D' -> BLOCK_D, '64' -> BLOCK_L64)."""
     return f"BLOCK_{length}" if not length.isdigit() else f"BLOCK_L{length}"

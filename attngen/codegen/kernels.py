@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..ir import nodes as ir
 from .analysis import COL, HEAD, ROW, axes, is_pair
 from .autodiff import (Differentiator, GradSinks, owned_by_col_kernel, owned_by_row_kernel, reduce_to)
-from .emit import Emitter, KernelEnv, vec_block
+from .emit import Emitter, KernelEnv, statements, vec_block
 from .plan import Plan
 
 _ZEROS = {
@@ -38,7 +38,7 @@ class Blocks:
     vars: dict[str, str] = field(default_factory=dict)
 
     def text(self, name: str) -> str:
-        return "\n".join(self.stmts.get(name, [])) or "pass"
+        return statements(self.stmts.get(name, []))
 
     def stmts_names(self, name: str) -> set[str]:
         """Variables assigned in one statement list."""
@@ -199,8 +199,9 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks) -> dict[str,
         env.level_of = lambda ax: "inner_mask" if saved(ax) == "inner" else saved(ax)
         out["mask"] = em.value(a.mask)
         env.level_of = saved
+        only_partial = bl.stmts_names("inner_mask")
         for key in set(em.memo) - known:
-            if not em.memo[key].isidentifier() or em.memo[key] in bl.stmts_names("inner_mask"):
+            if em.memo[key] in only_partial:
                 del em.memo[key]
     if a.weights is not None:
         env.binds.update(p="p", score=em.f32(a.score) if uses_score and a.score2 is not None else "s")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from ..ir import nodes as ir
 from ..ir.types import BOOL, INT
 from .analysis import COL, CodegenError
-from .emit import Emitter, KernelEnv
+from .emit import Emitter, KernelEnv, statements
 
 SEL = "_sel"  # the internal input holding the choice
 MAX_BLOCKS = 256  # the kmean tile of a row block is held whole ([NBP, BLOCK_D] float32)
@@ -58,10 +58,6 @@ class SelectCode:
     mask: str
 
 
-def _block(lines: list[str]) -> str:
-    return "\n".join(lines) or "pass"
-
-
 def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
     """``a``: the prologue-substituted attention, before lowering; ``k_row``: the k prologue."""
     s = a.select
@@ -80,4 +76,4 @@ def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
     menv = KernelEnv(a, lambda ax: "inner" if COL in ax else "blk", {"inner": inner, "blk": blk},
                      binds={"j": "j_t"})
     mask = Emitter(menv, "y").value(a.mask) if a.mask is not None else "True"
-    return SelectCode(_block(km_lines), k_code, _block(blk), by, keep, _block(inner), mask)
+    return SelectCode(statements(km_lines), k_code, statements(blk), by, keep, statements(inner), mask)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..ir import nodes as ir
 from .analysis import ROW, axes
-from .emit import Emitter, KernelEnv
+from .emit import Emitter, KernelEnv, statements
 
 _BOX = {"i_lo": "ti_lo", "i_hi": "ti_hi", "j_lo": "tj_lo", "j_hi": "tj_hi"}
 
@@ -50,7 +50,7 @@ def static_code(a: ir.Attention) -> TileCode:
     env = KernelEnv(a, lambda ax: "scan", {"scan": lines}, binds=dict(_BOX))
     em = Emitter(env, "z")
     any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
-    return TileCode(kind, "\n".join(lines) or "pass", any_, all_)
+    return TileCode(kind, statements(lines), any_, all_)
 
 
 class _TileEmitter(Emitter):
@@ -94,4 +94,4 @@ def classify_code(a: ir.Attention) -> ClassifyCode:
     em = _TileEmitter(env)
     any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
     per_head = any(isinstance(n, ir.Sym) and n.name in ("h", "hk") for e in (a.tiles.any, a.tiles.all) for n in ir.walk(e))
-    return ClassifyCode("\n".join(lines) or "pass", any_, all_, per_head)
+    return ClassifyCode(statements(lines), any_, all_, per_head)
