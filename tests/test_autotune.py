@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 import triton
@@ -45,10 +46,10 @@ def test_fastest_config_is_chosen_and_remembered(module, monkeypatch):
         seen.append(speed[c["BLOCK_M"]])
     monkeypatch.setattr(triton.testing, "do_bench", _fake_bench(seen))
     assert module._autotune("k1", cands, run) == {"BLOCK_M": 2}
-    assert json.loads(open(module._TUNE_FILE).read()) == {"k1": {"BLOCK_M": 2}}
+    assert json.loads(open(module._tune_file()).read()) == {"k1": {"BLOCK_M": 2}}
     seen.clear()
     assert module._autotune("k1", cands, run) == {"BLOCK_M": 2} and not seen  # no re-timing
-    module._TUNED = None  # a new process reads the file
+    module._TUNED.clear()  # a new process reads the file
     assert module._autotune("k1", cands, lambda c: pytest.fail("re-timed")) == {"BLOCK_M": 2}
 
 
@@ -61,13 +62,20 @@ def test_configs_that_do_not_fit_are_skipped(module, monkeypatch):
 
 
 def test_corrupt_tuning_file_is_ignored(module, monkeypatch):
-    with open(module._TUNE_FILE, "w") as f:
+    with open(module._tune_file(), "w") as f:
         f.write("{not json")
     monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn() or 1.0)
     assert module._autotune("k3", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], lambda c: None) == {"BLOCK_M": 1}
-    assert "k3" in json.loads(open(module._TUNE_FILE).read())
+    assert "k3" in json.loads(open(module._tune_file()).read())
 
 
 def test_autotune_off_takes_the_default(module, monkeypatch):
     monkeypatch.setenv("ATTNGEN_AUTOTUNE", "0")
     assert module._autotune("k4", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], lambda c: pytest.fail("timed")) == {"BLOCK_M": 1}
+
+
+def test_cache_dir_set_after_import_is_honoured(module, monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path / "later"))
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn() or 1.0)
+    module._autotune("k5", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], lambda c: None)
+    assert "k5" in json.loads((tmp_path / "later" / os.path.basename(module._tune_file())).read_text())
