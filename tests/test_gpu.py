@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attngen.runtime.jit import TritonAttention
 from attngen.spec import compile_file, compile_source
 from attngen.verify import assert_close, compare
 
@@ -82,6 +83,21 @@ def test_paged(name, page, M):
     case = paged_case(a, M, [2048, 1, 777, 1500], page, 2048 // page, H=8, HK=2, D=128, dtype=torch.bfloat16,
                       device="cuda")
     assert_close(paged_errors(a, *case), factor=4.0, floor=1e-3)
+
+
+def test_paged_table_on_the_host_or_unvalidated():
+    """A CPU block table is checked on the host and copied over; validate=False skips the check."""
+    a = _spec("causal")
+    q, _, _, k_cache, v_cache, table, lengths, _ = paged_case(a, 1, [2048, 1, 777, 1500], 16, 128, H=8, HK=2, D=128,
+                                                            dtype=torch.bfloat16, device="cuda")
+    fn = TritonAttention(a)
+    want = fn(q, k_cache, v_cache, block_table=table, seqlens_k=lengths)
+    torch.testing.assert_close(fn(q, k_cache, v_cache, block_table=table.cpu(), seqlens_k=lengths.cpu()), want)
+    torch.testing.assert_close(fn(q, k_cache, v_cache, block_table=table, seqlens_k=lengths, validate=False), want)
+    bad = table.cpu()
+    bad[1, 0] = 10 ** 6
+    with pytest.raises(ValueError, match="refers to page 1000000"):
+        fn(q, k_cache, v_cache, block_table=bad, seqlens_k=lengths.cpu())
 
 
 @pytest.mark.parametrize("M", [1, 8, 16])

@@ -54,6 +54,22 @@ def test_paged_is_forward_only_and_checks_its_table():
         fn(q, k_cache, v_cache, block_table=table)
 
 
+def test_unvalidated_bad_table_stays_in_bounds():
+    """validate=False skips the value checks (decoding loops); pages and lengths are clamped in the
+    kernel, so a bad table gives some rows, never an out-of-bounds read, and a good one is unchanged."""
+    fn = attngen.jit("attention c { mask = causal }")
+    a = compile_source("attention c { mask = causal }")[0]
+    q, _, _, k_cache, v_cache, table, lengths, _ = paged_case(a, 3, LENGTHS, PAGE, PAGES_PER_SEQ)
+    good = fn(q, k_cache, v_cache, block_table=table, seqlens_k=lengths)
+    torch.testing.assert_close(fn(q, k_cache, v_cache, block_table=table, seqlens_k=lengths, validate=False), good)
+    bad = table.clone()
+    bad[2, 1], bad[0, 0] = 10 ** 6, -5
+    o = fn(q, k_cache, v_cache, block_table=bad, seqlens_k=torch.tensor([10 ** 6, 1, 192, -3], dtype=torch.int32),
+           validate=False)
+    assert o.shape == good.shape and torch.isfinite(o).all()
+    torch.testing.assert_close(o[1], good[1])
+
+
 def test_reference_backend_reads_the_same_pages():
     a = compile_source(f"attention alibi_window {{\n {SPECS['alibi_window']}\n}}")[0]
     q, k, v, k_cache, v_cache, table, lengths, xs = paged_case(a, 5, LENGTHS, PAGE, PAGES_PER_SEQ)

@@ -139,8 +139,9 @@ def decode_table(records: list[dict]) -> str:
         "counted. Forward only.",
         "Peers run on the contiguous cache (the same keys): their ms is the same on every layout's row. "
         "ratio: peer ms / attngen ms on the row's layout (> 1: attngen is faster).",
-        "host ms: the host's time for one attngen call started with the GPU idle (argument checks, the block "
-        "table's validation, launches); where it nears ms, the row measures the host, not the memory.",
+        "host ms: the host's time for one attngen call started with the GPU idle (argument checks, launches); "
+        "where it nears ms, the row measures the host, not the memory. Paged rows: timed with validate=False, "
+        "as decoding loops call it (checked with the table validated; that call's host ms in the JSON).",
         f"err: |o - o_peer| / |o_peer|; attngen err (paged rows): against attngen on the contiguous cache; "
         f"!! marks err > {ERR_LIMIT:.0e}."]
     if "flex" in peers:

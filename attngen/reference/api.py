@@ -16,7 +16,8 @@ class ReferenceAttention:
     q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV] → o [B, H, M, DV] (and lse
     [B, H, M] with ``return_lse``). Accepts float64 besides fp16/bf16/fp32 and any device.
     Packed sequences (``cu_seqlens_q=...``) and paged caches (``block_table=...``): see
-    :mod:`attngen.reference.varlen`.
+    :mod:`attngen.reference.varlen`; the reference always checks a block table (``validate`` is
+    accepted for the common signature).
     """
 
     def __init__(self, attention: ir.Attention):
@@ -25,7 +26,7 @@ class ReferenceAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None,
                  return_lse: bool = False, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                 max_seqlen_k=None, block_table=None, seqlens_k=None, **inputs):
+                 max_seqlen_k=None, block_table=None, seqlens_k=None, validate: bool = True, **inputs):
         if block_table is not None or seqlens_k is not None:
             return run_paged(self.attention, self, q, k, v, inputs, block_table, seqlens_k, return_lse, scale=scale)
         if cu_seqlens_q is not None or cu_seqlens_k is not None:
