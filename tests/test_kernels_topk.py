@@ -75,7 +75,9 @@ def test_example_selection_matches_the_reference(path, shape):
     a = compile_file(path, {c: v for c, v in SHRINK.items() if c in dict(compile_file(path)[0].consts)})[0]
     sizes = dict(B=2, H=4, HK=2, D=40, DV=40, **SHAPES[shape])
     q, k, v = _qkv(2, 4, 2, **SHAPES[shape], D=40)
-    _check_selection(a, q, k, v, **make_inputs(a, sizes, "cpu", torch.Generator().manual_seed(1)))
+    sel = _check_selection(a, q, k, v, **make_inputs(a, sizes, "cpu", torch.Generator().manual_seed(1)))
+    # the indexer's by and mask ignore the head: one list per query row serves every head
+    assert sel.shape[1] == (1 if path.stem == "dsa_indexer" else 4)
 
 
 def test_ties_go_to_the_smaller_key():
@@ -179,3 +181,15 @@ def test_stages_through_the_selection(name, M, N):
     """Outputs and the gradients of q, k, v and of floating inputs, through the selected pairs only."""
     a = compile_source(f"attention t {{ {STAGES[name]} }}")[0]
     assert_close(compare(a, M=M, N=N, D=40, DV=24))
+
+
+def test_data_dependent_mask_and_prepared_tiles():
+    """A document mask's per-call tile lists (or prepared ones) with the selection made per call."""
+    src = "attention t { input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]\n select = topk(3, by = score) }"
+    a = compile_source(src)[0]
+    assert_close(compare(a, M=40, N=40, D=40, DV=24))
+    q, k, v = _qkv(2, 4, 2, 40, 40)
+    doc = torch.arange(40).div(7, rounding_mode="floor").expand(2, 40).contiguous().int()
+    _check_selection(a, q, k, v, doc=doc)
+    fn = attngen.jit(src)
+    torch.testing.assert_close(fn(q, k, v, doc=doc, prepared=attngen.prepare(fn, q, k, doc=doc)), fn(q, k, v, doc=doc))

@@ -95,8 +95,10 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     selection = None
     if sel is not None:
         template = "select.py.jinja" if sel.block else "topk.py.jinja"
-        selection = {"block": sel.block, "k": sel.k, "share": sel.share,
-                     "code": render_kernel(template, s=plan.select_code, share=sel.share, **base)}
+        heads = plan.select_code.heads if sel.block is None else "HK" if sel.share else "H"
+        selection = {"block": sel.block, "k": sel.k, "share": sel.share, "heads": heads,
+                     "heads_size": "1" if heads == "1" else f'sizes["{heads}"]',
+                     "code": render_kernel(template, s=plan.select_code, **base)}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,

@@ -16,15 +16,18 @@ Block top-k:
 Rows hold all NB blocks at once ([BLOCK_M, NBP] registers), so NB is capped (``MAX_BLOCKS``).
 
 Token top-k (extra memory O(M·K): no [M, N] score or bool matrix is ever stored):
-    topk    program (query tile, b, head or GQA group): ``by``, the mask and ``keep`` tile by tile
-            over the key tiles the mask allows. Each row's K-th largest candidate value T is found
-            exactly on the 32-bit ordered key of ``by`` (float bits mapped to an order-preserving
-            integer; NaN as -inf, -0.0 as +0.0): 8 passes over the keys, each counting the
-            candidates at or above 16 thresholds, fix 4 bits of T. A last pass in key order takes
-            the candidates above T and the first K - #above of those equal to T (ties to the
-            smaller j) -> SEL [B, H or HK, M, K] int32: the chosen keys in ascending order, -1
-            after the last (a row with fewer than K candidates keeps them all)
-    lowered mask: ``mask and (keep or _in_list(b, h or hk, m, j, K))``: ``keep`` is evaluated in
+    topk    program (query tile, b, and a head, a GQA group or neither: see ``token_heads``):
+            ``by``, the mask and ``keep`` tile by tile over the key tiles the mask allows (a group
+            sums ``by`` over its heads; its candidates are allowed for any of them). Each row's
+            K-th largest candidate value T is found exactly on the 32-bit ordered key of ``by``
+            (float bits mapped to an order-preserving integer; NaN as -inf, -0.0 as +0.0): 8
+            passes over the keys, each counting the candidates at or above 16 thresholds, fix 4
+            bits of T. A last pass in key order takes the candidates above T and the first
+            K - #above of those equal to T (ties to the smaller j) -> SEL [B, H, HK or 1, M, K]
+            int32: the chosen keys in ascending order, -1 after the last (a row with fewer than K
+            candidates keeps them all). Each pass evaluates ``by`` again: 9 evaluations per
+            allowed pair buy the O(M·K) memory
+    lowered mask: ``mask and (keep or _in_list(b, h, hk or 0, m, j, K))``: ``keep`` is evaluated in
             place, so kept keys need no room in the list; membership is a binary search of the
             row's list for the tile's first key, then one bit word per 64 keys of the tile from the
             next BLOCK_N entries (``_in_list`` in the module's helpers)
@@ -55,6 +58,8 @@ def lower(a: ir.Attention) -> ir.Attention:
         if s.share and s.keep is not None and HEAD in axes(s.keep):
             raise CodegenError(f"attention '{a.name}': with share = group, keep= must not depend on the "
                                "head (h, q or score) in the kernels; use backend='reference'")
+        if token_heads(a) == "1":
+            heads, hs = 1, ir.Const(0, INT)
         decl = ir.InputDecl(SEL, "i32", ("B", heads, "M", s.k))
         chosen = ir.Call(IN_LIST, (b, hs, m, j, ir.Const(s.k, INT)), BOOL)
         if s.keep is not None:
@@ -103,10 +108,23 @@ def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
     return SelectCode(statements(km_lines), k_code, statements(blk), by, keep, statements(inner), mask)
 
 
+def token_heads(a: ir.Attention) -> str:
+    """The heads a token selection is made for: "HK" (one per GQA group: share = group), "H" (one
+    per head), or "1" when by, the mask and keep= are the same for every head (DeepSeek's indexer):
+    one selection serves all heads of a batch row, for 1/H of the memory and of the search."""
+    s = a.select
+    if s.share:
+        return "HK"
+    per_head = any(HEAD in axes(e) or ir.uses(e, "hk") for e in (s.by, s.keep, a.mask) if e is not None)
+    return "H" if per_head else "1"
+
+
 @dataclass
 class TopkCode:
     """Statements of the token top-k kernel and the names of its [BLOCK_M, BLOCK_N] values."""
 
+    heads: str  # see token_heads
+    program: str  # what one program's rows belong to, for the kernel's comment
     rows: str  # once per program: the query side (empty with share = group: it varies by head)
     tile: str  # per key tile (and per head of a group)
     by: str
@@ -124,7 +142,9 @@ def topk_code(a: ir.Attention) -> TopkCode:
     by = em.f32(s.by)
     mask = em.value(a.mask) if a.mask is not None else "True"
     keep = em.value(s.keep) if s.keep is not None else ""
-    return TopkCode(statements(lines["rows"]), statements(lines["tile"]), by, mask, keep, _key_tiles(a))
+    heads = token_heads(a)
+    program = {"H": "(b, head)", "HK": "(b, GQA group)", "1": "b, for every head alike"}[heads]
+    return TopkCode(heads, program, statements(lines["rows"]), statements(lines["tile"]), by, mask, keep, _key_tiles(a))
 
 
 def _key_tiles(a: ir.Attention) -> tiles.TileCode:
