@@ -90,6 +90,13 @@ def test_ties_go_to_the_smaller_key():
     torch.testing.assert_close(attngen.jit(a.source)(q, k, v).double(), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("by,heads", [("norm(k)", 4), ("-j", 1)])
+def test_lists_per_head_only_where_needed(by, heads):
+    # key rows differ by KV head: a by of k alone is chosen per head; one of j alone once for all
+    a = compile_source(f"attention t {{ mask = causal\n select = topk(3, by = {by}) }}")[0]
+    assert _check_selection(a, *_qkv(2, 4, 2, 20, 20)).shape[1] == heads
+
+
 def test_nan_infinities_and_signed_zeros_in_by():
     # NaN ranks as -inf (ties with it by key index), -0.0 ties with +0.0
     a = compile_source("attention t { input bias: f32[B, H, M, N]\n select = topk(4, by = bias[b, h, m, j]) }")[0]
@@ -185,7 +192,8 @@ def test_stages_through_the_selection(name, M, N):
 
 def test_data_dependent_mask_and_prepared_tiles():
     """A document mask's per-call tile lists (or prepared ones) with the selection made per call."""
-    src = "attention t { input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]\n select = topk(3, by = score) }"
+    src = ("attention t { input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]\n"
+           " select = topk(3, by = score) }")
     a = compile_source(src)[0]
     assert_close(compare(a, M=40, N=40, D=40, DV=24))
     q, k, v = _qkv(2, 4, 2, 40, 40)

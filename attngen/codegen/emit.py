@@ -277,7 +277,10 @@ class Emitter:
         """``_in_list(b, hs, m, j, K)``: key j is in the ascending list of the K keys row (b, hs, m)
         selected (-1 after its last), for the tile's keys at ``start_n``; int64 offsets, as
         B·H·M·K may pass 2^31."""
-        b, hs, m = (str(x.value) if isinstance(x, ir.Const) else f"{self.value(x)}.to(tl.int64)" for x in e.args[:3])
+        def index(x: ir.Expr) -> str:  # a constant 0: the one list of every head
+            return str(x.value) if isinstance(x, ir.Const) else f"{self.value(x)}.to(tl.int64)"
+
+        b, hs, m = (index(x) for x in e.args[:3])
         j, k = self.value(e.args[3]), e.args[4].value
         row = f"{SEL}_ptr + {b} * {SEL}_s0 + {hs} * {SEL}_s1 + {m} * {SEL}_s2"
         return self.put(lvl, f"_in_list({row}, {SEL}_s3, start_n, {j}, rmask, {k}, {k.bit_length()}, BLOCK_M, "

@@ -115,7 +115,8 @@ def token_heads(a: ir.Attention) -> str:
     s = a.select
     if s.share:
         return "HK"
-    per_head = any(HEAD in axes(e) or ir.uses(e, "hk") for e in (s.by, s.keep, a.mask) if e is not None)
+    # key rows differ by KV head, so they count as the head too
+    per_head = any(HEAD in axes(e) or ir.uses(e, "hk", "k_raw") for e in (s.by, s.keep, a.mask) if e is not None)
     return "H" if per_head else "1"
 
 
