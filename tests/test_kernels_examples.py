@@ -1,5 +1,5 @@
-"""Every dense example through the generated Triton kernels (TRITON_INTERPRET=1 on CPU),
-forward and every gradient, against the float64 reference on awkward shapes."""
+"""Every dense and token top-k example through the generated Triton kernels (TRITON_INTERPRET=1 on
+CPU), forward and every gradient, against the float64 reference on awkward shapes."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from example_specs import DENSE, DENSE_IDS, shrunk
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="CPU kernel tests need TRITON_INTERPRET=1")
 
-# consts shrunk so windows, chunks and strides matter at 67 keys
-SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN": 16, "LOCAL": 12}
+# consts shrunk so windows, chunks, strides and top-k selections matter at 67 keys
+SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN": 16, "LOCAL": 12, "TOPK": 7}
 
 
 @pytest.mark.parametrize("path,name", DENSE, ids=DENSE_IDS)

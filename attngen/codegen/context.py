@@ -92,8 +92,13 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         classify = render_kernel("classify.py.jinja", k=k, **base)
     decls = {d.name: (d.dtype, d.dims) for d in a.inputs if d.name != select.SEL}
     sel = plan.select
-    selection = None if sel is None else {"block": sel.block, "k": sel.k, "share": sel.share,
-                                          "code": render_kernel("select.py.jinja", s=plan.select_code, **base)}
+    selection = None
+    if sel is not None:
+        template = "select.py.jinja" if sel.block else "topk.py.jinja"
+        heads = plan.select_code.heads if sel.block is None else "HK" if sel.share else "H"
+        selection = {"block": sel.block, "k": sel.k, "share": sel.share, "heads": heads,
+                     "heads_size": "1" if heads == "1" else f'sizes["{heads}"]',
+                     "code": render_kernel(template, s=plan.select_code, **base)}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
@@ -117,5 +122,6 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         consts_text=", ".join(f"{k}={v}" for k, v in consts.items()) or "none",
         source=source.rstrip(), attentions=[attention_context(p, render_kernel) for p in plans],
         sel_name=select.SEL, sel_max=select.MAX_BLOCKS,
+        token_select=any(p.select is not None and p.select.block is None for p in plans),
     )
 

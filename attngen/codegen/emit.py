@@ -27,6 +27,10 @@ _FN1 = {
     "tanh": "_tanh({}, DOT_DTYPE)",
     "softplus": "_softplus({})",
 }
+#: the internal input holding a call's selection, and the lowered token top-k mask's membership test
+#: (codegen/select.py)
+SEL = "_sel"
+IN_LIST = "_in_list"
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
         "gt": ">", "ge": ">=", "and": "&", "or": "|"}
 
@@ -265,7 +269,22 @@ class Emitter:
             return self.put(lvl, f"{x} * {self.rms_scale(e, orient, lvl)} * {w}", note=note)
         if fn == "rope":
             return self._rope(e, orient, lvl, note)
+        if fn == IN_LIST:
+            return self._in_list(e, lvl)
         raise CodegenError(f"no code generator for {fn}()")
+
+    def _in_list(self, e: ir.Call, lvl: str) -> str:
+        """``_in_list(b, hs, m, j, K)``: key j is in the ascending list of the K keys row (b, hs, m)
+        selected (-1 after its last), for the tile's keys at ``start_n``; int64 offsets, as
+        B·H·M·K may pass 2^31."""
+        def index(x: ir.Expr) -> str:  # a constant 0: the one list of every head
+            return str(x.value) if isinstance(x, ir.Const) else f"{self.value(x)}.to(tl.int64)"
+
+        b, hs, m = (index(x) for x in e.args[:3])
+        j, k = self.value(e.args[3]), e.args[4].value
+        row = f"{SEL}_ptr + {b} * {SEL}_s0 + {hs} * {SEL}_s1 + {m} * {SEL}_s2"
+        return self.put(lvl, f"_in_list({row}, {SEL}_s3, start_n, {j}, rmask, {k}, {k.bit_length()}, BLOCK_M, "
+                        "BLOCK_N)", "sel")
 
     def layout(self, rowsum: str, operand: ir.Expr, orient: str) -> str:
         """Place a per-row reduction [R] of a vector operand in the caller's scalar layout."""

@@ -29,14 +29,23 @@ def _substitute(a: ir.Attention) -> ir.Attention:
         return rows.get(e.name, e) if isinstance(e, ir.Row) else e
 
     out = replace(a, q=None, k=None)
-    return out.replace_exprs(lambda stage, e: ir.transform(e, use))
+    out = out.replace_exprs(lambda stage, e: ir.transform(e, use))
+    # the mask and the selection name the score's value: the kernels compute it there in place
+    score = out.score
+
+    def with_score(stage, e):
+        if stage not in ("mask", "select.by", "select.keep"):
+            return e
+        return ir.transform(e, lambda n: score if isinstance(n, ir.Sym) and n.name == "score" else n)
+
+    return out.replace_exprs(with_score)
 
 
 @dataclass(frozen=True)
 class Plan:
     attn: ir.Attention  # substituted IR (a block selection folded into the mask)
     source: ir.Attention  # as given to the code generator
-    select_code: "select.SelectCode | None" = None  # the selection kernels' statements
+    select_code: "select.SelectCode | select.TopkCode | None" = None  # the selection kernels' statements
     select: ir.Select | None = None
 
     @property
@@ -75,11 +84,18 @@ class Plan:
             return self.attn.input(e.name).is_float
         return False
 
+    def _exprs(self):
+        """Every expression some kernel evaluates: the attention's, and the selection's (which
+        lowering took out of the attention)."""
+        yield from (e for _, e in self.attn.exprs())
+        if self.select is not None:
+            yield from (e for e in (self.select.by, self.select.keep) if e is not None)
+
     @property
     def vec_lengths(self) -> list[str]:
         """Every vector length the kernels need offsets for: D, DV and literal row lengths."""
         out = ["D", "DV"]
-        for _, e in self.attn.exprs():
+        for e in self._exprs():
             for n in ir.walk(e):
                 if n.ty.is_vec and n.ty.length not in out:
                     if not n.ty.length.isdigit() and n.ty.length not in ("D", "DV"):
@@ -91,7 +107,7 @@ class Plan:
     @property
     def rope_lengths(self) -> list[str]:
         out = []
-        for _, e in self.attn.exprs():
+        for e in self._exprs():
             for n in ir.walk(e):
                 if isinstance(n, ir.Call) and n.fn == "rope" and n.ty.length not in out:
                     out.append(n.ty.length)
@@ -104,6 +120,8 @@ def make_plan(a: ir.Attention) -> Plan:
         check_vector_sides(stage, e)
     if sub.select is None:
         return Plan(sub, a)
+    if sub.select.block is None:
+        return Plan(select.lower(sub), a, select.topk_code(sub), sub.select)
     k_row = ir.transform(a.k, lambda e: ir.Row("k_raw", vec("D")) if isinstance(e, ir.Row) else e) \
         if a.k is not None else ir.Row("k_raw", vec("D"))
     return Plan(select.lower(sub), a, select.select_code(sub, k_row), sub.select)

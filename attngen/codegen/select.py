@@ -1,18 +1,38 @@
-"""Block top-k selection (``select = topk(K, by=..., block=BS)``) in the kernels.
+"""Top-k selection in the kernels: block top-k (``select = topk(K, by=..., block=BS)``) and token
+top-k (``select = topk(K, by=...)``).
 
-The selection is made per call by two generated kernels, then the attention runs on the dense
-kernels with the choice as part of the mask (so forward and backward come for free, and no
-gradient flows through ``by``, as the language says):
+Either way the selection is made per call by generated kernels, then the attention runs on the
+dense kernels with the choice folded into the mask: forward and backward come for free, every
+score / norm / weights / out stage included, and no gradient flows through ``by``, as the
+language says.
 
+Block top-k:
     kmean   program (key block, b, hk): the mean of the block's keys after the prologue
             -> KM [B, HK, NBP, BLOCK_D] float32
     select  program (query tile, b, head or GQA group): ``by`` for every block of every row, which
             blocks have an allowed key, ``keep``; the top K of the other allowed blocks by a sort
             of (candidate, by, -jb) keys -> SEL [B, H or HK, M, NB] bool
     lowered mask: ``mask and _sel[b, h or hk, m, j // BS]``
-
 Rows hold all NB blocks at once ([BLOCK_M, NBP] registers), so NB is capped (``MAX_BLOCKS``).
-Token top-k (``select`` without ``block``) is not compiled yet.
+
+Token top-k (extra memory O(M·K): no [M, N] score or bool matrix is ever stored):
+    topk    program (query tile, b, and a head, a GQA group or neither: see ``token_heads``):
+            ``by``, the mask and ``keep`` tile by tile over the key tiles the mask allows (a group
+            sums ``by`` over its heads; its candidates are allowed for any of them). Each row's
+            K-th largest candidate value T is found exactly on the 32-bit ordered key of ``by``
+            (float bits mapped to an order-preserving integer; NaN as -inf, -0.0 as +0.0): 8
+            passes over the keys, each counting the candidates at or above 16 thresholds, fix 4
+            bits of T. A last pass in key order takes the candidates above T and the first
+            K - #above of those equal to T (ties to the smaller j) -> SEL [B, H, HK or 1, M, K]
+            int32: the chosen keys in ascending order, -1 after the last (a row with fewer than K
+            candidates keeps them all). Each pass evaluates ``by`` again: 9 evaluations per
+            allowed pair buy the O(M·K) memory
+    lowered mask: ``mask and (keep or _in_list(b, h, hk or 0, m, j, K))``: ``keep`` is evaluated in
+            place, so kept keys need no room in the list; membership is a binary search of the
+            row's list for the tile's first key, then one bit word per 64 keys of the tile from the
+            next BLOCK_N entries (``_in_list`` in the module's helpers)
+With ``share = group`` and a ``keep`` that depends on the head, a head's kept keys would be those
+of any head of its group: the lowered mask cannot say that, so such specs are refused.
 """
 
 from __future__ import annotations
@@ -21,33 +41,42 @@ from dataclasses import dataclass, replace
 
 from ..ir import nodes as ir
 from ..ir.types import BOOL, INT
-from .analysis import COL, CodegenError
-from .emit import Emitter, KernelEnv, statements
+from . import tiles
+from .analysis import COL, HEAD, CodegenError, axes
+from .emit import IN_LIST, SEL, Emitter, KernelEnv, statements
 
-SEL = "_sel"  # the internal input holding the choice
 MAX_BLOCKS = 256  # the kmean tile of a row block is held whole ([NBP, BLOCK_D] float32)
 
 
 def lower(a: ir.Attention) -> ir.Attention:
-    """``a`` (prologue substituted) with its block selection folded into the mask."""
+    """``a`` (prologue substituted) with its selection folded into the mask."""
     s = a.select
-    if s.block is None:
-        raise CodegenError(f"attention '{a.name}': token top-k selection (select without block=) is not "
-                           "compiled yet; use backend='reference', or block selection")
     heads = "HK" if s.share else "H"
-    decl = ir.InputDecl(SEL, "bool", ("B", heads, "M", "N"))
+    b, m, j = (ir.Sym(n, INT) for n in "bmj")
     hs = ir.Sym("hk" if s.share else "h", INT)
-    jb = ir.Binary("floordiv", ir.Sym("j", INT), ir.Const(s.block, INT), INT)
-    chosen = ir.Load(SEL, (ir.Sym("b", INT), hs, ir.Sym("m", INT), jb), BOOL)
+    if s.block is None:
+        if s.share and s.keep is not None and HEAD in axes(s.keep):
+            raise CodegenError(f"attention '{a.name}': with share = group, keep= must not depend on the "
+                               "head (h, q or score) in the kernels; use backend='reference'")
+        if token_heads(a) == "1":
+            heads, hs = 1, ir.Const(0, INT)
+        decl = ir.InputDecl(SEL, "i32", ("B", heads, "M", s.k))
+        chosen = ir.Call(IN_LIST, (b, hs, m, j, ir.Const(s.k, INT)), BOOL)
+        if s.keep is not None:
+            chosen = ir.Binary("or", s.keep, chosen, BOOL)
+    else:
+        decl = ir.InputDecl(SEL, "bool", ("B", heads, "M", "N"))
+        jb = ir.Binary("floordiv", j, ir.Const(s.block, INT), INT)
+        chosen = ir.Load(SEL, (b, hs, m, jb), BOOL)
     mask = chosen if a.mask is None else ir.Binary("and", a.mask, chosen, BOOL)
     # a tile full under the mask need not be full under the selection: keep only "any"
-    tiles = None if a.tiles is None else ir.Tiles(a.tiles.any, ir.Const(False, BOOL))
-    return replace(a, mask=mask, select=None, tiles=tiles, inputs=(*a.inputs, decl))
+    bounds = None if a.tiles is None else ir.Tiles(a.tiles.any, ir.Const(False, BOOL))
+    return replace(a, mask=mask, select=None, tiles=bounds, inputs=(*a.inputs, decl))
 
 
 @dataclass
 class SelectCode:
-    """Statements of the two selection kernels and the names of their values."""
+    """Statements of the two block selection kernels and the names of their values."""
 
     kmean_inner: str  # per key tile of a block: the prologue'd key rows
     k_row: str
@@ -77,3 +106,54 @@ def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
                      binds={"j": "j_t"})
     mask = Emitter(menv, "y").value(a.mask) if a.mask is not None else "True"
     return SelectCode(statements(km_lines), k_code, statements(blk), by, keep, statements(inner), mask)
+
+
+def token_heads(a: ir.Attention) -> str:
+    """The heads a token selection is made for: "HK" (one per GQA group: share = group), "H" (one
+    per head), or "1" when by, the mask and keep= are the same for every head (DeepSeek's indexer):
+    one selection serves all heads of a batch row, for 1/H of the memory and of the search."""
+    s = a.select
+    if s.share:
+        return "HK"
+    # key rows differ by KV head, so they count as the head too
+    per_head = any(HEAD in axes(e) or ir.uses(e, "hk", "k_raw") for e in (s.by, s.keep, a.mask) if e is not None)
+    return "H" if per_head else "1"
+
+
+@dataclass
+class TopkCode:
+    """Statements of the token top-k kernel and the names of its [BLOCK_M, BLOCK_N] values."""
+
+    heads: str  # see token_heads
+    program: str  # what one program's rows belong to, for the kernel's comment
+    rows: str  # once per program: the query side (empty with share = group: it varies by head)
+    tile: str  # per key tile (and per head of a group)
+    by: str
+    mask: str
+    keep: str  # empty without keep=
+    t: tiles.TileCode  # the key tiles a query tile visits, from the mask alone
+
+
+def topk_code(a: ir.Attention) -> TopkCode:
+    """``a``: the prologue-substituted attention, before lowering."""
+    s = a.select
+    lines: dict[str, list[str]] = {"rows": [], "tile": []}
+    level = (lambda ax: "tile") if s.share else (lambda ax: "tile" if COL in ax else "rows")
+    em = Emitter(KernelEnv(a, level, lines, dot_dtype="tl.float32"), "x")
+    by = em.f32(s.by)
+    mask = em.value(a.mask) if a.mask is not None else "True"
+    keep = em.value(s.keep) if s.keep is not None else ""
+    heads = token_heads(a)
+    program = {"H": "(b, head)", "HK": "(b, GQA group)", "1": "b, for every head alike"}[heads]
+    return TopkCode(heads, program, statements(lines["rows"]), statements(lines["tile"]), by, mask, keep, _key_tiles(a))
+
+
+def _key_tiles(a: ir.Attention) -> tiles.TileCode:
+    """The mask's closed-form key ranges where it has them (for a group: when they are the same for
+    each of its heads); otherwise every key tile, with the mask (per-call lists of a data-dependent
+    mask are built after the selection)."""
+    kind = tiles.tiles_kind(a)
+    per_head = a.tiles is not None and any(ir.uses(e, "h") for e in (a.tiles.any, a.tiles.all))
+    if kind == "static" and not (a.select.share and per_head):
+        return tiles.static_code(a)
+    return tiles.TileCode("none" if kind == "none" else "masked")
