@@ -94,3 +94,11 @@ def test_boolean_inputs_and_logic():
     allowed = ((i - j).abs() <= 2) | g[:, None, None, :] | (j == 0)
     s = (q @ k.repeat_interleave(2, 1).transpose(-1, -2) / math.sqrt(8)).masked_fill(~allowed, float("-inf"))
     check(run(src, q, k, v, is_global=g), torch.softmax(s, -1) @ v.repeat_interleave(2, 1), [q, k, v])
+
+
+def test_sqdist_of_query_and_key_rows_is_the_squared_difference():
+    """The pair form (|q|² + |k|² - 2 q·k, one matmul) equals the written-out difference."""
+    q, k, v = qkv(M=6, N=11, D=16)
+    o = run("attention s {\n score = -sqdist(q, k) * scale\n norm = none\n}", q, k, v)
+    s = -(q[:, :, :, None, :] - k[:, :, None, :, :]).square().sum(-1) / math.sqrt(16)
+    check(o, none_norm(s, v), [q, k, v])

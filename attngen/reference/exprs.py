@@ -184,7 +184,7 @@ def _call(e: ir.Call, env: Env) -> torch.Tensor:
     if fn == "dot":
         return _dot(*args)
     if fn == "sqdist":
-        return (args[0] - args[1]).square().sum(-1)
+        return _sqdist(*args)
     if fn == "norm":
         return torch.linalg.vector_norm(args[0], dim=-1)
     if fn == "l2norm":
@@ -202,6 +202,15 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape[2] == 1 and b.shape[3] == 1:
         return torch.matmul(b.squeeze(3), a.squeeze(2).transpose(-1, -2))
     return (a * b).sum(-1)
+
+
+def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distance of rows; a query-side row against a key-side row as |a|² + |b|² - 2 a·b,
+    one matmul like :func:`_dot` (the difference would hold a [.., M, N, D] tensor: tens of GB at
+    4k keys), and the form the kernels compute."""
+    if (a.shape[3] == 1 and b.shape[2] == 1) or (a.shape[2] == 1 and b.shape[3] == 1):
+        return a.square().sum(-1) + b.square().sum(-1) - 2 * _dot(a, b)
+    return (a - b).square().sum(-1)
 
 
 def _rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
