@@ -6,6 +6,7 @@ import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,3 +249,14 @@ def test_verify_runs_token_and_block_selection(tmp_path):
     res = run("verify", spec, "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert "tok (cpu" in res.output and "blk (cpu" in res.output and "FAIL" not in res.output
+
+
+def test_show_triton_states_the_kernel_plan():
+    """The module header says which kernels run: split-KV decoding or why not, selection kernels."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    plan = {stem: run("show", examples / f"{stem}.attn", "--triton").stdout.split("Spec source:")[0]
+            for stem in ("causal_gqa", "stickbreaking", "document_mask", "moba")}
+    assert "decoding (M <= 16): split-KV" in plan["causal_gqa"] and "share one tile" in plan["causal_gqa"]
+    assert "no split-KV (stick-breaking visits keys in order)" in plan["stickbreaking"]
+    assert "classification kernel" in plan["document_mask"] and "no split-KV (per-call tile lists)" in plan["document_mask"]
+    assert "selection: block top-11" in plan["moba"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from .. import __version__
 from ..ir import nodes as ir
 from . import kernels, select, tiles
@@ -62,6 +64,38 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
 _VAR_KEYS = ("s", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out")
 
 
+_TILE_NOTES = {
+    "none": "no mask: every tile is full",
+    "static": "tile classes in closed form (mask_tiles): empty key tiles skipped, full ones without mask work",
+    "dynamic": "data-dependent mask: a classification kernel lists each call's tiles (prepare() keeps them)",
+    "masked": "the mask is evaluated on every tile (no closed form found)",
+}
+
+
+def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
+    """What the kernels do for this spec, for the module's header (``attngen show --triton``)."""
+    a = plan.attn
+    kind = tiles.tiles_kind(a)
+    notes = [f"tiles: {_TILE_NOTES[kind]}", "forward: one program per query tile and head"]
+    if splittable:
+        notes.append("decoding (M <= 16): split-KV, each row's keys over several programs, partial results merged "
+                     "exactly by the row statistics" + ("; the heads of a GQA group share one tile when G*M <= 32"
+                                                        if packable else "; one program per head (the tile bounds "
+                                                        "depend on the head)"))
+    else:
+        why = ("stick-breaking visits keys in order" if plan.norm == "stickbreaking" else
+               "per-call tile lists" if kind == "dynamic" else "the weights / out stages do not merge by row statistics")
+        notes.append(f"decoding: no split-KV ({why})")
+    notes.append("backward: a preprocess kernel (delta), then dq (one program per query tile) and dk/dv (one "
+                 "program per key tile)")
+    sel = plan.select
+    if sel is not None:
+        notes.append(f"selection: {'block' if sel.block else 'token'} top-{sel.k} made per call by "
+                     + ("the kmean and select kernels" if sel.block else "the topk kernel (index lists)")
+                     + ", folded into the mask; no gradient through by")
+    return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
+
+
 def attention_context(plan: Plan, render_kernel) -> dict:
     """Everything the module template needs for one attention."""
     a = plan.attn
@@ -106,7 +140,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
         fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
-        splittable=splittable, packable=packable,
+        splittable=splittable, packable=packable, plan_notes=_plan_notes(plan, splittable, packable),
         fwd_split=render_kernel("fwd.py.jinja", f=f, split=True, **base) if splittable else "",
         tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
