@@ -161,13 +161,21 @@ PAIR_SPECS = [
 ]
 
 
+PAIR_HEADS = (2, 4, 2)  # B, H, HK of the pair-counting cases
+
+
+def _pair_case(stem, src, M, N, D=8):
+    """An example (or a one-line spec), q, k, v and its inputs for counting allowed pairs / keys."""
+    a = _example(stem) if stem else compile_source(src)[0]
+    B, H, HK = PAIR_HEADS
+    q, k, v = (t.detach() for t in qkv(B, H, HK, M, N, D, D))
+    return a, q, k, v, _inputs64(a, dict(B=B, H=H, HK=HK, M=M, N=N, D=D, DV=D), seed=3)
+
+
 @pytest.mark.parametrize("stem,src", PAIR_SPECS, ids=[s or f"src{n}" for n, (s, _) in enumerate(PAIR_SPECS)])
 @pytest.mark.parametrize("M,N", [(37, 37), (5, 37)])
 def test_allowed_pairs_against_brute_force(stem, src, M, N):
-    a = _example(stem) if stem else compile_source(src)[0]
-    B, H, HK, D = 2, 4, 2, 8
-    q, k, v = (t.detach() for t in qkv(B, H, HK, M, N, D, D))
-    inputs = _inputs64(a, dict(B=B, H=H, HK=HK, M=M, N=N, D=D, DV=D), seed=3)
+    a, q, k, v, inputs = _pair_case(stem, src, M, N)
     want = int(selected_pairs(a, q, k, v, **inputs).sum())
     assert allowed_pairs(a, q, k, v, inputs, budget=100) == want  # chunks of a few rows, a short last one
     assert allowed_pairs(a, q, k, v, inputs) == want
@@ -412,10 +420,8 @@ def test_bench_bad_options(args, message, tmp_path):
 @pytest.mark.parametrize("M,N", [(1, 37), (5, 37)])
 def test_allowed_keys_against_brute_force(stem, src, M, N):
     """A key row counts once per (b, hk) when any query row of any head of the group may read it."""
-    a = _example(stem) if stem else compile_source(src)[0]
-    B, H, HK, D = 2, 4, 2, 8
-    q, k, v = (t.detach() for t in qkv(B, H, HK, M, N, D, D))
-    inputs = _inputs64(a, dict(B=B, H=H, HK=HK, M=M, N=N, D=D, DV=D), seed=3)
+    a, q, k, v, inputs = _pair_case(stem, src, M, N)
+    B, H, HK = PAIR_HEADS
     pairs = selected_pairs(a, q, k, v, **inputs).expand(B, H, M, N)
     want = int(pairs.any(dim=2).view(B, HK, H // HK, N).any(dim=2).sum())
     assert allowed_keys(a, q, k, v, inputs, budget=50) == want
