@@ -9,7 +9,8 @@ so every path from the score to a leaf is counted by exactly one kernel:
 
     row kernel (dq): frontiers have no key axis (query-side and program-level values);
                      pair-level tensor loads get atomic adds inside the loop
-    col kernel (dk, dv): frontiers depend on the key and not the query
+    col kernel (dk, dv): frontiers depend on the key and not the query; it works in the
+                         transposed 't' orientation (pair adjoints [BN, BM])
 
 Shapes follow :mod:`attngen.codegen.emit`.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import nodes as ir
-from .analysis import COL, ROW, axes
+from .analysis import COL, ROW, axes, is_pair
 from .emit import Emitter, _pow, vec_offs
 
 LN2 = 0.6931471805599453
@@ -29,15 +30,17 @@ _DOT_NOTES = {"vrow": "[BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_L] -> [BLOCK_M, BLOC
 
 
 def _shape(e: ir.Expr, orient: str) -> str:
-    """Layout class of a value: pair, row, col (pair layout), kcol ([BN, 1]), none, or v* for vectors."""
+    """Layout class of a value: pair, row, col (pair layout), kcol ([BN, 1]), none, v* for vectors;
+    in the transposed orientation tpair ([BN, BM]), trow ([1, BM]) and kcol."""
     a = axes(e)
     if e.ty.is_vec:
         return "vcol" if COL in a else "vrow" if ROW in a else "vnone"
+    t = orient == "t"
     if ROW in a and COL in a:
-        return "pair"
+        return "tpair" if t else "pair"
     if COL in a:
-        return "kcol" if orient == "k" else "col"
-    return "row" if ROW in a else "none"
+        return "kcol" if orient in ("k", "t") else "col"
+    return ("trow" if t else "row") if ROW in a else "none"
 
 
 def reduce_to(code: str, src: str, dst: str) -> str:
@@ -52,6 +55,8 @@ def reduce_to(code: str, src: str, dst: str) -> str:
         ("vrow", "row"): "tl.sum({}, axis=1)[:, None]", ("vcol", "kcol"): "tl.sum({}, axis=1)[:, None]",
         ("vrow", "vnone"): "tl.sum({}, axis=0)[None, :]", ("vcol", "vnone"): "tl.sum({}, axis=0)[None, :]",
         ("row", "pair"): "{}", ("col", "pair"): "{}", ("none", "row"): "{}",
+        ("tpair", "trow"): "tl.sum({}, axis=0)[None, :]", ("tpair", "kcol"): "tl.sum({}, axis=1)[:, None]",
+        ("trow", "tpair"): "{}", ("kcol", "tpair"): "{}", ("none", "trow"): "{}", ("trow", "row"): "tl.trans({})",
     }
     if (src, dst) not in table:
         raise AssertionError(f"cannot reduce an adjoint from {src} to {dst}")
@@ -94,7 +99,8 @@ class Differentiator:
         ``stop(node)`` nodes get ``on_stop(node, adj, layout)`` instead of being expanded.
         ``pair_guard`` (a boolean [BLOCK_M, BLOCK_N] tile) zeroes pair adjoints outside the allowed
         pairs: there a zero adjoint times a NaN/inf forward value (log of a masked-out
-        distance, say) would otherwise poison the sums.
+        distance, say) would otherwise poison the sums. Seeds come zeroed already, and a rule
+        that multiplies by no pair-level value keeps zeros zero, so those terms go unguarded.
         """
         order: list[ir.Expr] = []
         seen: set = set()
@@ -111,13 +117,16 @@ class Differentiator:
 
         for s in seeds:
             visit(s)
-        contrib: dict[ir.Expr, list[tuple[str, str]]] = {n: list(v) for n, v in seeds.items()}
+        # (code, layout, zero outside the allowed pairs)
+        contrib: dict[ir.Expr, list[tuple[str, str, bool]]] = {n: [(c, s, True) for c, s in v]
+                                                               for n, v in seeds.items()}
         for n in reversed(order):
             terms = contrib.get(n)
             if not terms:
                 continue
             shape = _shape(n, orient)
-            total = " + ".join(f"({reduce_to(self._guard(c, s, shape, pair_guard), s, shape)})" for c, s in terms)
+            total = " + ".join(f"({reduce_to(c if clean else self._guard(c, s, pair_guard), s, shape)})"
+                               for c, s, clean in terms)
             g = self.em.put(level, total, "g", _DOT_NOTES.get(shape, "") if "tl.dot(" in total else "")
             if stop(n):
                 on_stop(n, g, shape)
@@ -131,11 +140,12 @@ class Differentiator:
             for child, code, *layout in self._rules(n, g, orient, level):
                 if self.live(child) and want_child(child):
                     # a rule may give the contribution in the child's own layout
-                    contrib.setdefault(child, []).append((code, _shape(child, orient) if layout else shape))
+                    contrib.setdefault(child, []).append((code, _shape(child, orient) if layout else shape,
+                                                          _keeps_zeros(n, child)))
 
     @staticmethod
-    def _guard(code: str, src: str, dst: str, pair_guard: str | None) -> str:
-        if pair_guard and src == "pair":
+    def _guard(code: str, src: str, pair_guard: str | None) -> str:
+        if pair_guard and src in ("pair", "tpair"):
             return f"tl.where({pair_guard}, {code}, 0.0)"
         return code
 
@@ -247,25 +257,45 @@ class Differentiator:
         if not pair:
             # both operands on one side: g is [R, 1] (or scalar) against [R, L] rows
             side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
-            gk = reduce_to(g, "col", "kcol") if side_orient == "k" and _shape(n, orient) == "col" else g
+            shape = _shape(n, orient)  # g against [R, L] rows needs [R, 1]
+            gk = reduce_to(g, shape, {"col": "kcol", "trow": "row"}[shape]) if shape in ("col", "trow") else g
             av, bv = em.f32(a, side_orient), em.f32(b, side_orient)
             if n.fn == "dot":
                 return [(a, f"{gk} * {bv}", True), (b, f"{gk} * {av}", True)]
             return [(a, f"2.0 * {gk} * ({av} - {bv})", True), (b, f"-2.0 * {gk} * ({av} - {bv})", True)]
-        # a query-side [BM, L] and b key-side [BN, L]: contributions through matrix products
+        # a query-side [BM, L] and b key-side [BN, L]: contributions through matrix products;
+        # g is [BM, BN], or [BN, BM] in the transposed orientation
         dt = em.env.dot_dtype
+        g_mn, g_nm = (f"tl.trans({g})", g) if orient == "t" else (g, f"tl.trans({g})")
+        sum_m, sum_n = (0, 1) if orient == "t" else (1, 0)  # g's axis over keys, over queries
         out = []
         if n.fn == "dot":
-            out.append((a, f"tl.dot({g}.to({dt}), {em.value(b, 'k')}.to({dt}), input_precision=DOT_PRECISION)", True))
-            out.append((b, f"tl.dot(tl.trans({g}).to({dt}), {em.value(a)}.to({dt}), "
-                           f"input_precision=DOT_PRECISION)", True))
+            out.append((a, f"tl.dot({g_mn}.to({dt}), {em.value(b, 'k')}.to({dt}), input_precision=DOT_PRECISION)",
+                        True))
+            out.append((b, f"tl.dot({g_nm}.to({dt}), {em.value(a)}.to({dt}), input_precision=DOT_PRECISION)", True))
             return out
         av, bv = em.f32(a), em.f32(b, "k")
-        out.append((a, f"2.0 * (tl.sum({g}, axis=1)[:, None] * {av} - tl.dot({g}.to({dt}), {bv}.to({dt}), "
+        out.append((a, f"2.0 * (tl.sum({g}, axis={sum_m})[:, None] * {av} - tl.dot({g_mn}.to({dt}), {bv}.to({dt}), "
                        f"input_precision=DOT_PRECISION))", True))
-        out.append((b, f"2.0 * (tl.sum({g}, axis=0)[:, None] * {bv} - tl.dot(tl.trans({g}).to({dt}), "
+        out.append((b, f"2.0 * (tl.sum({g}, axis={sum_n})[:, None] * {bv} - tl.dot({g_nm}.to({dt}), "
                        f"{av}.to({dt}), input_precision=DOT_PRECISION))", True))
         return out
+
+
+def _keeps_zeros(n: ir.Expr, child: ir.Expr) -> bool:
+    """Whether ``n``'s rule gives ``child`` a zero wherever n's adjoint is zero, whatever the forward
+    values outside the allowed pairs: it uses no pair-level forward value (one may be inf or NaN
+    there, and 0 * inf is NaN)."""
+    if isinstance(n, (ir.Cast, ir.Unary)):
+        return True
+    if not isinstance(n, ir.Binary) or n.op not in ("add", "sub", "mul", "div"):
+        return False
+    if n.op in ("add", "sub"):
+        return True
+    used = [n.b] if child == n.a else [n.a, n.b] if n.op == "div" else [n.a]
+    if n.a == n.b:
+        used = [n.a]
+    return not any(is_pair(x) for x in used)
 
 
 def owned_by_row_kernel(n: ir.Expr) -> bool:

@@ -4,7 +4,9 @@ Layouts inside a kernel (``BM``/``BN`` = BLOCK_M/BLOCK_N, ``BL`` = a vector bloc
     query-side scalar  [BM, 1]      key-side scalar  [1, BN]     pair  [BM, BN]
     query-side vector  [BM, BL]     key-side vector  [BN, BL]    program-level: scalars / [1, BL]
 Key-side vector expressions are evaluated in the ``k`` orientation, where key-side
-scalars are laid out [BN, 1] so they broadcast against [BN, BL] rows.
+scalars are laid out [BN, 1] so they broadcast against [BN, BL] rows. The dk/dv kernel
+works on transposed tiles (the ``t`` orientation: pair [BN, BM], query-side scalar [1, BM],
+key-side scalar [BN, 1]), so that its products with the tile need no register transpose.
 
 Each value is emitted once (structural CSE) into the statement list of the level the
 kernel assigns to its dependence axes (hoisted out of loops where possible).
@@ -110,6 +112,7 @@ class Emitter:
     def row_sumsq(self, x: ir.Expr, orient: str, level: str) -> str:
         """sum(x * x) over each row [R, 1]; a column permutation does not change it, so the
         rotate-half copy of a row shares it."""
+        orient = self.orient_of(x, orient)
         v = self.f32(x, orient)
         return self.cached(("sumsq", x, orient), level, f"tl.sum({v} * {v}, axis=1)[:, None]", "sumsq")
 
@@ -126,11 +129,21 @@ class Emitter:
         return f"from {s.file.rsplit('/', 1)[-1]}:{s.line} {stage}".rstrip()
 
     # ---- values
+    @staticmethod
+    def orient_of(e: ir.Expr, orient: str) -> str:
+        """The layout ``e`` takes when asked for in ``orient`` ('pair', 'k' or 't', module doc):
+        vectors keep their rows ([BM, BL] or [BN, BL]); key-side scalars of transposed tiles are
+        laid out as in 'k'; values on neither side are the same everywhere."""
+        ax = axes(e)
+        if e.ty.is_vec:
+            return "k" if COL in ax else "pair"
+        if orient == "t":
+            return "t" if ROW in ax else "k" if COL in ax else "pair"
+        return orient if COL in ax else "pair"
+
     def value(self, e: ir.Expr, orient: str = "pair", perm: bool = False) -> str:
-        """Code name of ``e``'s value; ``orient`` is 'pair' or 'k' (key-side vectors)."""
-        if COL in axes(e) and e.ty.is_vec:
-            orient = "k"
-        key = (e, orient if COL in axes(e) else "pair", perm if e.ty.is_vec else False)
+        """Code name of ``e``'s value in the layout of ``orient`` (see ``orient_of``)."""
+        key = (e, self.orient_of(e, orient), perm if e.ty.is_vec else False)
         if key not in self.memo:
             self.memo[key] = self._emit(e, key[1], key[2])
         return self.memo[key]
@@ -173,7 +186,7 @@ class Emitter:
         if n == "j":
             return "j_k" if orient == "k" else "j_c"
         if n in ("i", "m"):
-            return f"{n}_r"
+            return f"{n}_c" if orient == "t" else f"{n}_r"
         return n  # b h hk, sizes, scale: kernel scalars
 
     def _row(self, e: ir.Row, perm: bool) -> str:
@@ -198,6 +211,7 @@ class Emitter:
         ``strides`` names another stride set (a gradient buffer's) for the same indices.
         """
         d = self.decls[e.name]
+        orient = self.orient_of(e, orient)
         strides = strides or f"{e.name}_s"
         terms, checks = [], []
         for pos, idx in enumerate(e.indices):
@@ -208,9 +222,9 @@ class Emitter:
                 checks.append(f"({code} >= 0) & ({code} < {dim})" if not nonneg(idx) else f"({code} < {dim})")
         ax = axes(e)
         if ROW in ax:
-            checks.append("rmask")
+            checks.append("rmask_c" if orient == "t" else "rmask")
         if COL in ax:
-            checks.append("cmask_k" if orient == "k" else "cmask")
+            checks.append("cmask_k" if orient in ("k", "t") else "cmask")
         if e.ty.is_vec:
             L = e.ty.length
             terms.append(f"{vec_offs(L, perm)}[None, :] * {strides}{len(e.indices)}")
@@ -270,28 +284,28 @@ class Emitter:
         if fn == "rope":
             return self._rope(e, orient, lvl, note)
         if fn == IN_LIST:
-            return self._in_list(e, lvl)
+            return self._in_list(e, orient, lvl)
         raise CodegenError(f"no code generator for {fn}()")
 
-    def _in_list(self, e: ir.Call, lvl: str) -> str:
+    def _in_list(self, e: ir.Call, orient: str, lvl: str) -> str:
         """``_in_list(b, hs, m, j, K)``: key j is in the ascending list of the K keys row (b, hs, m)
         selected (-1 after its last), for the tile's keys at ``start_n``; int64 offsets, as
-        B·H·M·K may pass 2^31."""
+        B·H·M·K may pass 2^31. Built as a [BM, BN] tile (transposed for the 't' layout)."""
         def index(x: ir.Expr) -> str:  # a constant 0: the one list of every head
             return str(x.value) if isinstance(x, ir.Const) else f"{self.value(x)}.to(tl.int64)"
 
         b, hs, m = (index(x) for x in e.args[:3])
         j, k = self.value(e.args[3]), e.args[4].value
         row = f"{SEL}_ptr + {b} * {SEL}_s0 + {hs} * {SEL}_s1 + {m} * {SEL}_s2"
-        return self.put(lvl, f"_in_list({row}, {SEL}_s3, start_n, {j}, rmask, {k}, {k.bit_length()}, BLOCK_M, "
-                        "BLOCK_N)", "sel")
+        tile = f"_in_list({row}, {SEL}_s3, start_n, {j}, rmask, {k}, {k.bit_length()}, BLOCK_M, BLOCK_N)"
+        return self.put(lvl, f"tl.trans({tile})" if orient == "t" else tile, "sel")
 
     def layout(self, rowsum: str, operand: ir.Expr, orient: str) -> str:
         """Place a per-row reduction [R] of a vector operand in the caller's scalar layout."""
         side = COL if COL in axes(operand) else ROW if ROW in axes(operand) else None
         if side is None:
             return f"tl.sum({rowsum}, axis=0)"
-        if side == COL and orient == "pair":
+        if (side == COL and orient == "pair") or (side == ROW and orient == "t"):
             return f"{rowsum}[None, :]"
         return f"{rowsum}[:, None]"
 
@@ -306,16 +320,21 @@ class Emitter:
         a, b, pair = self.sides(e)
         if pair:
             A = f"{self.value(a)}.to({self.env.dot_dtype})"
-            Bt = f"tl.trans({self.value(b, 'k')}.to({self.env.dot_dtype}))"
+            Bk = f"{self.value(b, 'k')}.to({self.env.dot_dtype})"
             L = vec_block(a.ty.length)
-            qk = self.put(lvl, f"tl.dot({A}, {Bt}, input_precision=DOT_PRECISION)", "dot",
-                          f"[BLOCK_M, {L}] @ [{L}, BLOCK_N] -> [BLOCK_M, BLOCK_N]; {note}")
+            if orient == "t":
+                qk = self.put(lvl, f"tl.dot({Bk}, tl.trans({A}), input_precision=DOT_PRECISION)", "dot",
+                              f"[BLOCK_N, {L}] @ [{L}, BLOCK_M] -> [BLOCK_N, BLOCK_M]; {note}")
+            else:
+                qk = self.put(lvl, f"tl.dot({A}, tl.trans({Bk}), input_precision=DOT_PRECISION)", "dot",
+                              f"[BLOCK_M, {L}] @ [{L}, BLOCK_N] -> [BLOCK_M, BLOCK_N]; {note}")
             if e.fn == "dot":
                 return qk
             an = self.f32(a)
             bn = self.f32(b, "k")
-            return self.put(lvl, f"tl.sum({an} * {an}, axis=1)[:, None] + tl.sum({bn} * {bn}, axis=1)[None, :]"
-                            f" - 2.0 * {qk}", "sqdist", note)
+            q_sq, k_sq = f"tl.sum({an} * {an}, axis=1)", f"tl.sum({bn} * {bn}, axis=1)"
+            sq = f"{k_sq}[:, None] + {q_sq}[None, :]" if orient == "t" else f"{q_sq}[:, None] + {k_sq}[None, :]"
+            return self.put(lvl, f"{sq} - 2.0 * {qk}", "sqdist", note)
         side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
         x, y = self.f32(a, side_orient), self.f32(b, side_orient)
         body = f"({x} * {y})" if e.fn == "dot" else f"(({x} - {y}) * ({x} - {y}))"
@@ -324,16 +343,18 @@ class Emitter:
 
     def row_norm(self, x: ir.Expr, orient: str, level: str) -> str:
         """‖x‖ of each row [R, 1]."""
+        orient = self.orient_of(x, orient)
         return self.cached(("norm", x, orient), level, f"tl.sqrt({self.row_sumsq(x, orient, level)})", "nrm")
 
     def rms_scale(self, e: ir.Call, orient: str, level: str) -> str:
         """rsqrt(mean(x²) + 1e-6) of ``rmsnorm(x, w)``, per row [R, 1]."""
+        orient = self.orient_of(e.args[0], orient)
         sumsq = self.row_sumsq(e.args[0], orient, level)
         return self.cached(("rms", e.args[0], orient), level, f"tl.rsqrt({sumsq} / {e.ty.length} + 1e-6)", "rms")
 
     def rope_tables(self, e: ir.Call, orient: str, lvl: str) -> tuple[str, str]:
         """cos and sin of the rotation angles of ``rope(x, pos, base)``, shaped like x."""
-        orient = orient if COL not in axes(e) else "k"
+        orient = self.orient_of(e, orient)
         pos = self.f32(e.args[1], orient)
         log2_base = math.log2(float(e.args[2].value))
         L = e.ty.length

@@ -5,7 +5,9 @@ Kernels (all over tiles of BLOCK_M query rows and BLOCK_N keys):
     fwd    program (query tile, b, h), loop over key tiles: o, lse / row statistic
     pre    program (query tile, b, h): out-stage backward, delta = sum_j p dp, sink gradient
     dq     program (query tile, b, h), loop over key tiles: dq and query-side input gradients
-    dkdv   program (key tile, b, hk), loops over the group's heads and query tiles: dk, dv
+    dkdv   program (key tile, b, hk), loops over the group's heads and query tiles: dk, dv;
+           its tiles are transposed ([BLOCK_N, BLOCK_M], emit's 't' orientation), as its products
+           take the tile's keys as rows: dv += p^T do, dk += ds^T q with no register transpose
 """
 
 from __future__ import annotations
@@ -184,36 +186,38 @@ def preprocess(plan: Plan) -> Blocks:
     return bl
 
 
-def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks) -> dict[str, str]:
-    """Score and mask of a tile (into 'inner'), and the weights' value (into 'inner_w')."""
+def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str = "pair") -> dict[str, str]:
+    """Score and mask of a tile (into 'inner'), and the weights' value (into 'inner_w');
+    ``orient`` 't': transposed tiles (the dk/dv kernel)."""
     a = plan.attn
     # softmax works on log2(e) * score (exp2_scores pass); the natural score only where named
     uses_score = a.weights is not None and ir.uses(a.weights, "score")
-    out = {"s": em.f32(a.score2 if a.score2 is not None else a.score), "mask": ""}
+    out = {"s": em.f32(a.score2 if a.score2 is not None else a.score, orient), "mask": ""}
     if not is_pair(a.score):
-        out["s_fill"] = " + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)"  # broadcast to a tile
+        tile = "BLOCK_N, BLOCK_M" if orient == "t" else "BLOCK_M, BLOCK_N"
+        out["s_fill"] = f" + tl.zeros([{tile}], dtype=tl.float32)"  # broadcast to a tile
     if a.mask is not None:
         # mask-only values go to 'inner_mask', which only partial tiles run; forgetting them
         # afterwards keeps later stages from naming a value that full tiles never compute
         saved, known = env.level_of, set(em.memo)
         env.level_of = lambda ax: "inner_mask" if saved(ax) == "inner" else saved(ax)
-        out["mask"] = em.value(a.mask)
+        out["mask"] = em.value(a.mask, orient)
         env.level_of = saved
         only_partial = bl.stmts_names("inner_mask")
         for key in set(em.memo) - known:
             if em.memo[key] in only_partial:
                 del em.memo[key]
     if a.weights is not None:
-        env.binds.update(p="p", score=em.f32(a.score) if uses_score and a.score2 is not None else "s")
+        env.binds.update(p="p", score=em.f32(a.score, orient) if uses_score and a.score2 is not None else "s")
         saved = env.level_of
         env.level_of = lambda ax: "inner_w" if COL in ax else saved(ax)
-        out["w"] = em.f32(a.weights)
+        out["w"] = em.f32(a.weights, orient)
         env.level_of = saved
     return out
 
 
 def _loop_backward(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, level_of, on_stop, sinks: GradSinks,
-                   want) -> None:
+                   want, orient: str = "pair") -> None:
     """Inside the key (or query) loop: weights backward (dw -> dp, ds_w), then score backward (ds).
 
     ``level_of(part)`` is the kernel's placement with the loop part ``part``;
@@ -222,14 +226,15 @@ def _loop_backward(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, level_of
     diff = Differentiator(em, plan.wants_grad)
     stop = lambda n: not is_pair(n)  # noqa: E731
     a = plan.attn
+    tile = "tpair" if orient == "t" else "pair"
     if a.weights is not None:
         env.level_of = level_of("inner_wb")
-        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_wb", stop,
+        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", tile)]}, orient, "inner_wb", stop,
                       on_stop("inner_wb"), sinks, want, "allowed")
         bl.vars["dp"] = sinks.bound.get("p", "0.0")
         bl.vars["ds_w"] = sinks.bound.get("score", "")
     env.level_of = level_of("inner_s")
-    diff.backprop({a.score: [("ds", "pair")]}, "pair", "inner_s", stop, on_stop("inner_s"), sinks, want,
+    diff.backprop({a.score: [("ds", tile)]}, orient, "inner_s", stop, on_stop("inner_s"), sinks, want,
                   "allowed")
 
 
@@ -269,7 +274,7 @@ def dkdv_kernel(plan: Plan) -> Blocks:
 
     env = KernelEnv(plan.attn, level("inner"), bl.stmts)
     em = Emitter(env, "c")
-    bl.vars.update(_recompute(em, env, plan, bl))
+    bl.vars.update(_recompute(em, env, plan, bl, "t"))
     acc_h: dict = {}  # key-side frontiers that depend on the query head: reset per head
     acc_p: dict = {}
     sinks = _grad_sink(plan, em, "dkdv")
@@ -277,13 +282,12 @@ def dkdv_kernel(plan: Plan) -> Blocks:
     per_prog = _frontier(acc_p, bl, "init", "acc_c")
 
     def on_stop(part: str):
-        def f(n, g, shape):
-            g, shape = (reduce_to(g, shape, "kcol"), "kcol") if shape == "col" else (g, shape)
+        def f(n, g, shape):  # key-side frontiers of transposed tiles are kcol already
             (per_head if HEAD in axes(n) else per_prog)(n, g, shape, part)
         return f
 
     _loop_backward(em, env, plan, bl, level_of=level, on_stop=on_stop, sinks=sinks,
-                   want=lambda c: is_pair(c) or owned_by_col_kernel(c))
+                   want=lambda c: is_pair(c) or owned_by_col_kernel(c), orient="t")
     env.level_of = lambda ax: "post_h" if HEAD in ax else "outer"
     _post_backward(em, plan, acc_h, "k", "post_h", sinks)
     env.level_of = lambda ax: "post"
