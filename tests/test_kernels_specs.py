@@ -48,6 +48,14 @@ attention functions {
     norm = sigmoid
     out = o * sigmoid(g[b, h, m]) + max(o, 0.0) * 0.1
 }""",
+    # factors that are inf on the zero rows and keys padding a tile (1 / norm of a zero row): the
+    # backward must not let 0 * inf reach dk, dq or the scalar's gradient, which sum over them
+    "padded_rows": """
+attention padded_rows {
+    input t: f32
+    score = dot(q, k) * scale / norm(q) * t + 0.1 / norm(k) + 0.01 * t * j / norm(q)
+    mask = causal
+}""",
 }
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import nodes as ir
-from .analysis import COL, ROW, axes, is_pair
+from .analysis import COL, ROW, axes
 from .emit import Emitter, _pow, vec_offs
 
 LN2 = 0.6931471805599453
@@ -284,8 +284,8 @@ class Differentiator:
 
 def _keeps_zeros(n: ir.Expr, child: ir.Expr) -> bool:
     """Whether ``n``'s rule gives ``child`` a zero wherever n's adjoint is zero, whatever the forward
-    values outside the allowed pairs: it uses no pair-level forward value (one may be inf or NaN
-    there, and 0 * inf is NaN)."""
+    values outside the allowed pairs: it uses no forward value that varies by row or key (one may be
+    inf or NaN there, on a padded row or key too, and 0 * inf is NaN)."""
     if isinstance(n, (ir.Cast, ir.Unary)):
         return True
     if not isinstance(n, ir.Binary) or n.op not in ("add", "sub", "mul", "div"):
@@ -295,7 +295,7 @@ def _keeps_zeros(n: ir.Expr, child: ir.Expr) -> bool:
     used = [n.b] if child == n.a else [n.a, n.b] if n.op == "div" else [n.a]
     if n.a == n.b:
         used = [n.a]
-    return not any(is_pair(x) for x in used)
+    return not any({ROW, COL} & axes(x) for x in used)
 
 
 def owned_by_row_kernel(n: ir.Expr) -> bool:

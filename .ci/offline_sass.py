@@ -1,0 +1,241 @@
+"""Static sm_90a SASS counts of attngen's generated kernels, compiled without a GPU.
+
+Between GPU sessions this is the proxy for "did that template change make the hot loop cheaper?".
+For each spec it generates the module through attngen, compiles the chosen kernels for
+GPUTarget("cuda", 90, 32) with the module's first fixed CUDA config (the ATTNGEN_AUTOTUNE=0
+default), and specializes the arguments as Triton's launcher does for contiguous
+[B, H, S, D] = [4, 16, 4096, 128] bf16 tensors (H == HK). From triton's own ptxas run and the cubin
+it reports shared memory, registers, spill bytes, the whole kernel's SASS instruction count and, for
+each tile loop (an innermost loop that issues HGMMA), the instructions of one iteration. --hand adds
+the hand-written causal backward kernels of .ci/bwd_experiment.py at the same tile configs. Specs
+whose kernels read a per-call top-k selection (loki, moba, nsa_select, ...) are not supported.
+
+Caveats: the counts come from this environment's triton and its bundled ptxas; the H200 sessions
+run triton 3.6, whose pipeliner and ptxas can differ (register allocation and spills especially).
+Instruction counts are not timings: compare them between versions of the same kernel.
+
+  PYTHONPATH=. python .ci/offline_sass.py                           # examples/causal_gqa.attn
+  PYTHONPATH=. python .ci/offline_sass.py --hand                    # plus the hand-written kernels
+  PYTHONPATH=. python .ci/offline_sass.py examples/sliding_window.attn --kernels fwd
+  PYTHONPATH=. python .ci/offline_sass.py --dump causal_gqa_bwd_dkdv   # also the SASS of its loops
+"""
+import argparse
+import collections
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)  # read at import: under it, @triton.jit gives uncompilable functions
+# triton 3.6 (the GPU's) fuses multiply-adds by default; 3.9 warns that its default will change
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
+
+import attngen  # noqa: E402
+from attngen.spec import compile_file  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = GPUTarget("cuda", 90, 32)
+B, H, S, D = 4, 16, 4096, 128
+
+INS = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?);")
+LABEL = re.compile(r"^(\.L_x_\d+):")
+SRC_LINE = re.compile(r'//## File "[^"]+", line (\d+)')
+COLUMNS = {  # per-iteration opcode groups of the table: prefixes of the SASS opcode
+    "HGMMA": ("HGMMA",), "MUFU": ("MUFU",), "FSEL/FSETP": ("FSEL", "FSETP"), "R2UR": ("R2UR",),
+    "STL/LDL": ("STL", "LDL"),
+}
+
+
+def compile_as_launched(fn, args, kwargs):
+    """triton.compile of fn for TARGET with the signature, constexprs and divisibility attributes that
+    JITFunction.run derives from these launch arguments. Returns the kernel and ptxas's -v report."""
+    backend = make_backend(TARGET)
+    bound, specialization, _ = create_function_from_signature(fn.signature, fn.params, backend)(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, None)
+    # triton prints ptxas's report (registers, spills) only if asked, and only when it runs ptxas
+    triton.knobs.nvidia.dump_ptxas_log = True
+    triton.knobs.compilation.always_compile = True
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET,
+                                options=options.__dict__)
+    return kernel, log.getvalue()
+
+
+def plain_tensors():
+    """The tensors of a plain [B, H, S, D] bf16 call (torch.empty: nothing is touched or allocated)."""
+    bf, f32 = torch.bfloat16, torch.float32
+    t = {n: torch.empty(B, H, S, D, dtype=bf) for n in ("q", "k", "v", "o", "do", "dq", "dk", "dv")}
+    t.update(lse=torch.empty(B, H, S, dtype=f32), delta=torch.empty(B, H, S, dtype=f32), one=torch.empty(1, dtype=f32),
+             lists=torch.empty(1, dtype=torch.int32))
+    return t
+
+
+def generated(mod, name, kernels, t):
+    """(kernel name, jit function, args, kwargs) of the chosen kernels of attention `name` in mod."""
+    fwds, bwds, common = mod._config_of(D, D, torch.bfloat16, "cuda")
+    configs = {"fwd": fwds[0], "bwd_dq": bwds[0]["dq"], "bwd_dkdv": bwds[0]["dkdv"]}
+    sizes = {"B": B, "H": H, "HK": H, "M": S, "N": S, "D": D, "DV": D, "TQ": S}
+    # call-time inputs, shaped as declared, with their gradients off (inputs without requires_grad)
+    decls = getattr(mod, f"_{name.upper()}_INPUTS")
+    xs = {n: torch.empty([sizes.get(d, d) for d in dims], dtype=mod._TORCH_DTYPES[dtype])
+          for n, (dtype, dims) in decls.items()}
+    flags = dict(TILE_HEADS=1, VARLEN=False, **{f"GRAD_{n}": False for n in decls})
+    # the backward's arguments; the forward takes the same list (its launcher passes o for do, and so on).
+    # The int32 tile lists stand in for a data-dependent mask's (masks bounded in closed form ignore them).
+    try:
+        args = getattr(mod, f"_{name}_args")(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"],
+                                             t["delta"], t["one"], t["one"], t["lists"], t["lists"], (t["q"], t["q"]),
+                                             t["dq"], t["dk"], t["dv"], xs, xs, sizes, D ** -0.5)
+    except KeyError as err:  # an input the wrapper computes per call, such as a top-k selection's _sel
+        sys.exit(f"{name}: the kernels read the internal input {err}, which this tool does not build")
+    jobs = []
+    for kind in kernels:
+        fn = getattr(mod, f"{name}_{kind}", None)
+        if fn is None:
+            sys.exit(f"the generated module has no kernel {name}_{kind}")
+        kw = {k: v for k, v in flags.items() if k in fn.arg_names}
+        jobs.append((f"{name}_{kind}", fn, args, {**configs[kind], **common, **kw}))
+    return jobs, bwds[0]
+
+
+def hand_written(cfg, kernels, t):
+    """The hand-written _dkdv_kernel / _dq_kernel of .ci/bwd_experiment.py with the tile configs of
+    attngen's backward config cfg."""
+    spec = importlib.util.spec_from_file_location("bwd_experiment", os.path.join(ROOT, ".ci", "bwd_experiment.py"))
+    hw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hw)
+    q, k, v, do, lse, delta = (t[n] for n in ("q", "k", "v", "do", "lse", "delta"))
+    jobs = []
+    if "bwd_dkdv" in kernels:  # dk stands in for the DQA buffer that ATOMIC=False leaves unused, as in its bench
+        args = [q, k, v, do, lse, delta, t["dk"], t["dv"], t["dk"], S, D ** -0.5]
+        jobs.append(("_dkdv_kernel", hw._dkdv_kernel, args, dict(cfg["dkdv"], D=D, ATOMIC=False, EVEN=True)))
+    if "bwd_dq" in kernels:
+        jobs.append(("_dq_kernel", hw._dq_kernel, [q, k, v, do, lse, delta, t["dq"], S, D ** -0.5],
+                     dict(cfg["dq"], D=D, EVEN=True)))
+    return jobs
+
+
+def disassemble(cubin, tmp):
+    """[(address, opcode, source line, text)] of the cubin's SASS, and {label: address}."""
+    path = os.path.join(tmp, "kernel.cubin")
+    with open(path, "wb") as f:
+        f.write(cubin)
+    text = subprocess.run([triton.knobs.nvidia.nvdisasm.path, "-c", "-gi", path], capture_output=True, text=True,
+                          check=True).stdout
+    ins, labels, pending, line, after_line = [], {}, [], None, False
+    for raw in text.splitlines():
+        if m := LABEL.match(raw.strip()):
+            pending.append(m.group(1))
+        elif m := SRC_LINE.search(raw):
+            if not after_line:  # of a run of //## lines, the first is the innermost (inlined) location
+                line = int(m.group(1))
+            after_line = True
+        elif m := INS.match(raw):
+            after_line = False
+            addr = int(m.group(1), 16)
+            labels.update((lab, addr) for lab in pending)
+            pending = []
+            ins.append((addr, m.group(2), line, raw.strip()))
+    return ins, labels
+
+
+def tile_loops(ins, labels):
+    """(first, last address) of each loop that issues HGMMA and holds no other such loop. A loop is
+    a backward branch; nested spin-waits or an enclosing head loop do not hide the tile loops."""
+    spans = {}
+    for addr, op, _, raw in ins:
+        target = re.search(r"(\.L_x_\d+)", raw)
+        if op.startswith("BRA") and target and labels.get(target.group(1), addr + 1) <= addr:
+            lo = labels[target.group(1)]
+            spans[lo] = max(addr, spans.get(lo, addr))
+    hot = [(lo, hi) for lo, hi in spans.items() if any(lo <= a <= hi and op.startswith("HGMMA") for a, op, *_ in ins)]
+    return sorted(s for s in hot if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in hot))
+
+
+def ptxas_report(log):
+    """(registers, spill store bytes, spill load bytes) from ptxas -v."""
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return int(regs.group(1)), int(spills.group(1)), int(spills.group(2))
+
+
+def row(name, kernel, log, tmp):
+    """Table lines of one kernel: its totals on the first, one line per tile loop."""
+    ins, labels = disassemble(kernel.asm["cubin"], tmp)
+    regs, st, ld = ptxas_report(log)
+    head = [name, kernel.metadata.shared, regs, f"{st}/{ld}", len(ins)]
+    loops = tile_loops(ins, labels)
+    if not loops:
+        return [head + ["-"] * (2 + len(COLUMNS))], (ins, loops)
+    lines = []
+    for i, (lo, hi) in enumerate(loops):
+        cells = head if i == 0 else [""] * len(head)
+        ops = collections.Counter(op for a, op, *_ in ins if lo <= a <= hi)
+        groups = ["/".join(str(sum(n for op, n in ops.items() if op.startswith(p))) for p in prefixes)
+                  for prefixes in COLUMNS.values()]
+        lines.append(cells + [f"{lo:#06x}", sum(ops.values()), *groups])
+    return lines, (ins, loops)
+
+
+def print_table(lines):
+    header = ["kernel", "shared B", "regs", "spill st/ld B", "SASS", "loop at", "instr/iter", *COLUMNS]
+    lines = [header] + [[str(c) for c in line] for line in lines]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("specs", nargs="*", default=["examples/causal_gqa.attn"], metavar="SPEC.attn")
+    ap.add_argument("--kernels", default="bwd_dkdv,bwd_dq,fwd", help="comma-separated: of fwd, bwd_dq, bwd_dkdv")
+    ap.add_argument("--hand", action="store_true", help="add the hand-written backward kernels of the first spec's "
+                                                         "tile configs (.ci/bwd_experiment.py)")
+    ap.add_argument("--dump", metavar="KERNEL", help="print the SASS of this kernel's tile loops (source lines: of "
+                                                     "the module `python -m attngen show --triton SPEC` prints)")
+    opts = ap.parse_args()
+    kernels = opts.kernels.split(",")
+    unknown = set(kernels) - {"fwd", "bwd_dq", "bwd_dkdv"}
+    if unknown:
+        ap.error(f"unknown kernels: {', '.join(sorted(unknown))}")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["ATTNGEN_CACHE_DIR"] = tmp  # generate the modules afresh, and leave nothing behind
+        t, jobs, first_cfg = plain_tensors(), [], None
+        for spec in opts.specs:
+            for attn in compile_file(spec):
+                more, cfg = generated(attngen.load(spec, attn.name).module, attn.name, kernels, t)
+                jobs += more
+                first_cfg = first_cfg or cfg
+        if opts.hand:
+            jobs += hand_written(first_cfg, kernels, t)
+        table, dumps = [], {}
+        for name, fn, args, kwargs in jobs:
+            kernel, log = compile_as_launched(fn, args, kwargs)
+            lines, dumps[name] = row(name, kernel, log, tmp)
+            table += lines
+    print(f"sm_90a, triton {triton.__version__}, [B, H, S, D] = [{B}, {H}, {S}, {D}] bf16; "
+          f"per loop: instructions per iteration, per warp")
+    print_table(table)
+    if opts.dump:
+        if opts.dump not in dumps:
+            sys.exit(f"--dump: no kernel {opts.dump}; compiled: {', '.join(dumps)}")
+        ins, loops = dumps[opts.dump]
+        for lo, hi in loops:
+            print(f"\n{opts.dump}: loop {lo:#06x}-{hi:#06x} (source line, SASS)")
+            for addr, _, line, raw in ins:
+                if lo <= addr <= hi:
+                    print(f"{line or '':>6}  {raw}")
+
+
+if __name__ == "__main__":
+    main()
