@@ -89,7 +89,7 @@ def generated(mod, name, kernels, t):
     decls = getattr(mod, f"_{name.upper()}_INPUTS")
     xs = {n: torch.empty([sizes.get(d, d) for d in dims], dtype=mod._TORCH_DTYPES[dtype])
           for n, (dtype, dims) in decls.items()}
-    flags = dict(TILE_HEADS=1, VARLEN=False, **{f"GRAD_{n}": False for n in decls})
+    flags = dict(TILE_HEADS=1, GROUP=1, VARLEN=False, **{f"GRAD_{n}": False for n in decls})
     # the backward's arguments; the forward takes the same list (its launcher passes o for do, and so on).
     # The int32 tile lists stand in for a data-dependent mask's (masks bounded in closed form ignore them).
     try:

@@ -41,9 +41,10 @@ def _params(plan: Plan) -> str:
 
 
 def _constexprs(plan: Plan) -> str:
-    # head dims are compile-time: masks on full-width rows fold away and loads vectorize
+    # head dims are compile-time: masks on full-width rows fold away and loads vectorize; so is the
+    # GQA group size (H // HK): the dk/dv kernel's loop over a group's heads folds away for one head
     names = ["D", "DV", "BLOCK_M", "BLOCK_N", *(vec_block(L) for L in plan.vec_lengths), "DOT_DTYPE",
-             "DOT_PRECISION", "SCAN", "TILE_HEADS", "VARLEN", "PAGED", "PAGE_SIZE", "PACK",
+             "DOT_PRECISION", "SCAN", "TILE_HEADS", "GROUP", "VARLEN", "PAGED", "PAGE_SIZE", "PACK",
              "MERGE_M"]
     names += [f"GRAD_{d.name}" for d in plan.float_inputs]
     return ",\n    ".join(f"{n}: tl.constexpr" for n in names)
