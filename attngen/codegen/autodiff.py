@@ -96,7 +96,10 @@ class Differentiator:
                  pair_guard: str | None = None) -> None:
         """Emit adjoint code from ``seeds`` ({node: [(code, layout)]}) down to leaves or stop nodes.
 
-        ``stop(node)`` nodes get ``on_stop(node, adj, layout)`` instead of being expanded.
+        ``stop(node)`` nodes get ``on_stop(node, adj, layout, factor)`` instead of being expanded:
+        their adjoint is ``adj * factor`` when factor (the code of a value that varies by neither row,
+        key nor head) is not None. A product with such a value passes it down instead of multiplying
+        every element of a tile by it, so a frontier can apply it once, after the loop.
         ``pair_guard`` (a boolean [BLOCK_M, BLOCK_N] tile) zeroes pair adjoints outside the allowed
         pairs: there a zero adjoint times a NaN/inf forward value (log of a masked-out
         distance, say) would otherwise poison the sums. Seeds come zeroed already, and a rule
@@ -117,31 +120,53 @@ class Differentiator:
 
         for s in seeds:
             visit(s)
-        # (code, layout, zero outside the allowed pairs)
-        contrib: dict[ir.Expr, list[tuple[str, str, bool]]] = {n: [(c, s, True) for c, s in v]
-                                                               for n, v in seeds.items()}
+        # (code, layout, zero outside the allowed pairs, a global factor still to multiply or None)
+        contrib: dict[ir.Expr, list[tuple[str, str, bool, str | None]]] = {
+            n: [(c, s, True, None) for c, s in v] for n, v in seeds.items()}
         for n in reversed(order):
             terms = contrib.get(n)
             if not terms:
                 continue
             shape = _shape(n, orient)
-            total = " + ".join(f"({reduce_to(c if clean else self._guard(c, s, pair_guard), s, shape)})"
-                               for c, s, clean in terms)
+            factor = terms[0][3] if all(t[3] == terms[0][3] for t in terms) else None
+            total = " + ".join(f"({self._term(t, shape, pair_guard, factor)})" for t in terms)
             g = self.em.put(level, total, "g", _DOT_NOTES.get(shape, "") if "tl.dot(" in total else "")
             if stop(n):
-                on_stop(n, g, shape)
+                on_stop(n, g, shape, factor)
                 continue
+            if factor is not None and isinstance(n, (ir.Sym, ir.Row, ir.Load, ir.Param)):
+                g, factor = self.em.put(level, f"{g} * {factor}", "g"), None
             if isinstance(n, ir.Sym):
                 sinks.bound[n.name] = g
                 continue
             if isinstance(n, (ir.Row, ir.Load, ir.Param)):
                 sinks.leaf(n, g, orient, level)
                 continue
+            pulled = self._global_factor(n) if factor is None else None
             for child, code, *layout in self._rules(n, g, orient, level):
                 if self.live(child) and want_child(child):
-                    # a rule may give the contribution in the child's own layout
-                    contrib.setdefault(child, []).append((code, _shape(child, orient) if layout else shape,
-                                                          _keeps_zeros(n, child)))
+                    # every rule is linear in g: a pending factor passes to the children unchanged
+                    term = (code, _shape(child, orient) if layout else shape, _keeps_zeros(n, child), factor)
+                    if pulled is not None and child == pulled[0]:
+                        term = (g, shape, True, pulled[1])
+                    contrib.setdefault(child, []).append(term)
+
+    def _global_factor(self, n: ir.Expr) -> tuple[ir.Expr, str] | None:
+        """(x, code of c) when ``n`` is x * c with c a float that varies by neither row, key nor head
+        (the softmax scale, a scalar input): x's adjoint is then g with c still to multiply."""
+        if not (isinstance(n, ir.Binary) and n.op == "mul") or n.a == n.b:
+            return None
+        for x, c in ((n.a, n.b), (n.b, n.a)):
+            if c.ty.kind == "float" and not axes(c):
+                return x, self.em.f32(c)
+        return None
+
+    def _term(self, t: tuple, shape: str, pair_guard: str | None, factor: str | None) -> str:
+        """One contribution in the node's layout; its own factor multiplied in unless the node
+        keeps it pending (``factor``)."""
+        code, src, clean, own = t
+        code = reduce_to(code if clean else self._guard(code, src, pair_guard), src, shape)
+        return code if own is None or own == factor else f"{code} * {own}"
 
     @staticmethod
     def _guard(code: str, src: str, pair_guard: str | None) -> str:

@@ -118,18 +118,28 @@ def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var:
 
 
 def _frontier(acc: dict, blocks: Blocks, init_level: str, prefix: str):
-    """Accumulate a frontier node's adjoint across the loop: ``update(node, adj, layout, level)``
-    declares the accumulator (in ``init_level``) on first use and adds into it in ``level``."""
+    """Accumulate frontier nodes' adjoints across the loop: ``update(node, adj, layout, level, factor)``
+    records one (its value adj * factor), ``flush()`` declares each accumulator (in ``init_level``)
+    and adds its updates in their levels. A factor every update of a node shares stays out of the
+    loop: ``acc`` maps node -> (name, layout, factor), the accumulator's value being name * factor."""
+    pending: dict[ir.Expr, list[tuple[str, str, str, str | None]]] = {}
 
-    def update(n: ir.Expr, g: str, shape: str, level: str) -> None:
-        if n not in acc:
-            name = f"{prefix}{len(acc)}"
-            acc[n] = (name, shape)
+    def update(n: ir.Expr, g: str, shape: str, level: str, factor: str | None) -> None:
+        pending.setdefault(n, []).append((g, shape, level, factor))
+
+    def flush() -> None:
+        for n, updates in pending.items():
+            name, shape = f"{prefix}{len(acc)}", updates[0][1]
+            common = updates[0][3] if all(u[3] == updates[0][3] for u in updates) else None
+            acc[n] = (name, shape, common)
             blocks.stmts[init_level].append(f"{name} = {_zeros(shape, n)}")
-        name, ashape = acc[n]
-        blocks.stmts[level].append(f"{name} += {reduce_to(g, shape, ashape)}")
+            for g, gshape, level, factor in updates:
+                code = reduce_to(g, gshape, shape)
+                scaled = code if factor is None or factor == common else f"{code} * {factor}"
+                blocks.stmts[level].append(f"{name} += {scaled}")
+        pending.clear()
 
-    return update
+    return update, flush
 
 
 def forward(plan: Plan) -> Blocks:
@@ -180,7 +190,7 @@ def preprocess(plan: Plan) -> Blocks:
             env.level_of = lambda ax: "inner_w" if COL in ax else "outer"
             sinks = GradSinks(lambda *args: None)
             inner_w.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_w",
-                             lambda n: not is_pair(n), lambda n, g, s: None, sinks, want_child=is_pair,
+                             lambda n: not is_pair(n), lambda n, g, s, f: None, sinks, want_child=is_pair,
                              pair_guard="allowed")
             bl.vars["dp"] = sinks.bound.get("p", "0.0")
     return bl
@@ -241,8 +251,8 @@ def _loop_backward(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, level_of
 def _post_backward(em: Emitter, plan: Plan, acc: dict, orient: str, level: str, sinks: GradSinks) -> None:
     """After the loop: differentiate the accumulated frontier adjoints down to the leaves."""
     if acc:
-        Differentiator(em, plan.wants_grad).backprop({n: [(name, shape)] for n, (name, shape) in acc.items()},
-                                                     orient, level, lambda n: False, None, sinks)
+        seeds = {n: [(f"{name} * {factor}" if factor else name, shape)] for n, (name, shape, factor) in acc.items()}
+        Differentiator(em, plan.wants_grad).backprop(seeds, orient, level, lambda n: False, None, sinks)
 
 
 def dq_kernel(plan: Plan) -> Blocks:
@@ -254,11 +264,12 @@ def dq_kernel(plan: Plan) -> Blocks:
     bl.vars.update(_recompute(em, env, plan, bl))
     acc: dict = {}
     sinks = _grad_sink(plan, em, "dq", bl=bl)
-    update = _frontier(acc, bl, "init", "acc_r")
+    update, flush = _frontier(acc, bl, "init", "acc_r")
     _loop_backward(em, env, plan, bl,
                    level_of=lambda part: (lambda ax: part if COL in ax else "outer"),
-                   on_stop=lambda part: (lambda n, g, shape: update(n, g, shape, part)),
+                   on_stop=lambda part: (lambda n, g, shape, factor: update(n, g, shape, part, factor)),
                    sinks=sinks, want=lambda c: is_pair(c) or owned_by_row_kernel(c))
+    flush()
     env.level_of = lambda ax: "post"
     _post_backward(em, plan, acc, "pair", "post", sinks)
     return bl
@@ -278,16 +289,18 @@ def dkdv_kernel(plan: Plan) -> Blocks:
     acc_h: dict = {}  # key-side frontiers that depend on the query head: reset per head
     acc_p: dict = {}
     sinks = _grad_sink(plan, em, "dkdv")
-    per_head = _frontier(acc_h, bl, "init_h", "acc_h")
-    per_prog = _frontier(acc_p, bl, "init", "acc_c")
+    per_head, flush_head = _frontier(acc_h, bl, "init_h", "acc_h")
+    per_prog, flush_prog = _frontier(acc_p, bl, "init", "acc_c")
 
     def on_stop(part: str):
-        def f(n, g, shape):  # key-side frontiers of transposed tiles are kcol already
-            (per_head if HEAD in axes(n) else per_prog)(n, g, shape, part)
+        def f(n, g, shape, factor):  # key-side frontiers of transposed tiles are kcol already
+            (per_head if HEAD in axes(n) else per_prog)(n, g, shape, part, factor)
         return f
 
     _loop_backward(em, env, plan, bl, level_of=level, on_stop=on_stop, sinks=sinks,
                    want=lambda c: is_pair(c) or owned_by_col_kernel(c), orient="t")
+    flush_head()
+    flush_prog()
     env.level_of = lambda ax: "post_h" if HEAD in ax else "outer"
     _post_backward(em, plan, acc_h, "k", "post_h", sinks)
     env.level_of = lambda ax: "post"
