@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import attngen
+from attngen.codegen.tiles import band
 from attngen.passes.pipeline import run_pipeline
 from attngen.spec import compile_source
 from attngen.verify import assert_close, compare
@@ -31,7 +32,14 @@ SPECS = {
     "weights_window": "input a: f32[B, H, M]\n mask = i - j < 45 and j <= i\n weights = a[b, h, m] * p",
     "alibi_chunk": "input slopes: f32[H]\n score = dot(q, k) * scale + slopes[h] * (j - i)\n"
                    " mask = j // 40 <= i // 40",
+    # bands (constant bounds on i - j): tile ranges in closed form, keys ahead of the row included
+    "band_ahead": "mask = j - i <= 37 and i - j <= 21",
+    "anti_causal": "mask = j >= i",
+    "strict_past": "mask = i - j >= 3\n norm = sigmoid",
 }
+#: the bands the kernels get their ranges for in closed form (None: unbounded on that side)
+BANDS = {"window": (0, 39), "band_ahead": (-37, 21), "anti_causal": (None, 0), "strict_past": (3, None),
+         "stick_window": (0, 49), "weights_window": (0, 44), "chunked": None, "sinks_window": None}
 SHAPES = {"square": dict(M=150, N=150), "short": dict(M=41, N=150)}
 
 
@@ -41,6 +49,12 @@ def test_tiles(name, shape):
     a = compile_source(f"attention {name} {{\n {SPECS[name]}\n}}", f"{name}.attn")[0]
     assert run_pipeline(a).tiles is not None
     assert_close(compare(a, B=1, H=2, HK=1, D=16, DV=16, **SHAPES[shape]))
+
+
+@pytest.mark.parametrize("name", sorted(BANDS))
+def test_band_detection(name):
+    a = run_pipeline(compile_source(f"attention {name} {{\n {SPECS[name]}\n}}", f"{name}.attn")[0])
+    assert band(a.mask) == BANDS[name]
 
 
 def _doc_inputs(M=96, N=150, seed=0):

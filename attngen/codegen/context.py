@@ -77,7 +77,11 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
     """What the kernels do for this spec, for the module's header (``attngen show --triton``)."""
     a = plan.attn
     kind = tiles.tiles_kind(a)
-    notes = [f"tiles: {_TILE_NOTES[kind]}", "forward: one program per query tile and head"]
+    tile_note = _TILE_NOTES[kind]
+    bounds = tiles.band(a.mask) if kind == "static" else None
+    if bounds is not None:
+        tile_note += f"; the band {bounds[0]} <= i - j <= {bounds[1]} gives each program its ranges directly"
+    notes = [f"tiles: {tile_note}", "forward: one program per query tile and head"]
     if splittable:
         notes.append("decoding (M <= 16): split-KV, each row's keys over several programs, partial results merged "
                      "exactly by the row statistics" + ("; the heads of a GQA group share one tile when G*M <= 32"

@@ -6,7 +6,11 @@ mask and ``[f_lo, f_hi)`` without it; tiles outside ``[lo, hi)`` are never visit
 
     none     no mask: every tile is full but a ragged last one
     static   the pass's closed forms ``tiles.any`` / ``tiles.all``, evaluated by each program
-             over all tile indices at once (``SCAN`` tiles a step), no per-call data
+             over all tile indices at once (``SCAN`` tiles a step), no per-call data; for a
+             band mask (constant bounds on i - j: causal, windows) the ranges themselves in
+             closed form, from the program id and sizes alone, so they stay warp-uniform (a
+             SCAN's reductions are not: ptxas then keeps the loop and pipeline counters in
+             vector registers, moving them to uniform ones for every wgmma)
     dynamic  per-call lists of partial and full tiles, written by a generated classification
              kernel from per-tile extremes of the mask's tensor inputs (document ids, flags)
     masked   a mask the pass cannot bound: every tile, with the mask
@@ -34,12 +38,14 @@ def tiles_kind(a: ir.Attention) -> str:
 @dataclass
 class TileCode:
     """Statements evaluating ``tiles.any`` / ``tiles.all`` over a box bound to ti_lo, ti_hi, tj_lo,
-    tj_hi (scalars or [SCAN] vectors), and the names of the two results."""
+    tj_hi (scalars or [SCAN] vectors), and the names of the two results; ``band``: the mask is
+    ``lo <= i - j <= hi`` (None: unbounded on that side)."""
 
     kind: str
     stmts: str = "pass"
     any: str = "True"
     all: str = "False"
+    band: tuple[int | None, int | None] | None = None
 
 
 def static_code(a: ir.Attention) -> TileCode:
@@ -50,7 +56,53 @@ def static_code(a: ir.Attention) -> TileCode:
     env = KernelEnv(a, lambda ax: "scan", {"scan": lines}, binds=dict(_BOX))
     em = Emitter(env, "z")
     any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
-    return TileCode(kind, statements(lines), any_, all_)
+    return TileCode(kind, statements(lines), any_, all_, band(a.mask))
+
+
+def band(mask: ir.Expr) -> tuple[int | None, int | None] | None:
+    """(lo, hi) when ``mask`` is a conjunction of comparisons that bound i - j by integer constants
+    (``j <= i``, ``i - j < W``, ...), lo <= hi; else None."""
+    lo, hi = None, None
+    for c in _conjuncts(mask):
+        if not (isinstance(c, ir.Binary) and c.op in ("lt", "le", "gt", "ge")):
+            return None
+        d = _affine(ir.Binary("sub", c.a, c.b, c.a.ty))  # c.a - c.b = s * (i - j) + k
+        if d is None or set(d) - {"i", "j", 1} or d.get("i") not in (1, -1) or d.get("j") != -d["i"]:
+            return None
+        s, k = d["i"], d.get(1, 0)
+        op = c.op if s == 1 else {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[c.op]
+        bound = -k if s == 1 else k  # i - j (op) bound
+        if op in ("lt", "le"):
+            hi = min(x for x in (hi, bound - (op == "lt")) if x is not None)
+        else:
+            lo = max(x for x in (lo, bound + (op == "gt")) if x is not None)
+    if lo is not None and hi is not None and lo > hi:
+        return None
+    return lo, hi
+
+
+def _conjuncts(e: ir.Expr) -> list[ir.Expr]:
+    if isinstance(e, ir.Binary) and e.op == "and":
+        return _conjuncts(e.a) + _conjuncts(e.b)
+    return [e]
+
+
+def _affine(e: ir.Expr) -> dict | None:
+    """{"i": a, "j": b, 1: k} for an integer expression a*i + b*j + k, or None."""
+    if isinstance(e, ir.Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return {1: e.value}
+    if isinstance(e, ir.Sym) and e.name in ("i", "j"):
+        return {e.name: 1}
+    if isinstance(e, ir.Unary) and e.op == "neg":
+        x = _affine(e.x)
+        return None if x is None else {n: -v for n, v in x.items()}
+    if isinstance(e, ir.Binary) and e.op in ("add", "sub"):
+        x, y = _affine(e.a), _affine(e.b)
+        if x is None or y is None:
+            return None
+        sign = 1 if e.op == "add" else -1
+        return {n: x.get(n, 0) + sign * y.get(n, 0) for n in set(x) | set(y)}
+    return None
 
 
 class _TileEmitter(Emitter):
