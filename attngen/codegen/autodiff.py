@@ -55,8 +55,7 @@ def reduce_to(code: str, src: str, dst: str) -> str:
         ("vrow", "row"): "tl.sum({}, axis=1)[:, None]", ("vcol", "kcol"): "tl.sum({}, axis=1)[:, None]",
         ("vrow", "vnone"): "tl.sum({}, axis=0)[None, :]", ("vcol", "vnone"): "tl.sum({}, axis=0)[None, :]",
         ("row", "pair"): "{}", ("col", "pair"): "{}", ("none", "row"): "{}",
-        ("tpair", "trow"): "tl.sum({}, axis=0)[None, :]", ("tpair", "kcol"): "tl.sum({}, axis=1)[:, None]",
-        ("trow", "tpair"): "{}", ("kcol", "tpair"): "{}", ("none", "trow"): "{}", ("trow", "row"): "tl.trans({})",
+        ("tpair", "kcol"): "tl.sum({}, axis=1)[:, None]",  # the dk/dv kernel wants no query-side node
     }
     if (src, dst) not in table:
         raise AssertionError(f"cannot reduce an adjoint from {src} to {dst}")
@@ -282,8 +281,7 @@ class Differentiator:
         if not pair:
             # both operands on one side: g is [R, 1] (or scalar) against [R, L] rows
             side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
-            shape = _shape(n, orient)  # g against [R, L] rows needs [R, 1]
-            gk = reduce_to(g, shape, {"col": "kcol", "trow": "row"}[shape]) if shape in ("col", "trow") else g
+            gk = reduce_to(g, "col", "kcol") if _shape(n, orient) == "col" else g  # [R, 1] against [R, L] rows
             av, bv = em.f32(a, side_orient), em.f32(b, side_orient)
             if n.fn == "dot":
                 return [(a, f"{gk} * {bv}", True), (b, f"{gk} * {av}", True)]
