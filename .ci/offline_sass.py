@@ -18,6 +18,7 @@ Instruction counts are not timings: compare them between versions of the same ke
   PYTHONPATH=. python .ci/offline_sass.py --hand                    # plus the hand-written kernels
   PYTHONPATH=. python .ci/offline_sass.py examples/sliding_window.attn --kernels fwd
   PYTHONPATH=. python .ci/offline_sass.py --dump causal_gqa_bwd_dkdv   # also the SASS of its loops
+  PYTHONPATH=. python .ci/offline_sass.py examples/stickbreaking.attn --head-dim 16
 """
 import argparse
 import collections
@@ -196,6 +197,7 @@ def print_table(lines):
 
 
 def main():
+    global D
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("specs", nargs="*", default=["examples/causal_gqa.attn"], metavar="SPEC.attn")
     ap.add_argument("--kernels", default="bwd_dkdv,bwd_dq,fwd", help="comma-separated: of fwd, bwd_dq, bwd_dkdv")
@@ -203,7 +205,9 @@ def main():
                                                          "tile configs (.ci/bwd_experiment.py)")
     ap.add_argument("--dump", metavar="KERNEL", help="print the SASS of this kernel's tile loops (source lines: of "
                                                      "the module `python -m attngen show --triton SPEC` prints)")
+    ap.add_argument("--head-dim", type=int, default=D, help="D and DV of the tensors (default %(default)s)")
     opts = ap.parse_args()
+    D = opts.head_dim
     kernels = opts.kernels.split(",")
     unknown = set(kernels) - {"fwd", "bwd_dq", "bwd_dkdv"}
     if unknown:

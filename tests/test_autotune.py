@@ -53,12 +53,23 @@ def test_fastest_config_is_chosen_and_remembered(module, monkeypatch):
     assert module._autotune("k1", cands, lambda c: pytest.fail("re-timed")) == {"BLOCK_M": 2}
 
 
-def test_configs_that_do_not_fit_are_skipped(module, monkeypatch):
+@pytest.mark.parametrize("error", [triton.runtime.errors.OutOfResources(1, 0, "shared memory"),
+                                   triton.runtime.errors.PTXASError("ptxas failed with error code -11")])
+def test_configs_that_do_not_fit_are_skipped(module, monkeypatch, error):
     def run(c):
         if c["BLOCK_M"] == 1:
-            raise triton.runtime.errors.OutOfResources(1, 0, "shared memory")
+            raise error
     monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn() or 1.0)
     assert module._autotune("k2", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], run) == {"BLOCK_M": 2}
+
+
+def test_narrow_heads_default_to_small_backward_tiles(module):
+    """triton 3.6's ptxas crashed on a 128-row dq tile at D = 16 (stick-breaking, 8 warps)."""
+    import torch
+    narrow = module._config_of(16, 16, torch.bfloat16, "cuda")[1]
+    wide = module._config_of(128, 128, torch.bfloat16, "cuda")[1]
+    assert narrow[0]["dq"]["BLOCK_M"] == 64 and narrow[0]["dq"]["num_warps"] == 4
+    assert wide[0]["dq"]["BLOCK_M"] == 128 and sorted(map(str, narrow)) == sorted(map(str, wide))
 
 
 def test_corrupt_tuning_file_is_ignored(module, monkeypatch):
