@@ -47,6 +47,12 @@ class TileCode:
     all: str = "False"
     band: tuple[int | None, int | None] | None = None
 
+    @property
+    def heavy_last(self) -> bool:
+        """Keys bounded above by the row and not below (causal): the last query tiles see the most
+        key tiles, so the query-tile kernels start them first and the short ones fill the tail."""
+        return self.band is not None and self.band[0] is not None and self.band[1] is None
+
 
 def static_code(a: ir.Attention) -> TileCode:
     kind = tiles_kind(a)
