@@ -113,6 +113,11 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     u = _blocks(kernels.preprocess(plan), _VAR_KEYS)
     r = _blocks(kernels.dq_kernel(plan), _VAR_KEYS)
     c = _blocks(kernels.dkdv_kernel(plan), _VAR_KEYS)
+    for blk in (r, c):
+        # softmax's and sigmoid's ds is p times a finite value, so 0 wherever p is (masked pairs, rows past
+        # M), unless a weights stage feeds dp or ds: then partial tiles select it again. One select
+        # fewer also keeps `allowed` from staying live across the products (bit-packed, ~170 LOP3)
+        blk["ds_select"] = not (plan.norm in ("softmax", "sigmoid") and not blk["dp"] and not blk["ds_w"])
     # the public inputs; the kernels' argument list also has the internal selection (_args)
     all_inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
     inputs = [x for x in all_inputs if x["name"] != select.SEL]
