@@ -47,9 +47,9 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def compare(a: ir.Attention, B=2, H=4, HK=2, M=67, N=67, D=40, DV=24, dtype=torch.float32, device="cpu",
-            seed=0) -> dict:
+            seed=0, scale=None) -> dict:
     """Relative errors of o and every gradient: kernel vs float64 reference, and the low-precision
-    reference vs float64 (the yardstick the kernel's error is judged by)."""
+    reference vs float64 (the yardstick the kernel's error is judged by). ``scale``: the call's."""
     gen = torch.Generator().manual_seed(seed)
     fn = TritonAttention(a)
     ref = ReferenceAttention(a)
@@ -66,7 +66,7 @@ def compare(a: ir.Attention, B=2, H=4, HK=2, M=67, N=67, D=40, DV=24, dtype=torc
         leaves = {n: cast(base[n]).detach().requires_grad_(True) for n in names}
         args = {**{n: (cast(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x)
                    for n, x in xs.items()}, **leaves}
-        o = f(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+        o = f(args.pop("q"), args.pop("k"), args.pop("v"), scale=scale, **args)
         o.backward(cast(do))
         return o.detach(), {n: leaves[n].grad for n in names}
 

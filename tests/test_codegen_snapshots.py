@@ -1,4 +1,4 @@
-"""Snapshots of generated modules for four examples, one with token top-k (tests/golden/gen_*.py.txt),
+"""Snapshots of generated modules for five examples, one with token top-k (tests/golden/gen_*.py.txt),
 so that any change to the generated code is seen and reviewed."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from golden import check_golden
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize("stem", ["alibi_window", "qknorm_rope", "affine_weights", "krause"])
+@pytest.mark.parametrize("stem", ["causal_gqa", "alibi_window", "qknorm_rope", "affine_weights", "krause"])
 def test_generated_source(stem):
     source = (EXAMPLES / f"{stem}.attn").read_text()
     name = f"examples/{stem}.attn"  # relative, so the snapshot does not depend on the checkout's path

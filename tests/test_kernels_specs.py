@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+from attngen.codegen.kernels import scaled_dot
+from attngen.codegen.plan import make_plan
+from attngen.passes.pipeline import run_pipeline
 from attngen.spec import compile_source
 from attngen.verify import assert_close, compare
 
@@ -64,3 +67,25 @@ def test_spec(name):
     a = compile_source(SPECS[name], f"{name}.attn")[0]
     assert_close(compare(a, M=67, N=67, D=40, DV=24))
     assert_close(compare(a, B=1, H=2, HK=1, M=5, N=67, D=32, DV=32, seed=1))
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0, 0.7])
+def test_scale_of_any_sign(scale):
+    """The forward scales dot(q, k) after its running max, which needs a positive factor: a negative
+    scale runs as -q with -scale, a zero one as a tiny factor, and both must match the reference."""
+    a = compile_source("attention signed { mask = causal }", "signed.attn")[0]
+    assert scaled_dot(make_plan(run_pipeline(a)).attn) is not None
+    assert_close(compare(a, M=67, N=50, D=40, DV=24, scale=scale))
+
+
+@pytest.mark.parametrize("src, fast", [
+    ("mask = causal", True),
+    ("score = dot(q, k) * scale * 0.5", True),
+    ("score = dot(q, k) * scale * -0.5", False),  # the factor's sign is not the scale's
+    ("score = dot(q, k) * scale\n norm = softmax(sink = scale)", False),  # -scale would change the sink
+    ("q = l2norm(q)", False),  # -q through a prologue is not always the negated score
+    ("score = dot(q, k) * scale + 0.1 * (j - i)", False),
+])
+def test_scaled_dot_detection(src, fast):
+    a = compile_source(f"attention t {{\n {src}\n}}", "t.attn")[0]
+    assert (scaled_dot(make_plan(run_pipeline(a)).attn) is not None) == fast

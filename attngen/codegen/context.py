@@ -62,7 +62,7 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-_VAR_KEYS = ("s", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out")
+_VAR_KEYS = ("s", "s_scale", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out")
 
 
 _TILE_NOTES = {
@@ -146,7 +146,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
-        decls=repr(decls), selection=selection,
+        decls=repr(decls), selection=selection, scaled_dot=kernels.scaled_dot(a) is not None,
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
         fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
