@@ -45,6 +45,27 @@ def test_block_selection_matches_the_reference(path, shape):
     assert_close(compare(a, B=2, H=4, HK=2, D=16, DV=16, **SHAPES[shape]))
 
 
+MASKS = {  # which blocks hold an allowed key: in closed form (no mask, bands) or key by key (the last)
+    "no_mask": "select = topk(2, by = dot(q, kmean), block = 8)",
+    "window": "mask = window(20)\n select = topk(2, by = dot(q, kmean), block = 8)",
+    "keys_ahead": "mask = j - i <= 5\n select = topk(2, by = dot(q, kmean), block = 8, keep = jb == 0)",
+    "not_a_band": "mask = causal or j < 4\n select = topk(3, by = dot(q, kmean) - 0.1 * jb, block = 8)",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_block_selection_under_each_kind_of_mask(name, shape):
+    src = f"attention t {{\n {MASKS[name]}\n}}"
+    a = compile_source(src)[0]
+    fn = attngen.jit(src)
+    q, k, v = _qkv(2, 2, 1, **SHAPES[shape])
+    sel = fn.module.t_selected(q, k)
+    want = selected_pairs(a, q.double(), k.double(), v.double())
+    mine = sel.repeat_interleave(8, dim=-1)[..., :k.shape[2]]
+    assert torch.equal(mine & _mask_pairs(a, q, k, v), want)
+
+
 def _mask_pairs(a, q, k, v):
     """Pairs the mask alone allows [B, H, M, N] (the reference with the selection taken off)."""
     return selected_pairs(replace(a, select=None), q.double(), k.double(), v.double())

@@ -10,8 +10,10 @@ Block top-k:
     kmean   program (key block, b, hk): the mean of the block's keys after the prologue
             -> KM [B, HK, NBP, BLOCK_D] float32
     select  program (query tile, b, head or GQA group): ``by`` for every block of every row, which
-            blocks have an allowed key, ``keep``; the top K of the other allowed blocks by a sort
-            of (candidate, by, -jb) keys -> SEL [B, H or HK, M, NB] bool
+            blocks have an allowed key (in closed form for no mask or a band mask, else key by key),
+            ``keep``; the top K of the other allowed blocks: the K-th largest by found by bisection
+            on its order-preserving 32-bit key (31 count passes), ties to the smaller block
+            -> SEL [B, H or HK, M, NB] bool
     lowered mask: ``mask and _sel[b, h or hk, m, j // BS]``
 Rows hold all NB blocks at once ([BLOCK_M, NBP] registers), so NB is capped (``MAX_BLOCKS``).
 
@@ -85,6 +87,7 @@ class SelectCode:
     keep: str
     inner: str  # per key offset t of every block: the mask over [BLOCK_M, NBP]
     mask: str
+    any_closed: str  # "some key of block jb is allowed" over [BLOCK_M, NBP] in closed form; "": key by key
 
 
 def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
@@ -105,7 +108,25 @@ def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
     menv = KernelEnv(a, lambda ax: "inner" if COL in ax else "blk", {"inner": inner, "blk": blk},
                      binds={"j": "j_t"})
     mask = Emitter(menv, "y").value(a.mask) if a.mask is not None else "True"
-    return SelectCode(statements(km_lines), k_code, statements(blk), by, keep, statements(inner), mask)
+    return SelectCode(statements(km_lines), k_code, statements(blk), by, keep, statements(inner), mask,
+                      _any_closed(a))
+
+
+def _any_closed(a: ir.Attention) -> str:
+    """Whether block jb (keys jb*BS .. min(jb*BS + BS, N) - 1) holds a key the mask allows row i, exactly,
+    when the mask is absent or a band lo <= i - j <= hi (keys i - hi .. i - lo); "" otherwise."""
+    terms = ["rmask", "(jb_c * BS < N)"]
+    if a.mask is not None:
+        bounds = tiles.band(a.mask)
+        if bounds is None:
+            return ""
+        lo, hi = bounds
+        row = lambda c: "i_r" if c == 0 else f"i_r - ({c})"  # noqa: E731
+        if lo is not None:
+            terms.append(f"(jb_c * BS <= {row(lo)})")
+        if hi is not None:
+            terms.append(f"(tl.minimum(jb_c * BS + BS, N) - 1 >= {row(hi)})")
+    return " & ".join(terms)
 
 
 def token_heads(a: ir.Attention) -> str:
