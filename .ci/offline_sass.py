@@ -8,7 +8,8 @@ default), and specializes the arguments as Triton's launcher does for contiguous
 it reports shared memory, registers, spill bytes, the whole kernel's SASS instruction count and, for
 each tile loop (an innermost loop that issues HGMMA), the instructions of one iteration. --hand adds
 the hand-written causal backward kernels of .ci/bwd_experiment.py at the same tile configs. Specs
-whose kernels read a per-call top-k selection (loki, moba, nsa_select, ...) are not supported.
+whose attention kernels read a per-call top-k selection (loki, moba, nsa_select, ...) are not supported; the
+select kernel of a block top-k spec is (--kernels select).
 
 Caveats: the counts come from this environment's triton and its bundled ptxas; the H200 sessions
 run triton 3.6, whose pipeliner and ptxas can differ (register allocation and spills especially).
@@ -19,6 +20,7 @@ Instruction counts are not timings: compare them between versions of the same ke
   PYTHONPATH=. python .ci/offline_sass.py examples/sliding_window.attn --kernels fwd
   PYTHONPATH=. python .ci/offline_sass.py --dump causal_gqa_bwd_dkdv   # also the SASS of its loops
   PYTHONPATH=. python .ci/offline_sass.py examples/stickbreaking.attn --head-dim 16
+  PYTHONPATH=. python .ci/offline_sass.py examples/moba.attn -D BLOCK=64 -D TOPK=15 --kernels select --seq 16384
 """
 import argparse
 import collections
@@ -109,6 +111,22 @@ def generated(mod, name, kernels, t):
     return jobs, bwds[0]
 
 
+def block_select(mod, name, select, t):
+    """(kernel name, jit function, args, kwargs) of a block top-k spec's select kernel (``select``: its IR
+    stage), launched as the module's _choose launches it."""
+    if select is None or not select.block:
+        sys.exit(f"{name}: no block selection, so no select kernel")
+    common = mod._config_of(D, D, torch.bfloat16, "cuda")[2]
+    sizes = {"B": B, "H": H, "HK": H, "M": S, "N": S, "D": D, "DV": D, "TQ": S}
+    nb = -(-S // select.block)
+    nbp = max(16, 1 << (nb - 1).bit_length())
+    sel = torch.empty(B, H, S, nb, dtype=torch.bool)
+    km = torch.empty(B * H * nbp, common["BLOCK_D"], dtype=torch.float32)
+    args, flags = getattr(mod, f"_{name}_select_args")(t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
+    kw = dict(BLOCK_M=16, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share, **flags)
+    return [(f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, nb], kw)]
+
+
 def hand_written(cfg, kernels, t):
     """The hand-written _dkdv_kernel / _dq_kernel of .ci/bwd_experiment.py with the tile configs of
     attngen's backward config cfg."""
@@ -197,29 +215,39 @@ def print_table(lines):
 
 
 def main():
-    global D
+    global D, S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("specs", nargs="*", default=["examples/causal_gqa.attn"], metavar="SPEC.attn")
-    ap.add_argument("--kernels", default="bwd_dkdv,bwd_dq,fwd", help="comma-separated: of fwd, bwd_dq, bwd_dkdv")
+    ap.add_argument("--kernels", default="bwd_dkdv,bwd_dq,fwd",
+                    help="comma-separated: of fwd, bwd_dq, bwd_dkdv, select (block top-k specs)")
+    ap.add_argument("-D", dest="consts", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a const of the specs (repeatable)")
     ap.add_argument("--hand", action="store_true", help="add the hand-written backward kernels of the first spec's "
                                                          "tile configs (.ci/bwd_experiment.py)")
     ap.add_argument("--dump", metavar="KERNEL", help="print the SASS of this kernel's tile loops (source lines: of "
                                                      "the module `python -m attngen show --triton SPEC` prints)")
     ap.add_argument("--head-dim", type=int, default=D, help="D and DV of the tensors (default %(default)s)")
+    ap.add_argument("--seq", type=int, default=S, help="S, query rows and keys (default %(default)s)")
     opts = ap.parse_args()
-    D = opts.head_dim
+    D, S = opts.head_dim, opts.seq
     kernels = opts.kernels.split(",")
-    unknown = set(kernels) - {"fwd", "bwd_dq", "bwd_dkdv"}
+    unknown = set(kernels) - {"fwd", "bwd_dq", "bwd_dkdv", "select"}
     if unknown:
         ap.error(f"unknown kernels: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ATTNGEN_CACHE_DIR"] = tmp  # generate the modules afresh, and leave nothing behind
         t, jobs, first_cfg = plain_tensors(), [], None
+        consts = {n: int(v) for n, v in (c.split("=", 1) for c in opts.consts)}
+        attention = [k for k in kernels if k != "select"]
         for spec in opts.specs:
-            for attn in compile_file(spec):
-                more, cfg = generated(attngen.load(spec, attn.name).module, attn.name, kernels, t)
-                jobs += more
-                first_cfg = first_cfg or cfg
+            for attn in compile_file(spec, consts):
+                mod = attngen.load(spec, attn.name, consts=consts).module
+                if "select" in kernels:
+                    jobs += block_select(mod, attn.name, attn.select, t)
+                if attention:
+                    more, cfg = generated(mod, attn.name, attention, t)
+                    jobs += more
+                    first_cfg = first_cfg or cfg
         if opts.hand:
             jobs += hand_written(first_cfg, kernels, t)
         table, dumps = [], {}
