@@ -1,5 +1,6 @@
 """The generated module's autotuner: picks the fastest config, remembers it on disk, survives a
-corrupt tuning file, skips configs that do not fit, and ATTNGEN_AUTOTUNE=0 takes the default."""
+corrupt tuning file, skips configs that do not fit, and ATTNGEN_AUTOTUNE=0 takes the default; and
+its launcher, which retries a config that does not fit or that ptxas cannot assemble."""
 
 from __future__ import annotations
 
@@ -90,3 +91,43 @@ def test_cache_dir_set_after_import_is_honoured(module, monkeypatch, tmp_path):
     monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn() or 1.0)
     module._autotune("k5", [{"BLOCK_M": 1}, {"BLOCK_M": 2}], lambda c: None)
     assert "k5" in json.loads((tmp_path / "later" / os.path.basename(module._tune_file())).read_text())
+
+
+class _Kernel:
+    """kernel[grid](*args, **config): fails with ``error`` while ``fails(config)``, records the configs."""
+
+    __name__ = "fake_kernel"
+
+    def __init__(self, error, fails):
+        self.error, self.fails, self.configs = error, fails, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **config):
+            self.configs.append(config)
+            if self.fails(config):
+                raise self.error
+            return "launched"
+        return launch
+
+
+CFG = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+
+
+def test_a_config_that_does_not_fit_is_retried_smaller(module):
+    k = _Kernel(triton.runtime.errors.OutOfResources(1, 0, "shared memory"), lambda c: c["num_stages"] > 1)
+    assert module._launch(k, (1,), lambda c: [], CFG) == "launched"
+    assert [c["num_stages"] for c in k.configs] == [3, 1]
+
+
+def test_a_ptxas_crash_is_retried_with_a_warning(module):
+    k = _Kernel(triton.runtime.errors.PTXASError("ptxas failed with error code -11"), lambda c: c["BLOCK_M"] > 32)
+    with pytest.warns(RuntimeWarning, match="ptxas failed on fake_kernel"):
+        assert module._launch(k, (1,), lambda c: [], CFG) == "launched"
+    assert [(c["num_stages"], c["BLOCK_M"]) for c in k.configs] == [(3, 128), (1, 128), (1, 32)]
+
+
+def test_a_config_that_never_fits_raises(module):
+    k = _Kernel(triton.runtime.errors.OutOfResources(1, 0, "shared memory"), lambda c: True)
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        module._launch(k, (1,), lambda c: [], CFG)
+    assert len(k.configs) == 3
