@@ -50,6 +50,8 @@ MASKS = {  # which blocks hold an allowed key: in closed form (no mask, bands) o
     "window": "mask = window(20)\n select = topk(2, by = dot(q, kmean), block = 8)",
     "keys_ahead": "mask = j - i <= 5\n select = topk(2, by = dot(q, kmean), block = 8, keep = jb == 0)",
     "not_a_band": "mask = causal or j < 4\n select = topk(3, by = dot(q, kmean) - 0.1 * jb, block = 8)",
+    # a block that is not a whole number of key tiles (the block-sparse forward's tiles end inside it)
+    "odd_block": "mask = causal\n select = topk(2, by = dot(q, kmean), block = 12)",
 }
 
 
@@ -62,8 +64,9 @@ def test_block_selection_under_each_kind_of_mask(name, shape):
     q, k, v = _qkv(2, 2, 1, **SHAPES[shape])
     sel = fn.module.t_selected(q, k)
     want = selected_pairs(a, q.double(), k.double(), v.double())
-    mine = sel.repeat_interleave(8, dim=-1)[..., :k.shape[2]]
+    mine = sel.repeat_interleave(a.select.block, dim=-1)[..., :k.shape[2]]
     assert torch.equal(mine & _mask_pairs(a, q, k, v), want)
+    assert_close(compare(a, B=2, H=2, HK=1, D=16, DV=16, **SHAPES[shape]))
 
 
 def _mask_pairs(a, q, k, v):
@@ -87,3 +90,14 @@ def test_too_many_blocks_is_a_clear_error():
     q, k, v = _qkv(1, 1, 1, 3, 300)
     with pytest.raises(ValueError, match="up to 256 blocks per row, this call has 300"):
         fn(q, k, v)
+
+
+@pytest.mark.parametrize("extra, sparse", [
+    ("", True),
+    ("weights = p * 0.5", False),  # a weights stage needs the final lse: the dense forward
+    ("norm = sigmoid", False),
+])
+def test_which_specs_take_the_block_sparse_forward(extra, sparse):
+    fn = attngen.jit(f"attention t {{\n mask = causal\n select = topk(2, by = dot(q, kmean), block = 8)\n {extra}\n}}")
+    assert hasattr(fn.module, "t_attend") == sparse
+    assert ("block-sparse forward: the attend kernel" in " ".join(fn.module.__doc__.split())) == sparse

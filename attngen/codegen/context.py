@@ -6,7 +6,7 @@ import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
-from . import kernels, select, tiles
+from . import gather, kernels, select, tiles
 from .emit import vec_block
 from .plan import Plan
 
@@ -98,6 +98,11 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
         notes.append(f"selection: {'block' if sel.block else 'token'} top-{sel.k} made per call by "
                      + ("the kmean and select kernels" if sel.block else "the topk kernel (index lists)")
                      + ", folded into the mask; no gradient through by")
+        if sel.block:
+            notes.append("block-sparse forward: the attend kernel visits only the chosen blocks, the merge kernel "
+                         "combines a row's blocks; the backward runs the dense kernels with the choice in the mask"
+                         if gather.eligible(plan) else "forward: the dense kernel with the choice in the mask "
+                         "(the block-sparse forward takes softmax without weights, out, sink or per-call tile lists)")
     return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
 
 
@@ -142,7 +147,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         heads = plan.select_code.heads if sel.block is None else "HK" if sel.share else "H"
         selection = {"block": sel.block, "k": sel.k, "share": sel.share, "heads": heads,
                      "heads_size": "1" if heads == "1" else f'sizes["{heads}"]',
-                     "code": render_kernel(template, s=plan.select_code, **base)}
+                     "code": render_kernel(template, s=plan.select_code, **base),
+                     "gather": render_kernel("gather.py.jinja", f=_blocks(gather.forward_blocks(plan), _VAR_KEYS),
+                                             **base) if gather.eligible(plan) else ""}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,

@@ -174,14 +174,16 @@ def scaled_dot(a: ir.Attention) -> tuple[ir.Expr, ir.Expr] | None:
     return dots[0], ir.Binary("mul", scales[0], ir.Const(literal, FLOAT), FLOAT)
 
 
-def forward(plan: Plan) -> Blocks:
+def forward(plan: Plan, split_scale: bool = True) -> Blocks:
+    """``split_scale``: a ``scaled_dot`` score as the raw dot and its factor (the module then passes a
+    positive scale)."""
     bl = Blocks()
     for n in ("outer", "inner", "inner_mask", "inner_w", "epi"):
         bl.stmts[n] = []
     env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
     em = Emitter(env, "f")
     a = plan.attn
-    bl.vars.update(_recompute(em, env, plan, bl, split_scale=True))
+    bl.vars.update(_recompute(em, env, plan, bl, split_scale=split_scale))
     if a.norm.sink is not None:
         bl.vars["sink"] = em.f32(a.norm.sink)
     if a.out is not None:
