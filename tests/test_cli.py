@@ -214,7 +214,7 @@ def test_compile_writes_a_standalone_module(files):
     text = out.read_text()
     imported = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else n.module.split(".")[0]
                 for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.Import, ast.ImportFrom))}
-    assert imported <= {"difflib", "functools", "json", "math", "os", "sys", "warnings", "torch", "triton"}, imported
+    assert imported <= {"collections", "difflib", "functools", "json", "math", "os", "sys", "warnings", "torch", "triton"}, imported
     assert "def causal(q, k, v" in text and "def win(q, k, v" in text
     assert "Constants: WINDOW=4" in text and "attention win {" in text
 

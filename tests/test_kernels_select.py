@@ -45,11 +45,12 @@ def test_block_selection_matches_the_reference(path, shape):
     assert_close(compare(a, B=2, H=4, HK=2, D=16, DV=16, **SHAPES[shape]))
 
 
-MASKS = {  # which blocks hold an allowed key: in closed form (no mask, bands) or key by key (the last)
+MASKS = {  # which blocks hold an allowed key: in closed form (no mask, bands) or key by key (not_a_band);
+    # blocks of 16 keys take the block-sparse backward too, blocks of 8 (or 12) the dense one
     "no_mask": "select = topk(2, by = dot(q, kmean), block = 8)",
-    "window": "mask = window(20)\n select = topk(2, by = dot(q, kmean), block = 8)",
-    "keys_ahead": "mask = j - i <= 5\n select = topk(2, by = dot(q, kmean), block = 8, keep = jb == 0)",
-    "not_a_band": "mask = causal or j < 4\n select = topk(3, by = dot(q, kmean) - 0.1 * jb, block = 8)",
+    "window": "mask = window(20)\n select = topk(2, by = dot(q, kmean), block = 16)",
+    "keys_ahead": "mask = j - i <= 5\n select = topk(2, by = dot(q, kmean), block = 16, keep = jb == 0)",
+    "not_a_band": "mask = causal or j < 4\n select = topk(3, by = dot(q, kmean) - 0.1 * jb, block = 16)",
     # a block that is not a whole number of key tiles (the block-sparse forward's tiles end inside it)
     "odd_block": "mask = causal\n select = topk(2, by = dot(q, kmean), block = 12)",
 }
@@ -92,12 +93,17 @@ def test_too_many_blocks_is_a_clear_error():
         fn(q, k, v)
 
 
-@pytest.mark.parametrize("extra, sparse", [
-    ("", True),
-    ("weights = p * 0.5", False),  # a weights stage needs the final lse: the dense forward
-    ("norm = sigmoid", False),
+@pytest.mark.parametrize("extra, block, sparse, backward", [
+    ("", 16, True, True),
+    ("", 8, True, False),  # the backward's key tiles must lie inside one block
+    ("input t: f32[H]\n score = dot(q, k) * scale * t[h]", 16, True, False),  # t's gradient: the dense backward
+    ("weights = p * 0.5", 16, False, False),  # a weights stage needs the final lse: the dense forward
+    ("norm = sigmoid", 16, False, False),
 ])
-def test_which_specs_take_the_block_sparse_forward(extra, sparse):
-    fn = attngen.jit(f"attention t {{\n mask = causal\n select = topk(2, by = dot(q, kmean), block = 8)\n {extra}\n}}")
+def test_which_specs_take_the_block_sparse_kernels(extra, block, sparse, backward):
+    fn = attngen.jit(f"attention t {{\n mask = causal\n select = topk(2, by = dot(q, kmean), block = {block})\n {extra}\n}}")
     assert hasattr(fn.module, "t_attend") == sparse
-    assert ("block-sparse forward: the attend kernel" in " ".join(fn.module.__doc__.split())) == sparse
+    assert hasattr(fn.module, "t_attend_dkdv") == backward
+    doc = " ".join(fn.module.__doc__.split())
+    assert ("block-sparse forward: the attend kernel" in doc) == sparse
+    assert ("the backward too: dq per chosen block" in doc) == backward

@@ -100,7 +100,9 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
                      + ", folded into the mask; no gradient through by")
         if sel.block:
             notes.append("block-sparse forward: the attend kernel visits only the chosen blocks, the merge kernel "
-                         "combines a row's blocks; the backward runs the dense kernels with the choice in the mask"
+                         "combines a row's blocks; the backward "
+                         + ("too: dq per chosen block, summed, and dk/dv from the rows that chose a block"
+                            if gather.backward_too(plan) else "runs the dense kernels with the choice in the mask")
                          if gather.eligible(plan) else "forward: the dense kernel with the choice in the mask "
                          "(the block-sparse forward takes softmax without weights, out, sink or per-call tile lists)")
     return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
@@ -149,7 +151,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      "heads_size": "1" if heads == "1" else f'sizes["{heads}"]',
                      "code": render_kernel(template, s=plan.select_code, **base),
                      "gather": render_kernel("gather.py.jinja", f=_blocks(gather.forward_blocks(plan), _VAR_KEYS),
-                                             **base) if gather.eligible(plan) else ""}
+                                             r=r, c=c, gather_bwd=gather.backward_too(plan), **base)
+                     if gather.eligible(plan) else "",
+                     "gather_bwd": gather.backward_too(plan)}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
@@ -174,5 +178,6 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         source=source.rstrip(), attentions=[attention_context(p, render_kernel) for p in plans],
         sel_name=select.SEL, sel_max=select.MAX_BLOCKS,
         token_select=any(p.select is not None and p.select.block is None for p in plans),
+        gathered=any(gather.eligible(p) for p in plans),
     )
 

@@ -14,9 +14,20 @@ block instead (as MoBA's own implementation does):
 
 Work is proportional to the chosen pairs, not the allowed ones; building the chunks waits for the
 GPU twice (the number of entries, the most blocks a row chose), as the buffers are sized by them. The lse is the dense forward's,
-so the backward (the dense kernels with the folded mask) is unchanged. Softmax specs without a
+so the backward may run on the dense kernels with the folded mask. Softmax specs without a
 weights, out or sink stage qualify (their partials merge by the lse alone), and masks without
 per-call tile lists; others keep the dense forward, as the module header says.
+
+The backward goes block by block too (``backward_too``), over the forward's entries:
+
+    pre          delta = sum(do * o) per row (the dense preprocess kernel)
+    attend_dq    program (chunk, head): the chunk's rows against the block: their dq from it into
+                 their slots (PQ [B, H, M, NS, BLOCK_D] float32); sum_slots adds a row's slots
+    attend_dkdv  program (key tile inside one block, b, kv head): for each head of the group, the
+                 rows that chose the block, BLOCK_M at a time, on transposed tiles: dk, dv
+
+Both run the dense kernels' per-tile code (``bwd_tiles``) with the folded mask, whose ``_sel``
+term holds for every gathered row.
 """
 
 from __future__ import annotations
@@ -32,6 +43,12 @@ def eligible(plan: Plan) -> bool:
     a = plan.attn
     return (plan.select is not None and plan.select.block is not None and plan.norm == "softmax"
             and a.weights is None and a.out is None and a.norm.sink is None and tiles.tiles_kind(a) != "dynamic")
+
+
+def backward_too(plan: Plan) -> bool:
+    """Whether the backward is block-sparse as well: no floating inputs (their gradients are written
+    once per row or key by the dense kernels), and blocks of whole key tiles of 16 keys or more."""
+    return eligible(plan) and not plan.float_inputs and plan.select.block % 16 == 0
 
 
 def forward_blocks(plan: Plan) -> kernels.Blocks:

@@ -4,8 +4,8 @@ top-k (``select = topk(K, by=...)``).
 Either way the selection is made per call by generated kernels, then the attention runs on the
 dense kernels with the choice folded into the mask: forward and backward come for free, every
 score / norm / weights / out stage included, and no gradient flows through ``by``, as the
-language says. A block selection's forward visits only the chosen blocks where the spec allows
-it (``gather``); its backward stays on the dense kernels.
+language says. A block selection's forward and backward visit only the chosen blocks where the
+spec allows it (``gather``).
 
 Block top-k:
     kmean   program (key block, b, hk): the mean of the block's keys after the prologue
