@@ -1,4 +1,4 @@
-"""The block-sparse forward of block top-k selection: only the chosen key blocks are visited.
+"""Block-sparse kernels for block top-k selection: only the chosen key blocks are visited.
 
 The dense kernels with the choice folded into the mask (``select.lower``) visit every key tile the
 mask allows and discard the blocks a row did not choose. Here the forward goes key block by key
@@ -12,11 +12,12 @@ block instead (as MoBA's own implementation does):
             -> a partial o and lse in the row's slot (PO [B, H, M, NS, BLOCK_DV], PL [B, H, M, NS])
     merge   program (query tile, b, h): the row's partials combined exactly by their lse -> o, lse
 
-Work is proportional to the chosen pairs, not the allowed ones; building the chunks waits for the
-GPU twice (the number of entries, the most blocks a row chose), as the buffers are sized by them. The lse is the dense forward's,
-so the backward may run on the dense kernels with the folded mask. Softmax specs without a
-weights, out or sink stage qualify (their partials merge by the lse alone), and masks without
-per-call tile lists; others keep the dense forward, as the module header says.
+Work is proportional to the chosen pairs, not the allowed ones. Building the chunks waits for the
+GPU twice (the number of entries, the most blocks a row chose), as the buffers are sized by them.
+The lse is the dense forward's, so the backward may also run on the dense kernels with the folded
+mask. Softmax specs without a weights, out or sink stage qualify (their partials merge by the lse
+alone), and masks without per-call tile lists; others keep the dense forward, as the module
+header says.
 
 The backward goes block by block too (``backward_too``), over the forward's entries:
 
