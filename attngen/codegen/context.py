@@ -108,6 +108,18 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
     return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
 
 
+def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
+    """The dq and dk/dv kernels' statement blocks (r, c)."""
+    r = _blocks(kernels.dq_kernel(plan), _VAR_KEYS)
+    c = _blocks(kernels.dkdv_kernel(plan), _VAR_KEYS)
+    for blk in (r, c):
+        # softmax's and sigmoid's ds is p times a finite value, so 0 wherever p is (masked pairs, rows past
+        # M), unless a weights stage feeds dp or ds: then partial tiles select it again. One select
+        # fewer also keeps `allowed` from staying live across the products (bit-packed, ~170 LOP3)
+        blk["ds_select"] = not (plan.norm in ("softmax", "sigmoid") and not blk["dp"] and not blk["ds_w"])
+    return r, c
+
+
 def attention_context(plan: Plan, render_kernel) -> dict:
     """Everything the module template needs for one attention."""
     a = plan.attn
@@ -118,13 +130,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                 has_out=a.out is not None, has_sink=a.norm.sink is not None, t=tiles.static_code(a))
     f = _blocks(kernels.forward(plan), _VAR_KEYS)
     u = _blocks(kernels.preprocess(plan), _VAR_KEYS)
-    r = _blocks(kernels.dq_kernel(plan), _VAR_KEYS)
-    c = _blocks(kernels.dkdv_kernel(plan), _VAR_KEYS)
-    for blk in (r, c):
-        # softmax's and sigmoid's ds is p times a finite value, so 0 wherever p is (masked pairs, rows past
-        # M), unless a weights stage feeds dp or ds: then partial tiles select it again. One select
-        # fewer also keeps `allowed` from staying live across the products (bit-packed, ~170 LOP3)
-        blk["ds_select"] = not (plan.norm in ("softmax", "sigmoid") and not blk["dp"] and not blk["ds_w"])
+    r, c = _backward_blocks(plan)
     # the public inputs; the kernels' argument list also has the internal selection (_args)
     all_inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
     inputs = [x for x in all_inputs if x["name"] != select.SEL]
@@ -150,9 +156,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         selection = {"block": sel.block, "k": sel.k, "share": sel.share, "heads": heads,
                      "heads_size": "1" if heads == "1" else f'sizes["{heads}"]',
                      "code": render_kernel(template, s=plan.select_code, **base),
-                     "gather": render_kernel("gather.py.jinja", f=_blocks(gather.forward_blocks(plan), _VAR_KEYS),
-                                             r=r, c=c, gather_bwd=gather.backward_too(plan), **base)
-                     if gather.eligible(plan) else "",
+                     "gather": _gather_kernels(plan, base, render_kernel) if gather.eligible(plan) else "",
                      "gather_bwd": gather.backward_too(plan)}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
@@ -166,6 +170,15 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )
+
+
+def _gather_kernels(plan: Plan, base: dict, render_kernel) -> str:
+    """The block-sparse kernels, on the attention before lowering: a gathered row always chose the
+    block it meets, so the selection's term of the mask (a load per pair) is left out."""
+    own = gather.unlowered(plan)
+    r, c = _backward_blocks(own) if gather.backward_too(plan) else ({}, {})
+    return render_kernel("gather.py.jinja", f=_blocks(kernels.forward(own, split_scale=False), _VAR_KEYS), r=r, c=c,
+                         gather_bwd=gather.backward_too(plan), **base)
 
 
 def module_context(plans: list[Plan], source: str, filename: str, cache_key: str, render_kernel) -> dict:

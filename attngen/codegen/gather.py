@@ -27,15 +27,15 @@ The backward goes block by block too (``backward_too``), over the forward's entr
     attend_dkdv  program (key tile inside one block, b, kv head): for each head of the group, the
                  rows that chose the block, BLOCK_M at a time, on transposed tiles: dk, dv
 
-Both run the dense kernels' per-tile code (``bwd_tiles``) with the folded mask, whose ``_sel``
-term holds for every gathered row.
+Both run the dense kernels' per-tile code (``bwd_tiles``). Every kernel here takes the attention
+before lowering: its mask without the selection's term, which holds for every gathered row.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from . import kernels, tiles
+from . import tiles
 from .plan import Plan
 
 
@@ -52,7 +52,7 @@ def backward_too(plan: Plan) -> bool:
     return eligible(plan) and not plan.float_inputs and plan.select.block % 16 == 0
 
 
-def forward_blocks(plan: Plan) -> kernels.Blocks:
-    """The forward's statement blocks for the attention before lowering: its own mask, no ``_sel``
-    (the attend kernel only ever sees a chosen block)."""
-    return kernels.forward(replace(plan, attn=replace(plan.unlowered, inputs=plan.attn.inputs)), split_scale=False)
+def unlowered(plan: Plan) -> Plan:
+    """``plan`` on the attention before lowering (its own mask, no ``_sel`` term) with the lowered
+    one's inputs, so that its kernels take the module's argument list."""
+    return replace(plan, attn=replace(plan.unlowered, inputs=plan.attn.inputs))
