@@ -157,7 +157,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      "heads_size": "1" if heads == "1" else f'sizes["{heads}"]',
                      "code": render_kernel(template, s=plan.select_code, **base),
                      "gather": _gather_kernels(plan, base, render_kernel) if gather.eligible(plan) else "",
-                     "gather_bwd": gather.backward_too(plan)}
+                     "gather_bwd": gather.backward_too(plan),
+                     # the block-sparse kernels' key tile: the block rounded up to a power of two, 16 to 64 keys
+                     "key_tile": min(64, max(16, 1 << (sel.block - 1).bit_length())) if sel.block else 0}
     return dict(
         name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
