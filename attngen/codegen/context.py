@@ -98,13 +98,15 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
         notes.append(f"selection: {'block' if sel.block else 'token'} top-{sel.k} made per call by "
                      + ("the kmean and select kernels" if sel.block else "the topk kernel (index lists)")
                      + ", folded into the mask; no gradient through by")
-        if sel.block:
-            notes.append("block-sparse forward: the attend kernel visits only the chosen blocks, the merge kernel "
-                         "combines a row's blocks; the backward "
-                         + ("too: dq per chosen block, summed, and dk/dv from the rows that chose a block"
-                            if gather.backward_too(plan) else "runs the dense kernels with the choice in the mask")
-                         if gather.eligible(plan) else "forward: the dense kernel with the choice in the mask "
-                         "(the block-sparse forward takes softmax without weights, out, sink or per-call tile lists)")
+        sparse = ("block-sparse forward: the attend kernel visits only the chosen blocks, the merge kernel "
+                  "combines a row's blocks; the backward ")
+        if sel.block and not gather.eligible(plan):
+            notes.append("forward: the dense kernel with the choice in the mask (the block-sparse forward takes "
+                         "softmax without weights, out, sink or per-call tile lists)")
+        elif sel.block and gather.backward_too(plan):
+            notes.append(sparse + "too: dq per chosen block, summed, and dk/dv from the rows that chose a block")
+        elif sel.block:
+            notes.append(sparse + "runs the dense kernels with the choice in the mask")
     return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
 
 
