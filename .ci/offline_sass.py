@@ -9,7 +9,7 @@ it reports shared memory, registers, spill bytes, the whole kernel's SASS instru
 each tile loop (an innermost loop that issues HGMMA), the instructions of one iteration. --hand adds
 the hand-written causal backward kernels of .ci/bwd_experiment.py at the same tile configs. Specs
 whose attention kernels read a per-call top-k selection (loki, moba, nsa_select, ...) are not supported; the
-select kernel of a block top-k spec is (--kernels select).
+select and block-sparse kernels of a block top-k spec are (--kernels select,attend,attend_dq,attend_dkdv).
 
 Caveats: the counts come from this environment's triton and its bundled ptxas; the H200 sessions
 run triton 3.6, whose pipeliner and ptxas can differ (register allocation and spills especially).
@@ -20,7 +20,8 @@ Instruction counts are not timings: compare them between versions of the same ke
   PYTHONPATH=. python .ci/offline_sass.py examples/sliding_window.attn --kernels fwd
   PYTHONPATH=. python .ci/offline_sass.py --dump causal_gqa_bwd_dkdv   # also the SASS of its loops
   PYTHONPATH=. python .ci/offline_sass.py examples/stickbreaking.attn --head-dim 16
-  PYTHONPATH=. python .ci/offline_sass.py examples/moba.attn -D BLOCK=64 -D TOPK=15 --kernels select --seq 16384
+  PYTHONPATH=. python .ci/offline_sass.py examples/moba.attn -D BLOCK=64 -D TOPK=15 --seq 16384 \
+      --kernels select,attend,attend_dq,attend_dkdv
 """
 import argparse
 import collections
@@ -111,20 +112,46 @@ def generated(mod, name, kernels, t):
     return jobs, bwds[0]
 
 
-def block_select(mod, name, select, t):
-    """(kernel name, jit function, args, kwargs) of a block top-k spec's select kernel (``select``: its IR
-    stage), launched as the module's _choose launches it."""
+BLOCK_KERNELS = ("select", "attend", "attend_dq", "attend_dkdv")  # of a block top-k spec
+
+
+def block_kernels(mod, name, select, kinds, t):
+    """(kernel name, jit function, args, kwargs) of a block top-k spec's select kernel and block-sparse
+    kernels (``select``: its IR stage), launched as the module's _choose, _gather_forward and
+    _gather_backward launch them on the GPU (64 gathered rows a chunk, 16 slots a row)."""
     if select is None or not select.block:
-        sys.exit(f"{name}: no block selection, so no select kernel")
+        sys.exit(f"{name}: no block selection, so no {', '.join(kinds)} kernel")
     common = mod._config_of(D, D, torch.bfloat16, "cuda")[2]
     sizes = {"B": B, "H": H, "HK": H, "M": S, "N": S, "D": D, "DV": D, "TQ": S}
     nb = -(-S // select.block)
     nbp = max(16, 1 << (nb - 1).bit_length())
     sel = torch.empty(B, H, S, nb, dtype=torch.bool)
-    km = torch.empty(B * H * nbp, common["BLOCK_D"], dtype=torch.float32)
-    args, flags = getattr(mod, f"_{name}_select_args")(t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
-    kw = dict(BLOCK_M=16, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share, **flags)
-    return [(f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, nb], kw)]
+    jobs = []
+    if "select" in kinds:
+        km = torch.empty(B * H * nbp, common["BLOCK_D"], dtype=torch.float32)
+        args, flags = getattr(mod, f"_{name}_select_args")(t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
+        kw = dict(BLOCK_M=16, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share, **flags)
+        jobs.append((f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, nb], kw))
+    xs = {"_sel": sel}
+    args = getattr(mod, f"_{name}_args")(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"],
+                                         t["delta"], t["q"], t["q"], t["q"], t["q"], (t["q"], t["q"]), t["dq"],
+                                         t["dk"], t["dv"], xs, xs, sizes, D ** -0.5)
+    entries = torch.empty(B * H * S * 16, dtype=torch.int32)  # chunk table, rows, slots, group bounds alike
+    keys = min(64, max(16, 1 << (select.block - 1).bit_length()))
+    kw = dict(**common, **getattr(mod, f"_{name}_flags")(sizes), BLOCK_M=64, BS=select.block, num_stages=2)
+    partial = torch.empty(B * H * S * 16 * D, dtype=torch.float32)  # lse and dq partials
+    o_part = torch.empty(B * H * S * 16 * D, dtype=torch.bfloat16)  # the forward's are q's dtype
+    tails = {"attend": ([entries, entries, entries, o_part, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=4)),
+             "attend_dq": ([entries, entries, entries, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=8)),
+             "attend_dkdv": ([entries, entries, entries, nb, H], dict(BLOCK_N=min(64, select.block & -select.block),
+                                                                      num_warps=8))}
+    for kind in kinds:
+        if kind != "select":
+            fn = getattr(mod, f"{name}_{kind}", None)
+            if fn is None:
+                sys.exit(f"{name}: the module has no {kind} kernel (not a block-sparse spec)")
+            jobs.append((f"{name}_{kind}", fn, args + tails[kind][0], {**kw, **tails[kind][1]}))
+    return jobs
 
 
 def hand_written(cfg, kernels, t):
@@ -219,7 +246,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("specs", nargs="*", default=["examples/causal_gqa.attn"], metavar="SPEC.attn")
     ap.add_argument("--kernels", default="bwd_dkdv,bwd_dq,fwd",
-                    help="comma-separated: of fwd, bwd_dq, bwd_dkdv, select (block top-k specs)")
+                    help="comma-separated: of fwd, bwd_dq, bwd_dkdv; for block top-k specs select, attend, "
+                         "attend_dq, attend_dkdv")
     ap.add_argument("-D", dest="consts", action="append", default=[], metavar="NAME=VALUE",
                     help="override a const of the specs (repeatable)")
     ap.add_argument("--hand", action="store_true", help="add the hand-written backward kernels of the first spec's "
@@ -231,19 +259,20 @@ def main():
     opts = ap.parse_args()
     D, S = opts.head_dim, opts.seq
     kernels = opts.kernels.split(",")
-    unknown = set(kernels) - {"fwd", "bwd_dq", "bwd_dkdv", "select"}
+    unknown = set(kernels) - {"fwd", "bwd_dq", "bwd_dkdv", *BLOCK_KERNELS}
     if unknown:
         ap.error(f"unknown kernels: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ATTNGEN_CACHE_DIR"] = tmp  # generate the modules afresh, and leave nothing behind
         t, jobs, first_cfg = plain_tensors(), [], None
         consts = {n: int(v) for n, v in (c.split("=", 1) for c in opts.consts)}
-        attention = [k for k in kernels if k != "select"]
+        attention = [k for k in kernels if k not in BLOCK_KERNELS]
+        block = [k for k in kernels if k in BLOCK_KERNELS]
         for spec in opts.specs:
             for attn in compile_file(spec, consts):
                 mod = attngen.load(spec, attn.name, consts=consts).module
-                if "select" in kernels:
-                    jobs += block_select(mod, attn.name, attn.select, t)
+                if block:
+                    jobs += block_kernels(mod, attn.name, attn.select, block, t)
                 if attention:
                     more, cfg = generated(mod, attn.name, attention, t)
                     jobs += more
