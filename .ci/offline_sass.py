@@ -9,7 +9,7 @@ it reports shared memory, registers, spill bytes, the whole kernel's SASS instru
 each tile loop (an innermost loop that issues HGMMA), the instructions of one iteration. --hand adds
 the hand-written causal backward kernels of .ci/bwd_experiment.py at the same tile configs. Specs
 whose attention kernels read a per-call top-k selection (loki, moba, nsa_select, ...) are not supported; the
-select and block-sparse kernels of a block top-k spec are (--kernels select,attend,attend_dq,attend_dkdv).
+select and block-sparse kernels of a block top-k spec are (--kernels select,place,attend,attend_dq,attend_dkdv).
 
 Caveats: the counts come from this environment's triton and its bundled ptxas; the H200 sessions
 run triton 3.6, whose pipeliner and ptxas can differ (register allocation and spills especially).
@@ -21,7 +21,7 @@ Instruction counts are not timings: compare them between versions of the same ke
   PYTHONPATH=. python .ci/offline_sass.py --dump causal_gqa_bwd_dkdv   # also the SASS of its loops
   PYTHONPATH=. python .ci/offline_sass.py examples/stickbreaking.attn --head-dim 16
   PYTHONPATH=. python .ci/offline_sass.py examples/moba.attn -D BLOCK=64 -D TOPK=15 --seq 16384 \
-      --kernels select,attend,attend_dq,attend_dkdv
+      --kernels select,place,attend,attend_dq,attend_dkdv
 """
 import argparse
 import collections
@@ -112,7 +112,7 @@ def generated(mod, name, kernels, t):
     return jobs, bwds[0]
 
 
-BLOCK_KERNELS = ("select", "attend", "attend_dq", "attend_dkdv")  # of a block top-k spec
+BLOCK_KERNELS = ("select", "place", "attend", "attend_dq", "attend_dkdv")  # of a block top-k spec
 
 
 def block_kernels(mod, name, select, kinds, t):
@@ -130,8 +130,15 @@ def block_kernels(mod, name, select, kinds, t):
     if "select" in kinds:
         km = torch.empty(B * H * nbp, common["BLOCK_D"], dtype=torch.float32)
         args, flags = getattr(mod, f"_{name}_select_args")(t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
-        kw = dict(BLOCK_M=16, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share, **flags)
-        jobs.append((f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, nb], kw))
+        counts = torch.empty(B * H * S * nb, dtype=torch.int32)  # per row and per row tile alike
+        kw = dict(BLOCK_M=16, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share,
+                  DC=min(common["BLOCK_D"], max(8, 8192 // nbp)), COUNTS=True, num_warps=8 if nbp >= 512 else 4,
+                  **flags)
+        jobs.append((f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, counts, counts, nb], kw))
+    if "place" in kinds:
+        entries = torch.empty(B * H * S * 16, dtype=torch.int32)  # tile starts, rows, slots alike
+        jobs.append((f"{name}_place", getattr(mod, f"{name}_place"), [sel, entries, entries, entries, S, nb],
+                     dict(NBP=nbp, BLOCK_M=16, num_warps=8 if nbp >= 512 else 4)))
     xs = {"_sel": sel}
     args = getattr(mod, f"_{name}_args")(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"],
                                          t["delta"], t["q"], t["q"], t["q"], t["q"], (t["q"], t["q"]), t["dq"],
@@ -143,10 +150,10 @@ def block_kernels(mod, name, select, kinds, t):
     o_part = torch.empty(B * H * S * 16 * D, dtype=torch.bfloat16)  # the forward's are q's dtype
     tails = {"attend": ([entries, entries, entries, o_part, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=4)),
              "attend_dq": ([entries, entries, entries, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=8)),
-             "attend_dkdv": ([entries, entries, entries, nb, H], dict(BLOCK_N=min(64, select.block & -select.block),
-                                                                      num_warps=8))}
+             "attend_dkdv": ([entries, entries, entries, entries, partial, 16, nb, H],
+                             dict(BLOCK_N=min(64, select.block & -select.block), num_warps=8))}
     for kind in kinds:
-        if kind != "select":
+        if kind not in ("select", "place"):
             fn = getattr(mod, f"{name}_{kind}", None)
             if fn is None:
                 sys.exit(f"{name}: the module has no {kind} kernel (not a block-sparse spec)")
@@ -246,7 +253,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("specs", nargs="*", default=["examples/causal_gqa.attn"], metavar="SPEC.attn")
     ap.add_argument("--kernels", default="bwd_dkdv,bwd_dq,fwd",
-                    help="comma-separated: of fwd, bwd_dq, bwd_dkdv; for block top-k specs select, attend, "
+                    help="comma-separated: of fwd, bwd_dq, bwd_dkdv; for block top-k specs select, place, attend, "
                          "attend_dq, attend_dkdv")
     ap.add_argument("-D", dest="consts", action="append", default=[], metavar="NAME=VALUE",
                     help="override a const of the specs (repeatable)")

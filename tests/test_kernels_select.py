@@ -53,6 +53,11 @@ MASKS = {  # which blocks hold an allowed key: in closed form (no mask, bands) o
     "not_a_band": "mask = causal or j < 4\n select = topk(3, by = dot(q, kmean) - 0.1 * jb, block = 16)",
     # a block that is not a whole number of key tiles (the block-sparse forward's tiles end inside it)
     "odd_block": "mask = causal\n select = topk(2, by = dot(q, kmean), block = 12)",
+    # the block-sparse backward with its own dq kernel: blocks of two key tiles, or a score that is not
+    # scale * dot(q, k) (blocks of 16 with a plain scaled dot have dq written by the dk/dv kernel)
+    "block_48": "mask = causal\n select = topk(2, by = dot(q, kmean), block = 48)",
+    "biased_score": "mask = causal\n score = dot(q, k) * scale - 0.05 * (i - j)\n"
+                    " select = topk(2, by = dot(q, kmean), block = 16)",
 }
 
 
@@ -86,24 +91,30 @@ def test_ties_go_to_the_smaller_block():
     assert torch.equal(sel, want)
 
 
-def test_too_many_blocks_is_a_clear_error():
-    fn = attngen.jit("attention t { select = topk(2, by = dot(q, kmean), block = 1) }")
-    q, k, v = _qkv(1, 1, 1, 3, 300)
-    with pytest.raises(ValueError, match="up to 256 blocks per row, this call has 300"):
+@pytest.mark.parametrize("by, most", [("dot(q, kmean)", 1024), ("dot(q, kmean) * 2.0", 256)])
+def test_too_many_blocks_is_a_clear_error(by, most):
+    """dot(q, kmean) runs over slices of D, so more blocks fit than for any other by."""
+    fn = attngen.jit(f"attention t {{ select = topk(2, by = {by}, block = 1) }}")
+    q, k, v = _qkv(1, 1, 1, 3, most + 1)
+    with pytest.raises(ValueError, match=f"up to {most} blocks per row, this call has {most + 1}"):
         fn(q, k, v)
 
 
-@pytest.mark.parametrize("extra, block, sparse, backward", [
-    ("", 16, True, True),
-    ("", 8, True, False),  # the backward's key tiles must lie inside one block
-    ("input t: f32[H]\n score = dot(q, k) * scale * t[h]", 16, True, False),  # t's gradient: the dense backward
-    ("weights = p * 0.5", 16, False, False),  # a weights stage needs the final lse: the dense forward
-    ("norm = sigmoid", 16, False, False),
+@pytest.mark.parametrize("extra, block, sparse, backward, dq_kernel", [
+    ("", 16, True, True, False),  # dq in the dk/dv kernel: its key tile is the whole block
+    ("", 128, True, True, True),
+    ("score = dot(q, k) * scale + 0.5 * i", 16, True, True, True),  # dq is not ds @ k times a factor
+    ("", 8, True, False, False),  # the backward's key tiles must lie inside one block
+    ("input t: f32[H]\n score = dot(q, k) * scale * t[h]", 16, True, False, False),  # t's gradient: the dense backward
+    ("weights = p * 0.5", 16, False, False, False),  # a weights stage needs the final lse: the dense forward
+    ("norm = sigmoid", 16, False, False, False),
 ])
-def test_which_specs_take_the_block_sparse_kernels(extra, block, sparse, backward):
+def test_which_specs_take_the_block_sparse_kernels(extra, block, sparse, backward, dq_kernel):
     fn = attngen.jit(f"attention t {{\n mask = causal\n select = topk(2, by = dot(q, kmean), block = {block})\n {extra}\n}}")
     assert hasattr(fn.module, "t_attend") == sparse
     assert hasattr(fn.module, "t_attend_dkdv") == backward
+    assert hasattr(fn.module, "t_attend_dq") == dq_kernel
     doc = " ".join(fn.module.__doc__.split())
     assert ("block-sparse forward: the attend kernel" in doc) == sparse
     assert ("the backward too: dq per chosen block" in doc) == backward
+    assert ("written by the dk/dv kernel" in doc) == (backward and not dq_kernel)

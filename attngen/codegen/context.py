@@ -104,7 +104,8 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
             notes.append("forward: the dense kernel with the choice in the mask (the block-sparse forward takes "
                          "softmax without weights, out, sink or per-call tile lists)")
         elif sel.block and gather.backward_too(plan):
-            notes.append(sparse + "too: dq per chosen block, summed, and dk/dv from the rows that chose a block")
+            where = " (written by the dk/dv kernel: the block is its key tile)" if gather.dq_factor(plan) else ""
+            notes.append(sparse + f"too: dq per chosen block{where}, summed, and dk/dv from the rows that chose a block")
         elif sel.block:
             notes.append(sparse + "runs the dense kernels with the choice in the mask")
     return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
@@ -160,6 +161,8 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      "code": render_kernel(template, s=plan.select_code, **base),
                      "gather": _gather_kernels(plan, base, render_kernel) if gather.eligible(plan) else "",
                      "gather_bwd": gather.backward_too(plan),
+                     "dq_factor": gather.dq_factor(plan),
+                     "max_blocks": select.max_blocks(plan.select_code) if sel.block else 0,
                      # the block-sparse kernels' key tile: the block rounded up to a power of two, 16 to 64 keys
                      "key_tile": min(64, max(16, 1 << (sel.block - 1).bit_length())) if sel.block else 0}
     return dict(
@@ -181,8 +184,9 @@ def _gather_kernels(plan: Plan, base: dict, render_kernel) -> str:
     block it meets, so the selection's term of the mask (a load per pair) is left out."""
     own = gather.unlowered(plan)
     r, c = _backward_blocks(own) if gather.backward_too(plan) else ({}, {})
+    assert not gather.dq_factor(plan) or c["k_tile"], "a scaled dot(q, k) loads the raw key tile"
     return render_kernel("gather.py.jinja", f=_blocks(kernels.forward(own, split_scale=False), _VAR_KEYS), r=r, c=c,
-                         gather_bwd=gather.backward_too(plan), **base)
+                         gather_bwd=gather.backward_too(plan), dq_factor=gather.dq_factor(plan), **base)
 
 
 def module_context(plans: list[Plan], source: str, filename: str, cache_key: str, render_kernel) -> dict:
@@ -193,7 +197,7 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         version=__version__, filename=filename, cache_key=cache_key,
         consts_text=", ".join(f"{k}={v}" for k, v in consts.items()) or "none",
         source=source.rstrip(), attentions=[attention_context(p, render_kernel) for p in plans],
-        sel_name=select.SEL, sel_max=select.MAX_BLOCKS,
+        sel_name=select.SEL,
         token_select=any(p.select is not None and p.select.block is None for p in plans),
         gathered=any(gather.eligible(p) for p in plans),
     )

@@ -6,15 +6,17 @@ block instead (as MoBA's own implementation does):
 
     host    the choice SEL [B, HS, M, NB] as entries (b, hs, kb, m), grouped by key block with the
             rows ascending, cut into chunks of at most BLOCK_M rows; each entry's slot is the
-            rank of kb among its row's chosen blocks
+            rank of kb among its row's chosen blocks. The select kernel counted the chosen blocks
+            per row tile (TC); their prefix sums in entry order give each tile's first entry of
+            each block, and the place kernel (program: the select kernel's row tile) writes the
+            entries there. One wait for the GPU: the number of entries and chunks, and the most
+            blocks a row chose, size the buffers
     attend  program (chunk, head of the selection): the chunk's rows gathered, the block's keys in
             tiles of BLOCK_N, the spec's score and mask, a softmax over the block
             -> a partial o and lse in the row's slot (PO [B, H, M, NS, BLOCK_DV], PL [B, H, M, NS])
     merge   program (query tile, b, h): the row's partials combined exactly by their lse -> o, lse
 
-Work is proportional to the chosen pairs, not the allowed ones. Building the chunks waits for the
-GPU twice (the number of entries, the most blocks a row chose), as the buffers are sized by them.
-The lse is the dense forward's, so the backward may also run on the dense kernels with the folded
+Work is proportional to the chosen pairs, not the allowed ones. The lse is the dense forward's, so the backward may also run on the dense kernels with the folded
 mask. Softmax specs without a weights, out or sink stage qualify (their partials merge by the lse
 alone), and masks without per-call tile lists; others keep the dense forward, as the module
 header says.
@@ -25,7 +27,9 @@ The backward goes block by block too (``backward_too``), over the forward's entr
     attend_dq    program (chunk, head): the chunk's rows against the block: their dq from it into
                  their slots (PQ [B, H, M, NS, BLOCK_D] float32); sum_slots adds a row's slots
     attend_dkdv  program (key tile inside one block, b, kv head): for each head of the group, the
-                 rows that chose the block, BLOCK_M at a time, on transposed tiles: dk, dv
+                 rows that chose the block, BLOCK_M at a time, on transposed tiles: dk, dv; and,
+                 when the tile is the whole block and dq is ds @ k times a factor (``dq_factor``),
+                 the rows' dq from the block into their slots too, so attend_dq is not needed
 
 Both run the dense kernels' per-tile code (``bwd_tiles``). Every kernel here takes the attention
 before lowering: its mask without the selection's term, which holds for every gathered row.
@@ -33,9 +37,12 @@ before lowering: its mask without the selection's term, which holds for every ga
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
-from . import tiles
+from ..ir import nodes as ir
+from ..passes.exp2_scores import LOG2E
+from . import kernels, tiles
 from .plan import Plan
 
 
@@ -56,3 +63,16 @@ def unlowered(plan: Plan) -> Plan:
     """``plan`` on the attention before lowering (its own mask, no ``_sel`` term) with the lowered
     one's inputs, so that its kernels take the module's argument list."""
     return replace(plan, attn=replace(plan.unlowered, inputs=plan.attn.inputs))
+
+
+def dq_factor(plan: Plan) -> str:
+    """The natural-log factor f of a score ``f * dot(q, k)`` of the raw q and k (scale times positive
+    literals, q read nowhere else; kernels.scaled_dot), as code, when the block-sparse dk/dv kernel also
+    writes dq: blocks of 16, 32 or 64 keys, so that its key tile is the whole block. "" otherwise."""
+    if not backward_too(plan) or plan.select.block not in (16, 32, 64):
+        return ""
+    found = kernels.scaled_dot(plan.unlowered)
+    if found is None or not (isinstance(found[0].args[1], ir.Row) and found[0].args[1].name == "k_raw"):
+        return ""
+    literal = found[1].b.value / LOG2E  # scaled_dot's factor is scale * literal, in base 2
+    return "scale" if math.isclose(literal, 1.0, rel_tol=1e-15) else f"scale * {literal!r}"

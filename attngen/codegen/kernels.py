@@ -345,4 +345,7 @@ def dkdv_kernel(plan: Plan) -> Blocks:
     _post_backward(em, plan, acc_h, "k", "post_h", sinks)
     env.level_of = lambda ax: "post"
     _post_backward(em, plan, acc_p, "k", "post", sinks)
+    # the raw key tile, where the kernel loads one (the block-sparse dk/dv kernel's dq reuses it)
+    bl.vars["k_tile"] = next((v for key, v in em.memo.items() if isinstance(key[0], ir.Row)
+                              and key[0].name == "k_raw" and key[1] == "k"), "")
     return bl

@@ -16,7 +16,11 @@ Block top-k:
             on its order-preserving 32-bit key (31 count passes), ties to the smaller block
             -> SEL [B, H or HK, M, NB] bool
     lowered mask: ``mask and _sel[b, h or hk, m, j // BS]``
-Rows hold all NB blocks at once ([BLOCK_M, NBP] registers), so NB is capped (``MAX_BLOCKS``).
+Rows hold all NB blocks at once ([BLOCK_M, NBP] registers), so NB is capped: at ``MAX_BLOCKS``
+when ``by`` is any expression (the kmean tile is loaded whole, [NBP, BLOCK_D] float32), at
+``MAX_BLOCKS_DOT`` when it is ``dot(q, kmean)`` (the dot runs over slices of D, so only a
+[NBP, DC] slice of the means is live at a time). For the block-sparse kernels (``gather``) the
+select kernel also counts the chosen blocks: per row (NSEL) and per block of each row tile (TC).
 
 Token top-k (extra memory O(M·K): no [M, N] score or bool matrix is ever stored):
     topk    program (query tile, b, and a head, a GQA group or neither: see ``token_heads``):
@@ -49,6 +53,7 @@ from .analysis import COL, HEAD, CodegenError, axes
 from .emit import IN_LIST, SEL, Emitter, KernelEnv, statements
 
 MAX_BLOCKS = 256  # the kmean tile of a row block is held whole ([NBP, BLOCK_D] float32)
+MAX_BLOCKS_DOT = 1024  # by = dot(q, kmean): by, the keys and the flags, [BLOCK_M, NBP] each, stay in registers
 
 
 def lower(a: ir.Attention) -> ir.Attention:
@@ -83,9 +88,11 @@ class SelectCode:
 
     kmean_inner: str  # per key tile of a block: the prologue'd key rows
     k_row: str
-    blk: str  # per head: by and keep over [BLOCK_M, NBP]
+    blk: str  # per head: by over [BLOCK_M, NBP] (empty when sliced: see by_dot)
     by: str
+    keep_blk: str  # per head: keep over [BLOCK_M, NBP]
     keep: str
+    by_dot: bool  # by is dot(q, kmean) of the raw query: the kernel computes it over slices of D
     inner: str  # per key offset t of every block: the mask over [BLOCK_M, NBP]
     mask: str
     any_closed: str  # "some key of block jb is allowed" over [BLOCK_M, NBP] in closed form; "": key by key
@@ -98,19 +105,28 @@ def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
     km = Emitter(KernelEnv(a, lambda ax: "inner", {"inner": km_lines}), "w")
     k_code = km.f32(k_row, "k")
 
+    by_dot = (isinstance(s.by, ir.Call) and s.by.fn == "dot"
+              and [(x.name if isinstance(x, ir.Row) else None) for x in s.by.args] == ["q_raw", "kmean"])
     blk: list[str] = []
-    env = KernelEnv(a, lambda ax: "blk", {"blk": blk}, binds={"kmean": "km_t", "jb": "jb_c"},
-                    dot_dtype="tl.float32")
-    em = Emitter(env, "x")
-    by = em.f32(s.by)
-    keep = em.value(s.keep) if s.keep is not None else "False"
+    keep_blk: list[str] = []
+    binds = {"kmean": "km_t", "jb": "jb_c"}
+    by = "by_h" if by_dot else Emitter(KernelEnv(a, lambda ax: "blk", {"blk": blk}, binds=binds,
+                                                  dot_dtype="tl.float32"), "x").f32(s.by)
+    keep = "False"
+    if s.keep is not None:
+        keep = Emitter(KernelEnv(a, lambda ax: "blk", {"blk": keep_blk}, binds=binds), "z").value(s.keep)
 
     inner: list[str] = []
     menv = KernelEnv(a, lambda ax: "inner" if COL in ax else "blk", {"inner": inner, "blk": blk},
                      binds={"j": "j_t"})
     mask = Emitter(menv, "y").value(a.mask) if a.mask is not None else "True"
-    return SelectCode(statements(km_lines), k_code, statements(blk), by, keep, statements(inner), mask,
-                      _any_closed(a))
+    return SelectCode(statements(km_lines), k_code, statements(blk), by, statements(keep_blk), keep, by_dot,
+                      statements(inner), mask, _any_closed(a))
+
+
+def max_blocks(code: SelectCode) -> int:
+    """The most key blocks a row may have in the select kernel."""
+    return MAX_BLOCKS_DOT if code.by_dot else MAX_BLOCKS
 
 
 def _any_closed(a: ir.Attention) -> str:
