@@ -163,6 +163,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      "gather_bwd": gather.backward_too(plan),
                      "dq_factor": gather.dq_factor(plan),
                      "max_blocks": select.max_blocks(plan.select_code) if sel.block else 0,
+                     # a block-sparse program's rows: this many tiles of them, so that the block's keys are
+                     # loaded once for up to 256 rows and the programs are few enough to run concurrently
+                     "chunk_tiles": 4,
                      # the block-sparse kernels' key tile: the block rounded up to a power of two, 16 to 64 keys
                      "key_tile": min(64, max(16, 1 << (sel.block - 1).bit_length())) if sel.block else 0}
     return dict(
