@@ -126,19 +126,20 @@ def block_kernels(mod, name, select, kinds, t):
     nb = -(-S // select.block)
     nbp = max(16, 1 << (nb - 1).bit_length())
     sel = torch.empty(B, H, S, nb, dtype=torch.bool)
+    rows = min(64, max(16, 16384 // nbp))  # the select and place kernels' row tile, as _choose picks it
     jobs = []
     if "select" in kinds:
         km = torch.empty(B * H * nbp, common["BLOCK_D"], dtype=torch.float32)
         args, flags = getattr(mod, f"_{name}_select_args")(t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
         counts = torch.empty(B * H * S * nb, dtype=torch.int32)  # per row and per row tile alike
-        kw = dict(BLOCK_M=16, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share,
-                  DC=min(common["BLOCK_D"], max(8, 8192 // nbp)), COUNTS=True, num_warps=8 if nbp >= 512 else 4,
-                  **flags)
+        kw = dict(BLOCK_M=rows, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share,
+                  DC=min(common["BLOCK_D"], max(8, 8192 // nbp)), COUNTS=True,
+                  num_warps=8 if rows * nbp >= 8192 else 4, **flags)
         jobs.append((f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, counts, counts, nb], kw))
     if "place" in kinds:
         entries = torch.empty(B * H * S * 16, dtype=torch.int32)  # tile starts, rows, slots alike
         jobs.append((f"{name}_place", getattr(mod, f"{name}_place"), [sel, entries, entries, entries, S, nb],
-                     dict(NBP=nbp, BLOCK_M=16, num_warps=8 if nbp >= 512 else 4)))
+                     dict(NBP=nbp, BLOCK_M=rows, num_warps=8 if rows * nbp >= 8192 else 4)))
     xs = {"_sel": sel}
     args = getattr(mod, f"_{name}_args")(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"],
                                          t["delta"], t["q"], t["q"], t["q"], t["q"], (t["q"], t["q"]), t["dq"],
