@@ -5,21 +5,21 @@ mask allows and discard the blocks a row did not choose. Here the forward goes k
 block instead (as MoBA's own implementation does):
 
     host    the choice SEL [B, HS, M, NB] as entries (b, hs, kb, m), grouped by key block with the
-            rows ascending, cut into chunks of at most BLOCK_M rows; each entry's slot is the
+            rows ascending, cut into chunks of up to 4 * BLOCK_M rows; each entry's slot is the
             rank of kb among its row's chosen blocks. The select kernel counted the chosen blocks
             per row tile (TC); their prefix sums in entry order give each tile's first entry of
             each block, and the place kernel (program: the select kernel's row tile) writes the
             entries there. One wait for the GPU: the number of entries and chunks, and the most
             blocks a row chose, size the buffers
-    attend  program (chunk, head of the selection): the chunk's rows gathered, the block's keys in
-            tiles of BLOCK_N, the spec's score and mask, a softmax over the block
+    attend  program (chunk, head of the selection): the chunk's rows gathered BLOCK_M at a time,
+            the block's keys in tiles of BLOCK_N, the spec's score and mask, a softmax over the block
             -> a partial o and lse in the row's slot (PO [B, H, M, NS, BLOCK_DV], PL [B, H, M, NS])
     merge   program (query tile, b, h): the row's partials combined exactly by their lse -> o, lse
 
-Work is proportional to the chosen pairs, not the allowed ones. The lse is the dense forward's, so the backward may also run on the dense kernels with the folded
-mask. Softmax specs without a weights, out or sink stage qualify (their partials merge by the lse
-alone), and masks without per-call tile lists; others keep the dense forward, as the module
-header says.
+Work is proportional to the chosen pairs, not the allowed ones. The lse is the dense forward's, so
+the backward may also run on the dense kernels with the folded mask. Softmax specs without a
+weights, out or sink stage qualify (their partials merge by the lse alone), and masks without
+per-call tile lists; others keep the dense forward, as the module header says.
 
 The backward goes block by block too (``backward_too``), over the forward's entries:
 
