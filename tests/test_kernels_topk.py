@@ -201,3 +201,24 @@ def test_data_dependent_mask_and_prepared_tiles():
     _check_selection(a, q, k, v, doc=doc)
     fn = attngen.jit(src)
     torch.testing.assert_close(fn(q, k, v, doc=doc, prepared=attngen.prepare(fn, q, k, doc=doc)), fn(q, k, v, doc=doc))
+
+
+LISTED = {  # the listed forward's three kinds of lists: one for every head, one per GQA group, one per head
+    "all-heads": ("mask = causal\n select = topk(6, by = -j)", True),
+    "group": ("mask = j <= i - 1\n select = topk(5, by = score, share = group)", True),
+    "per-head": ("mask = window(30)\n select = topk(20, by = score)", True),  # 20 keys: two tiles of a list
+    "keep": ("mask = causal\n select = topk(4, by = score, keep = j == 0)", False),  # keep= keys are not listed
+    "weights": ("mask = causal\n select = topk(4, by = score)\n weights = p * 0.5", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LISTED))
+def test_the_listed_forward(name):
+    """Which specs take the listed kernel (each row against its listed keys only), and that o, lse and the
+    gradients (the dense backward after it) match the reference, also for rows with fewer keys than K."""
+    src, listed = LISTED[name]
+    a = compile_source(f"attention t {{ {src} }}")[0]
+    fn = attngen.jit(a.source)
+    assert hasattr(fn.module, "t_listed") == listed
+    assert ("forward: the listed kernel" in " ".join(fn.module.__doc__.split())) == listed
+    assert_close(compare(a, M=37, N=45, D=40, DV=24))

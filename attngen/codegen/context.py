@@ -108,6 +108,12 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
             notes.append(sparse + f"too: dq per chosen block{where}, summed, and dk/dv from the rows that chose a block")
         elif sel.block:
             notes.append(sparse + "runs the dense kernels with the choice in the mask")
+        elif gather.listed(plan):
+            notes.append("forward: the listed kernel, each query row against the keys in its list only; the "
+                         "backward runs the dense kernels with the lists in the mask")
+        else:
+            notes.append("forward: the dense kernel with the lists in the mask (the listed forward takes "
+                         "softmax without keep=, weights, out, sink or per-call tile lists)")
     return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
 
 
@@ -161,6 +167,8 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      "code": render_kernel(template, s=plan.select_code, **base),
                      "gather": _gather_kernels(plan, base, render_kernel) if gather.eligible(plan) else "",
                      "gather_bwd": gather.backward_too(plan),
+                     "listed": _listed_kernel(plan, base, render_kernel) if gather.listed(plan) else "",
+                     "per_head": sel.block is None and plan.select_code.heads == "H",
                      "dq_factor": gather.dq_factor(plan),
                      "max_blocks": select.max_blocks(plan.select_code) if sel.block else 0,
                      # a block-sparse program's rows: this many tiles of them, so that the block's keys are
@@ -190,6 +198,16 @@ def _gather_kernels(plan: Plan, base: dict, render_kernel) -> str:
     assert not gather.dq_factor(plan) or c["k_tile"], "a scaled dot(q, k) loads the raw key tile"
     return render_kernel("gather.py.jinja", f=_blocks(kernels.forward(own, split_scale=False), _VAR_KEYS), r=r, c=c,
                          gather_bwd=gather.backward_too(plan), dq_factor=gather.dq_factor(plan), **base)
+
+
+def _listed_kernel(plan: Plan, base: dict, render_kernel) -> str:
+    """The listed forward of a token selection, on the attention before lowering (a listed key is one
+    the row chose: the membership test of the lowered mask is left out)."""
+    heads = plan.select_code.heads
+    return render_kernel("listed.py.jinja", f=_blocks(kernels.forward(gather.unlowered(plan), split_scale=False),
+                                                      _VAR_KEYS),
+                         k=plan.select.k, per_head=heads == "H", list_head={"1": "0", "HK": "hk", "H": "h0"}[heads],
+                         **base)
 
 
 def module_context(plans: list[Plan], source: str, filename: str, cache_key: str, render_kernel) -> dict:

@@ -53,6 +53,16 @@ def eligible(plan: Plan) -> bool:
             and a.weights is None and a.out is None and a.norm.sink is None and tiles.tiles_kind(a) != "dynamic")
 
 
+def listed(plan: Plan) -> bool:
+    """Whether a token selection's forward runs the listed kernel: each query row against the keys in
+    its list only. Softmax without weights, out or sink (as the block-sparse forward), no keep= (its
+    keys are not in the lists), and a mask without per-call tile lists. The backward stays dense."""
+    a = plan.attn
+    return (plan.select is not None and plan.select.block is None and plan.select.keep is None
+            and plan.norm == "softmax" and a.weights is None and a.out is None and a.norm.sink is None
+            and tiles.tiles_kind(a) != "dynamic")
+
+
 def backward_too(plan: Plan) -> bool:
     """Whether the backward is block-sparse as well: no floating inputs (their gradients are written
     once per row or key by the dense kernels), and blocks of whole key tiles of 16 keys or more."""

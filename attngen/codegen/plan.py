@@ -47,7 +47,7 @@ class Plan:
     source: ir.Attention  # as given to the code generator
     select_code: "select.SelectCode | select.TopkCode | None" = None  # the selection kernels' statements
     select: ir.Select | None = None
-    unlowered: ir.Attention | None = None  # block selection: the substituted IR before lowering, without select
+    unlowered: ir.Attention | None = None  # a selection: the substituted IR before lowering, without select
 
     @property
     def norm(self) -> str:
@@ -122,7 +122,7 @@ def make_plan(a: ir.Attention) -> Plan:
     if sub.select is None:
         return Plan(sub, a)
     if sub.select.block is None:
-        return Plan(select.lower(sub), a, select.topk_code(sub), sub.select)
+        return Plan(select.lower(sub), a, select.topk_code(sub), sub.select, replace(sub, select=None))
     k_row = ir.transform(a.k, lambda e: ir.Row("k_raw", vec("D")) if isinstance(e, ir.Row) else e) \
         if a.k is not None else ir.Row("k_raw", vec("D"))
     return Plan(select.lower(sub), a, select.select_code(sub, k_row), sub.select, replace(sub, select=None))
