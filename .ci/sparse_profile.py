@@ -53,7 +53,9 @@ def main():
         torch.autograd.grad(o, ins, do)
 
     for _ in range(2):
-        bwd(fwd())
+        o = fwd()
+        if not args.no_backward:
+            bwd(o)
     sync()
     parts = [("forward", lambda: fwd(), lambda: None)]
     if not args.no_backward:
