@@ -1,4 +1,5 @@
-"""Block-sparse kernels for block top-k selection: only the chosen key blocks are visited.
+"""Block-sparse kernels for block top-k selection: only the chosen key blocks are visited. (And
+``listed``: which token selections run the listed forward, listed.py.jinja.)
 
 The dense kernels with the choice folded into the mask (``select.lower``) visit every key tile the
 mask allows and discard the blocks a row did not choose. Here the forward goes key block by key

@@ -5,7 +5,7 @@ Either way the selection is made per call by generated kernels, then the attenti
 dense kernels with the choice folded into the mask: forward and backward come for free, every
 score / norm / weights / out stage included, and no gradient flows through ``by``, as the
 language says. A block selection's forward and backward visit only the chosen blocks where the
-spec allows it (``gather``).
+spec allows it (``gather``), a token selection's forward only the listed keys (``gather.listed``).
 
 Block top-k:
     kmean   program (key block, b, hk): the mean of the block's keys after the prologue
@@ -27,13 +27,16 @@ Token top-k (extra memory O(M·K): no [M, N] score or bool matrix is ever stored
             ``by``, the mask and ``keep`` tile by tile over the key tiles the mask allows (a group
             sums ``by`` over its heads; its candidates are allowed for any of them). Each row's
             K-th largest candidate value T is found exactly on the 32-bit ordered key of ``by``
-            (float bits mapped to an order-preserving integer; NaN as -inf, -0.0 as +0.0): 8
-            passes over the keys, each counting the candidates at or above 16 thresholds, fix 4
-            bits of T. A last pass in key order takes the candidates above T and the first
-            K - #above of those equal to T (ties to the smaller j) -> SEL [B, H, HK or 1, M, K]
-            int32: the chosen keys in ascending order, -1 after the last (a row with fewer than K
-            candidates keeps them all). Each pass evaluates ``by`` again: 9 evaluations per
-            allowed pair buy the O(M·K) memory
+            (float bits mapped to an order-preserving integer; NaN as -inf, -0.0 as +0.0) by
+            bisection: a first pass counts the candidates and those with the top bit, then one
+            count pass per bit below, until every row of the tile has exactly K at or above T
+            (32 passes at most). A last pass in key order takes the candidates above T and the
+            first K - #above of those equal to T (ties to the smaller j) -> SEL [B, H, HK or 1,
+            M, K] int32: the chosen keys in ascending order, -1 after the last (a row with fewer
+            than K candidates keeps them all). Each pass evaluates ``by`` again: the evaluations
+            per allowed pair buy the O(M·K) memory
+    listed  program (query row, b, the heads sharing a list): the row against its listed keys
+            (``gather.listed``: softmax without keep=, weights, out or sink), o and lse
     lowered mask: ``mask and (keep or _in_list(b, h, hk or 0, m, j, K))``: ``keep`` is evaluated in
             place, so kept keys need no room in the list; membership is a binary search of the
             row's list for the tile's first key, then one bit word per 64 keys of the tile from the
