@@ -10,13 +10,14 @@ import json
 import os
 import random
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 import attngen
-from attngen.bench.impls import flex_impl, sdpa_impl
+from attngen.bench.impls import dense_impl, flex_impl, sdpa_impl
 from attngen.bench.inputs import BOOL_DENSITY, make_inputs
 from attngen.bench.paged import paged_cache
 from attngen.bench.pairs import allowed_keys, allowed_pairs, varlen_pairs
@@ -26,6 +27,7 @@ from attngen.bench.run import Config, Results
 from attngen.bench.varlen import DEFAULT_LENGTHS, flex_varlen_impl
 from attngen.bench.startup import first_call, scoped_environ
 from attngen.cli import main
+from attngen.reference.api import ReferenceAttention
 from attngen.reference.interpreter import selected_pairs
 from attngen.spec import compile_file, compile_source
 
@@ -329,6 +331,30 @@ def test_bench_baseline_alone_and_startup(tmp_path):
         assert st[key] > 0, key
     assert st["overhead_us"] == pytest.approx(st["call_us"] - st["launch_us"])
     assert "first call, nothing cached" in r.stdout and "overhead us" in r.stdout
+
+
+def test_bench_selection_has_the_dense_row_beside_it(tmp_path):
+    """A selection spec runs beside attngen on the same spec without its select stage (dense), timed on
+    the same inputs and not compared; the peers that have no select stage say so."""
+    out = tmp_path / "out.json"
+    r = _bench(EXAMPLE_DIR / "moba.attn", "-D", "BLOCK=16", "-D", "TOPK=2", *TINY, "--json", out)
+    assert r.exit_code == 0, r.output
+    (rec,) = json.loads(out.read_text())["records"]
+    dense = rec["peers"]["dense"]
+    assert set(dense) == {"ms", "tflops", "ratio"}
+    assert dense["ratio"] == pytest.approx(dense["ms"] / rec["attngen"]["ms"])
+    assert rec["peers"]["sdpa-flash"] == {"skipped": "select stage"}
+    assert "dense: attngen on the same spec without its select stage" in r.stdout
+
+
+def test_the_dense_twin_cuts_only_the_select_stage():
+    src = ("attention t {\n const K = 2\n mask = causal; select = topk(K, by = dot(q, kmean),\n"
+           "   block = 16)  # the choice\n score = dot(q, k) * scale\n}\n")
+    a = compile_source(src, consts={"K": 3})[0]
+    impl = dense_impl(a, {})
+    q = torch.randn(1, 2, 40, 16)
+    want = ReferenceAttention(replace(a, select=None))(q, q, q)
+    torch.testing.assert_close(impl.call(q, q, q), want, atol=1e-5, rtol=1e-5)
 
 
 def test_first_call_generates_and_imports_anew(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ every implementation reads the same tensors, including in-place updates of them.
 
     attngen      what attngen.load(...) returns (the Triton backend)
     attngen-prepared  the same with its data-dependent mask prepared ahead (attngen.prepare)
+    dense        attngen on a selection spec's source without its select stage: the dense row the
+                 selection is measured against (a different attention, so no error is taken)
     flex         flex_attention, compiled on CUDA and eager on CPU; the block mask is
                  built once, or on every call with fresh inputs
     sdpa-cudnn   F.scaled_dot_product_attention under sdpa_kernel(CUDNN_ATTENTION)
@@ -64,6 +66,23 @@ def requiring_grad(inputs: Inputs) -> tuple[str, ...]:
 def attngen_impl(fn: Callable, inputs: Inputs) -> Impl:
     """``fn``: what ``attngen.load`` returned for the attention."""
     return Impl("attngen", lambda q, k, v: fn(q, k, v, **inputs), requiring_grad(inputs))
+
+
+def dense_impl(a: ir.Attention, inputs: Inputs) -> Impl:
+    """attngen on ``a``'s spec with its select stage cut from the source (the stage's text, columns
+    included), the same consts; the inputs only ``by`` read stay declared and are passed as they are."""
+    from ..runtime.jit import TritonAttention
+    from ..spec import compile_source
+
+    span = dict(a.stage_spans)["select"]
+    starts = [0]
+    for line in a.source.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    cut = starts[span.line - 1] + span.col - 1, starts[span.end_line - 1] + span.end_col - 1
+    source = a.source[:cut[0]] + a.source[cut[1]:]
+    (dense,) = compile_source(source, a.filename, dict(a.consts), a.name)
+    fn = TritonAttention(dense)
+    return Impl("dense", lambda q, k, v: fn(q, k, v, **inputs), requiring_grad(inputs))
 
 
 def prepared_impl(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: Inputs,

@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from .run import ERR_LIMIT
 
-PEER_ORDER = ("flex", "sdpa-cudnn", "sdpa-flash")
+PEER_ORDER = ("dense", "flex", "sdpa-cudnn", "sdpa-flash")
 #: longest reason shown in a table cell; longer ones are cut there and given in full below the table
 REASON_CHARS = 60
 _SEP = " | "
@@ -50,7 +50,8 @@ def table(records: list[dict], baseline: str | None = None) -> str:
     vs = any("vs_base" in r for r in records)
     groups = [("", ["spec", "seq", "B", "pass"]),
               ("attngen", ["ms", "TFLOP/s"] + (["prep ms"] if prep else []) + (["vs base"] if vs else []))]
-    groups += [(p, ["ms", "TFLOP/s", "ratio"] + (["prep ms"] if p == "flex" else []) + ["err"]) for p in peers]
+    groups += [(p, ["ms", "TFLOP/s", "ratio"] + (["prep ms"] if p == "flex" else [])
+                + (["err"] if p != "dense" else [])) for p in peers]
     rows, long_reasons = [], {}
     for r in records:
         mine = [_ms(r["attngen"]["ms"]), _tflops(r["attngen"]["tflops"])]
@@ -67,13 +68,17 @@ def table(records: list[dict], baseline: str | None = None) -> str:
             cells = [_ms(res["ms"]), _tflops(res["tflops"]), f"{res['ratio']:.2f}"]
             if p == "flex":
                 cells.append(_ms(res["mask_prep_ms"]) if res["mask_prep_ms"] is not None else "-")
-            cells.append(f"{res['rel_err']:.1e}" + (" !!" if not res["rel_err"] <= ERR_LIMIT else ""))
+            if p != "dense":
+                cells.append(f"{res['rel_err']:.1e}" + (" !!" if not res["rel_err"] <= ERR_LIMIT else ""))
             row.append(cells)
         rows.append(row)
     lines = _render(groups, rows)
     lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
     lines.append("ratio: attngen TFLOP/s / peer TFLOP/s (> 1: attngen is faster). err: |o - o_peer| / |o_peer| "
                  f"(fwd), the largest over o and the gradients (fwd+bwd); !! marks err > {ERR_LIMIT:.0e}.")
+    if "dense" in peers:
+        lines.append("dense: attngen on the same spec without its select stage (the mask alone), same inputs; "
+                     "ratio as for the peers (> 1: the selection is faster than dense).")
     if "flex" in peers:
         lines.append("flex prep ms: flex's create_block_mask"
                      + (", also inside flex's ms: the integer/bool inputs change every call." if fresh

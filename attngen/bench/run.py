@@ -22,7 +22,8 @@ Records (one per pass, ``fwd`` and ``fwd+bwd``) are plain dicts, ready for JSON:
      "attngen": {"ms", "tflops"[, "prepared_ms", "prep_ms"]},
      "peers": {"flex": {"rel_err", "errors", "ms", "tflops", "ratio", "mask_prep_ms"}
                        or {"skipped": reason},
-               "sdpa-cudnn": ..., "sdpa-flash": ...}
+               "sdpa-cudnn": ..., "sdpa-flash": ...,
+               "dense": {"ms", "tflops", "ratio"} (selection specs: attngen without the select stage)}
      [, "vs_base"]}
 
 ``errors``: attngen's relative error against the peer for o (and, in fwd+bwd, for every
@@ -48,8 +49,8 @@ from .. import load
 from ..frontend.errors import AttnError
 from ..ir import nodes as ir
 from ..ir.build import ConstValue
-from .impls import (SDPA_BACKENDS, Impl, Outputs, attngen_impl, errors, flex_impl, outputs, prepared_impl,
-                    sdpa_impl)
+from .impls import (SDPA_BACKENDS, Impl, Outputs, attngen_impl, dense_impl, errors, flex_impl, outputs,
+                    prepared_impl, sdpa_impl)
 from .inputs import Layouts, discrete_names, make_inputs, make_qkv
 from .pairs import allowed_pairs
 from .peers import Unsupported
@@ -240,9 +241,10 @@ def run_case(t: Target, fn: Callable, seq: int, cfg: Config, log: Callable[[str]
 
 
 def _peers(a: ir.Attention, sizes: dict, inputs: dict, cfg: Config, device: torch.device):
-    """(name, Impl) for each peer asked for, or (name, reason) where it cannot run ``a``."""
+    """(name, Impl) for each peer asked for, or (name, reason) where it cannot run ``a``; for a
+    selection, first the dense row beside it (``dense``: the spec without its select stage)."""
     scale = sizes["D"] ** -0.5
-    makers = []
+    makers = [("dense", lambda: dense_impl(a, inputs))] if a.select is not None else []
     if "flex" in cfg.peers:
         makers.append(("flex", lambda: flex_impl(a, sizes, scale, inputs, device, cfg.fresh_inputs)))
     if "sdpa" in cfg.peers:
@@ -258,6 +260,8 @@ def _check(peer: Impl | str, pass_: str, mine: Outputs, case: Case) -> dict:
     """``{"rel_err", "errors"}`` of attngen against ``peer`` for one pass, or ``{"skipped": reason}``."""
     if isinstance(peer, str):
         return {"skipped": peer}
+    if peer.name == "dense":
+        return {}  # another attention: timed, not compared
     backward = pass_ == "fwd+bwd"
     if backward and peer.no_backward:
         return {"skipped": peer.no_backward}
