@@ -47,21 +47,24 @@ from . import kernels, tiles
 from .plan import Plan
 
 
+def _softmax_alone(plan: Plan) -> bool:
+    """Softmax without weights, out or sink (a row's result is its o and lse alone), and a mask without
+    per-call tile lists: what a selection's own forward kernels need."""
+    a = plan.attn
+    return (plan.norm == "softmax" and a.weights is None and a.out is None and a.norm.sink is None
+            and tiles.tiles_kind(a) != "dynamic")
+
+
 def eligible(plan: Plan) -> bool:
     """Whether the block-sparse forward runs this attention."""
-    a = plan.attn
-    return (plan.select is not None and plan.select.block is not None and plan.norm == "softmax"
-            and a.weights is None and a.out is None and a.norm.sink is None and tiles.tiles_kind(a) != "dynamic")
+    return plan.select is not None and plan.select.block is not None and _softmax_alone(plan)
 
 
 def listed(plan: Plan) -> bool:
     """Whether a token selection's forward runs the listed kernel: each query row against the keys in
-    its list only. Softmax without weights, out or sink (as the block-sparse forward), no keep= (its
-    keys are not in the lists), and a mask without per-call tile lists. The backward stays dense."""
-    a = plan.attn
+    its list only; no keep= (its keys are not in the lists). The backward stays dense."""
     return (plan.select is not None and plan.select.block is None and plan.select.keep is None
-            and plan.norm == "softmax" and a.weights is None and a.out is None and a.norm.sink is None
-            and tiles.tiles_kind(a) != "dynamic")
+            and _softmax_alone(plan))
 
 
 def backward_too(plan: Plan) -> bool:
