@@ -147,11 +147,11 @@ def block_kernels(mod, name, select, kinds, t):
     entries = torch.empty(B * H * S * 16, dtype=torch.int32)  # chunk table, rows, slots, group bounds alike
     keys = min(64, max(16, 1 << (select.block - 1).bit_length()))
     kw = dict(**common, **getattr(mod, f"_{name}_flags")(sizes), BLOCK_M=64, BS=select.block, num_stages=2)
-    partial = torch.empty(B * H * S * 16 * D, dtype=torch.float32)  # lse and dq partials
+    partial = torch.empty(B * H * S * 16 * D, dtype=torch.float32)  # lse partials and the dq buffer
     o_part = torch.empty(B * H * S * 16 * D, dtype=torch.bfloat16)  # the forward's are q's dtype
     tails = {"attend": ([entries, entries, entries, o_part, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=4)),
-             "attend_dq": ([entries, entries, entries, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=8)),
-             "attend_dkdv": ([entries, entries, entries, entries, partial, 16, nb, H],
+             "attend_dq": ([entries, entries, partial, nb, H], dict(BLOCK_N=keys, num_warps=8)),
+             "attend_dkdv": ([entries, entries, entries, partial, nb, H],
                              dict(BLOCK_N=min(64, select.block & -select.block), num_warps=8))}
     for kind in kinds:
         if kind not in ("select", "place"):

@@ -105,7 +105,8 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
                          "softmax without weights, out, sink or per-call tile lists)")
         elif sel.block and gather.backward_too(plan):
             where = " (written by the dk/dv kernel: the block is its key tile)" if gather.dq_factor(plan) else ""
-            notes.append(sparse + f"too: dq per chosen block{where}, summed, and dk/dv from the rows that chose a block")
+            notes.append(sparse + f"too: dq per chosen block{where}, added atomically (its last bits may vary between "
+                         "runs), and dk/dv from the rows that chose a block")
         elif sel.block:
             notes.append(sparse + "runs the dense kernels with the choice in the mask")
         elif gather.listed(plan):

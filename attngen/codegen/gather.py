@@ -25,12 +25,14 @@ per-call tile lists; others keep the dense forward, as the module header says.
 The backward goes block by block too (``backward_too``), over the forward's entries:
 
     pre          delta = sum(do * o) per row (the dense preprocess kernel)
-    attend_dq    program (chunk, head): the chunk's rows against the block: their dq from it into
-                 their slots (PQ [B, H, M, NS, BLOCK_D] float32); sum_slots adds a row's slots
-    attend_dkdv  program (key tile inside one block, b, kv head): for each head of the group, the
-                 rows that chose the block, BLOCK_M at a time, on transposed tiles: dk, dv; and,
-                 when the tile is the whole block and dq is ds @ k times a factor (``dq_factor``),
-                 the rows' dq from the block into their slots too, so attend_dq is not needed
+    attend_dq    program (chunk, head): the chunk's rows against the block: their dq from it, added
+                 into DQA [B, H, M, BLOCK_D] float32 (atomically; a row gets one addition per chosen
+                 block, so they stay in L2 where a per-slot buffer went to memory and back)
+    attend_dkdv  program (key tile inside one block, b, kv head; a head's blocks run together): for
+                 each head of the group, the rows that chose the block, BLOCK_M at a time, on
+                 transposed tiles: dk, dv; and, when the tile is the whole block and dq is ds @ k
+                 times a factor (``dq_factor``), the rows' dq from the block into DQA too, so
+                 attend_dq is not needed
 
 Both run the dense kernels' per-tile code (``bwd_tiles``). Every kernel here takes the attention
 before lowering: its mask without the selection's term, which holds for every gathered row.
