@@ -10,7 +10,8 @@ import torch
 
 from attngen.runtime.jit import TritonAttention
 from attngen.spec import compile_file, compile_source
-from attngen.verify import assert_close, compare
+from attngen.reference.api import ReferenceAttention
+from attngen.verify import assert_close, compare, rel_err
 
 from example_specs import DENSE, DENSE_IDS, EXAMPLES, shrunk
 from seqcases import packed_case, packed_errors, paged_case, paged_errors
@@ -121,3 +122,38 @@ def test_block_selection(stem):
     a = compile_file(EXAMPLES[0].parent / f"{stem}.attn", {"BLOCK": 64, "TOPK": 4})[0]
     assert_close(compare(a, B=2, H=8, HK=2, M=1000, N=1000, D=64, DV=64, dtype=torch.float32, device="cuda"),
                  factor=4.0, floor=1e-3)
+
+
+_CHOSEN = compile_source("""attention chosen_pairs {
+    input chosen: bool[B, H, M, N]
+    mask = causal and chosen[b, h, i, j]
+}""")[0]
+
+
+@pytest.mark.parametrize("stem,HK", [("moba", 4), ("nsa_select", 2)])
+def test_block_sparse_bf16(stem, HK):
+    """The block-sparse kernels at their GPU tiles (bf16, D = 128, 4k keys, 8 blocks a row of 64 blocks):
+    o and every gradient against the float64 reference of the same pairs. The kernels' own choice is
+    the reference's mask input: bf16 `by` may pick other blocks than a float64 one near ties."""
+    a = compile_file(EXAMPLES[0].parent / f"{stem}.attn", {"BLOCK": 64, "TOPK": 7})[0]
+    fn = TritonAttention(a)
+    B, H, S, D = 1, 4, 4096, 128
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(B, h, S, D, generator=gen).to("cuda", torch.bfloat16) for h in (H, HK, HK, H))
+    blocks = getattr(fn.module, f"{a.name}_selected")(q, k)  # [B, H or HK, S, NB]
+    chosen = blocks.repeat_interleave(64, dim=-1)[..., :S].repeat_interleave(H // blocks.shape[1], dim=1)
+    assert 8 <= chosen[0, 0, -1].sum() // 64 <= 10  # TOPK blocks, the row's own and (nsa) 2 more
+
+    def run(f, cast, **inputs):
+        leaves = [cast(t).detach().requires_grad_(True) for t in (q, k, v)]
+        o = f(*leaves, **inputs)
+        o.backward(cast(do))
+        return [o.detach()] + [t.grad for t in leaves]
+
+    got = run(fn, lambda t: t)
+    ref = ReferenceAttention(_CHOSEN)
+    exact = run(ref, lambda t: t.double(), chosen=chosen)
+    lowp = run(ref, lambda t: t, chosen=chosen)
+    for name, x, x64, xlp in zip(("o", "dq", "dk", "dv"), got, exact, lowp):
+        err, yardstick = rel_err(x, x64), rel_err(xlp, x64)
+        assert err <= max(4 * yardstick, 1e-3), f"{name}: {err:.2e} vs the bf16 reference's {yardstick:.2e}"
