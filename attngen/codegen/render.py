@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -54,4 +55,6 @@ def render_module(attns: list[ir.Attention], source: str, filename: str, key: st
     """Python source of a standalone module with one function per attention."""
     plans = [make_plan(run_pipeline(a)) for a in attns]
     text = _render("module.py.jinja", **module_context(plans, source, filename, key, _render))
-    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    # optional parts that render empty leave runs of blank lines: two at most, as between functions
+    return re.sub(r"\n{4,}", "\n\n\n", text)
