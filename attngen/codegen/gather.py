@@ -28,11 +28,12 @@ The backward goes block by block too (``backward_too``), over the forward's entr
     attend_dq    program (chunk, head): the chunk's rows against the block: their dq from it, added
                  into DQA [B, H, M, BLOCK_D] float32 (atomically; a row gets one addition per chosen
                  block, so they stay in L2 where a per-slot buffer went to memory and back)
-    attend_dkdv  program (key tile inside one block, b, kv head; a head's blocks run together): for
-                 each head of the group, the rows that chose the block, BLOCK_M at a time, on
-                 transposed tiles: dk, dv; and, when the tile is the whole block and dq is ds @ k
-                 times a factor (``dq_factor``), the rows' dq from the block into DQA too, so
-                 attend_dq is not needed
+    attend_dkdv  program (key tile inside one block, b, query head; a head's blocks run together):
+                 the head's rows that chose the block, BLOCK_M at a time, on transposed tiles: the
+                 head's share of dk, dv (with GQA in float32 per head, summed over the group after:
+                 a program per KV head made the blocks most rows chose 4x the longest work); and,
+                 when the tile is the whole block and dq is ds @ k times a factor (``dq_factor``),
+                 the rows' dq from the block into DQA too, so attend_dq is not needed
 
 Both run the dense kernels' per-tile code (``bwd_tiles``). Every kernel here takes the attention
 before lowering: its mask without the selection's term, which holds for every gathered row.
