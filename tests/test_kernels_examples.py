@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
+from attngen.spec import compile_file
 from attngen.verify import assert_close, compare
 
-from example_specs import DENSE, DENSE_IDS, shrunk
+from example_specs import DENSE, DENSE_IDS, EXAMPLES, shrunk
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="CPU kernel tests need TRITON_INTERPRET=1")
@@ -28,3 +30,13 @@ def test_example_square(path, name):
 def test_example_decode_shapes(path, name):
     a = shrunk(path, name, SMALL)
     assert_close(compare(a, B=1, H=2, HK=1, M=5, N=67, D=32, DV=32, seed=1))
+
+
+@pytest.mark.parametrize("stem,consts", [("causal_gqa", {}), ("alibi", {}), ("dsa_indexer", {"TOPK": 7}),
+                                         ("moba", {"BLOCK": 16, "TOPK": 2})])
+def test_example_bf16(stem, consts):
+    """bf16 through the interpreter: its tl.dot of bf16 tiles is wrong (triton 3.9), so the CPU's kernels take
+    float32 operands. Dense, token top-k (listed) and block-sparse (moba) kernels alike."""
+    path = EXAMPLES[0].parent / f"{stem}.attn"
+    a = compile_file(path, consts)[0]
+    assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.bfloat16), factor=4.0, floor=1e-3)
