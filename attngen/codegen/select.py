@@ -13,7 +13,8 @@ Block top-k:
     select  program (query tile, b, head or GQA group): ``by`` for every block of every row, which
             blocks have an allowed key (in closed form for no mask or a band mask, else key by key),
             ``keep``; the top K of the other allowed blocks: the K-th largest by found by bisection
-            on its order-preserving 32-bit key (31 count passes), ties to the smaller block
+            on its order-preserving 32-bit key (up to 32 count passes, until every row of the tile is
+            decided), ties to the smaller block
             -> SEL [B, H or HK, M, NB] bool
     lowered mask: ``mask and _sel[b, h or hk, m, j // BS]``
 Rows hold all NB blocks at once ([BLOCK_M, NBP] registers), so NB is capped: at ``MAX_BLOCKS``
