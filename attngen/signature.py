@@ -72,6 +72,8 @@ def bind(a: ir.Attention, q, k, v, inputs: Mapping[str, object] | None = None, s
     ``return_lse`` is checked against the norm: only softmax norms have a log-sum-exp.
     """
     sizes = _check_qkv(q, k, v, allow_float64)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be True or False, got {return_lse!r}")
     if return_lse and not a.is_softmax:
         raise ValueError(f"return_lse=True needs a softmax norm; attention '{a.name}' uses "
                          f"norm = {a.norm.kind}, which has no row log-sum-exp")
@@ -87,6 +89,8 @@ def _check_qkv(q, k, v, allow_float64: bool) -> dict[str, int]:
             raise TypeError(f"{name} must be a torch.Tensor {_QKV_DIMS[name]}, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must have 4 dims {_QKV_DIMS[name]}, got shape {tuple(t.shape)}")
+        if t.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values to attend over")
         if t.dtype not in allowed:
             names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
             raise TypeError(f"{name} has dtype {t.dtype}; supported: {names}")
@@ -103,9 +107,9 @@ def _check_qkv(q, k, v, allow_float64: bool) -> dict[str, int]:
             src = "q" if dim in ("B", "D") else "k"
             raise ValueError(f"{name}: dim {axis} must be {dim}={want} (from {src}), got {t.shape[axis]}")
     sizes = {"B": B, "H": H, "HK": HK, "M": M, "N": N, "D": D, "DV": v.shape[3]}
-    for dim, n in sizes.items():
-        if n < 1:
-            raise ValueError(f"size {dim} must be at least 1, got {n} "
+    for name, axis, dim in (("q", 1, "H"), ("k", 1, "HK"), ("q", 3, "D"), ("v", 3, "DV")):
+        if sizes[dim] < 1:  # B, M and N may be 0: empty outputs, or rows with no key
+            raise ValueError(f"{name}: dim {axis} ({dim}) must be at least 1, got {sizes[dim]} "
                              f"(q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)})")
     if H % HK:
         raise ValueError(f"the query heads H={H} (q dim 1) must be a multiple of the key/value heads "
@@ -114,13 +118,16 @@ def _check_qkv(q, k, v, allow_float64: bool) -> dict[str, int]:
 
 
 def _check_scale(scale, D: int) -> float:
+    """The softmax scale as a finite float: default 1/sqrt(D); a number or a 0-d float tensor."""
     if scale is None:
         return 1.0 / math.sqrt(D)
     if isinstance(scale, torch.Tensor) and scale.dim() == 0 and scale.is_floating_point():
-        return float(scale.item())
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        return float(scale)
-    raise TypeError(f"scale must be a number, got {type(scale).__name__}")
+        scale = scale.item()
+    elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a number or a 0-d float tensor, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
 
 
 def _check_inputs(a: ir.Attention, given: dict, sizes: Mapping[str, int], device: torch.device,

@@ -138,6 +138,8 @@ def _load(e: ir.Load, env: Env) -> torch.Tensor:
     if not e.indices:  # a 1-d input used whole as a row
         return _vec5(t)
     idx = torch.broadcast_tensors(*(evaluate(x, env) for x in e.indices))
+    if any(t.shape[axis] == 0 for axis in range(len(idx))):  # sized by an N or M of 0: every index is out of range
+        t = torch.zeros((1,) * len(idx) + t.shape[len(idx):], dtype=t.dtype, device=t.device)
     valid = torch.ones(idx[0].shape, dtype=torch.bool, device=env.device)
     clamped = []
     for axis, ix in enumerate(idx):

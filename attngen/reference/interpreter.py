@@ -19,6 +19,8 @@ every floating input that requires grad. The stages, in order:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..ir import nodes as ir
@@ -49,7 +51,16 @@ def selected_pairs(a: ir.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.T
 
 
 def run(a: ir.Attention, bound: Bound, return_lse: bool = False):
-    """Evaluate ``a`` on a call that :func:`attngen.signature.bind` validated."""
+    """Evaluate ``a`` on a call that :func:`attngen.signature.bind` validated.
+
+    fp16 calls compute in float32 from their fp16 values, the weights rounded to fp16 for the
+    weighted sum, as the kernels do: fp16's range (65504) would overflow large finite scores."""
+    if bound.q.dtype == torch.float16:
+        wide = {n: x.float() if isinstance(x, torch.Tensor) and x.dtype == torch.float16 else x
+                for n, x in bound.inputs.items()}
+        res = run(a, replace(bound, q=bound.q.float(), k=bound.k.float(), v=bound.v.half(), inputs=wide),
+                  return_lse)
+        return (res[0].half(), res[1]) if return_lse else res.half()
     ctx = _prepare(a, bound)
     kept = _kept(a, ctx)
     live = None if bool(kept.all()) else kept
@@ -62,13 +73,26 @@ def run(a: ir.Attention, bound: Bound, return_lse: bool = False):
     if a.weights is not None:
         w = as_grid(evaluate(a.weights, ctx.env(live=live, score=s, p=p)), shape)
         p = torch.where(kept, w, torch.zeros((), dtype=w.dtype, device=w.device))
-    o = torch.matmul(p, bound.v.index_select(1, ctx.syms["hk"].flatten()))
+    o = _weighted_sum(p, kept, bound.v.index_select(1, ctx.syms["hk"].flatten())).to(ctx.dtype)
     if a.out is not None:
         o5 = o[:, :, :, None, :]
         o = as_grid(evaluate(a.out, ctx.env({"o": o5})), o5.shape).squeeze(3)
     if not return_lse:
         return o
     return o, lse.to(torch.float64 if ctx.dtype == torch.float64 else torch.float32)
+
+
+def _weighted_sum(p: torch.Tensor, kept: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """o = p @ v [B, H, M, DV] over the kept pairs only: a masked-out key's NaN or inf value must not
+    reach rows through 0 * NaN. A row that keeps a key with a non-finite value gets NaN."""
+    p = p.to(v.dtype) if v.dtype == torch.float16 else p  # an fp16 call's weights, rounded as in the kernels
+    finite = torch.isfinite(v)
+    if bool(finite.all()):
+        return torch.matmul(p, v)
+    o = torch.matmul(p, torch.where(finite, v, torch.zeros((), dtype=v.dtype, device=v.device)))
+    bad_key = ~finite.all(-1)  # [B, H, N]
+    reads_bad = (kept & bad_key[:, :, None, :]).any(-1, keepdim=True)  # [B, H, M, 1]
+    return torch.where(reads_bad, torch.full((), float("nan"), dtype=o.dtype, device=o.device), o)
 
 
 def _prepare(a: ir.Attention, bound: Bound) -> Context:

@@ -3,7 +3,8 @@
 All functions take ``s`` [B, H, M, N] (values outside ``kept`` are arbitrary but
 finite) and ``kept`` [B, H, M, N] bool, and return ``p`` that is exactly 0 outside
 ``kept``. Every reduction is guarded with ``torch.where`` so that a row without a
-kept key gives p = 0 and finite gradients, never NaN.
+kept key gives p = 0 and finite gradients, never NaN; a NaN among a row's kept
+scores makes that row's p (and lse) NaN.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def softmax(s: torch.Tensor, kept: torch.Tensor,
     (= sink with a sink).
     """
     neg_inf = torch.full((), float("-inf"), dtype=s.dtype, device=s.device)
-    mx = torch.where(kept, s, neg_inf).amax(-1).detach()
+    if s.shape[-1] == 0:  # no keys at all (N = 0): every row is empty
+        mx = neg_inf.expand(s.shape[:-1])
+    else:
+        mx = torch.where(kept, s, neg_inf).amax(-1).detach()  # NaN where a kept score is NaN
     if sink is not None:
         mx = torch.maximum(mx, sink.detach())
     mx = torch.where(torch.isfinite(mx), mx, _zero(s))[..., None]
@@ -49,10 +53,10 @@ def softmax(s: torch.Tensor, kept: torch.Tensor,
     denom = e.sum(-1, keepdim=True)
     if sink is not None:
         denom = denom + torch.exp(sink[..., None] - mx)
-    nonzero = denom > 0
-    safe = torch.where(nonzero, denom, torch.ones_like(denom))
+    empty = denom == 0  # not NaN: a row that reads a NaN gets NaN in p and lse
+    safe = torch.where(empty, torch.ones_like(denom), denom)
     p = e / safe
-    lse = torch.where(nonzero, mx + torch.log(safe), neg_inf).squeeze(-1)
+    lse = torch.where(empty, neg_inf, mx + torch.log(safe)).squeeze(-1)
     return p, lse
 
 
