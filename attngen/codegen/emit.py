@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from .analysis import COL, ROW, CodegenError, axes
+from .embed import inert
 
 #: Triton spelling of elementwise float functions of one argument
 _FN1 = {
@@ -56,8 +57,8 @@ def nonneg(e: ir.Expr) -> bool:
     """Statically non-negative integer (so C and Python division agree)."""
     if isinstance(e, ir.Const):
         return not isinstance(e.value, bool) and e.value >= 0
-    if isinstance(e, ir.Sym):
-        return e.ty.kind == "int"
+    if isinstance(e, ir.Sym):  # not i: m + N - M is negative for the first M - N rows when M > N
+        return e.ty.kind == "int" and e.name != "i"
     if isinstance(e, ir.Binary) and e.op in ("add", "mul", "floordiv", "mod"):
         return nonneg(e.a) and nonneg(e.b)
     if isinstance(e, ir.Call) and e.fn in ("abs", "relu"):
@@ -126,7 +127,7 @@ class Emitter:
             return ""
         stage = next((name for name, st in self.env.attn.stage_spans
                       if st.line <= s.line <= st.end_line), "")
-        return f"from {s.file.rsplit('/', 1)[-1]}:{s.line} {stage}".rstrip()
+        return f"from {inert(s.file.rsplit('/', 1)[-1])}:{s.line} {stage}".rstrip()
 
     # ---- values
     @staticmethod
@@ -404,4 +405,5 @@ def _in_bounds(idx: ir.Expr, dim) -> bool:
     """Index patterns that are in range by construction (masked rows/keys aside)."""
     if not isinstance(idx, ir.Sym):
         return False
-    return (idx.name, dim) in {("b", "B"), ("h", "H"), ("hk", "HK"), ("m", "M"), ("i", "N"), ("j", "N")}
+    # not (i, N): i = m + N - M is negative for the first M - N rows when M > N
+    return (idx.name, dim) in {("b", "B"), ("h", "H"), ("hk", "HK"), ("m", "M"), ("j", "N")}
