@@ -118,7 +118,8 @@ class Differentiator:
             order.append(n)
 
         for s in seeds:
-            visit(s)
+            if want_child(s):  # a stage that varies by row only (weights = alpha[b, h, m]) is the dq kernel's
+                visit(s)
         # (code, layout, zero outside the allowed pairs, a global factor still to multiply or None)
         contrib: dict[ir.Expr, list[tuple[str, str, bool, str | None]]] = {
             n: [(c, s, True, None) for c, s in v] for n, v in seeds.items()}

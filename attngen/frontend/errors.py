@@ -26,8 +26,9 @@ class Span:
         return f"{self.file}:{self.line}:{self.col}"
 
     def source_line(self) -> str:
-        lines = self.text.splitlines()
-        return lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+        # lines as the lexer counts them: splitlines() would also split on \f, \x85, U+2028...
+        lines = self.text.split("\n")
+        return lines[self.line - 1].removesuffix("\r") if 0 < self.line <= len(lines) else ""
 
 
 class AttnError(Exception):

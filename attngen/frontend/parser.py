@@ -14,6 +14,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from .. import paths
 from . import ast
 from .errors import AttnError, Span
+from .limits import check_depth, check_text, float_literal, int_literal
 
 _TOKEN_NAMES = {
     "_NL": "end of line", "NAME": "a name", "INT": "an integer", "FLOAT": "a number",
@@ -90,7 +91,8 @@ class _ToAst(Transformer):
         return ast.Dim(str(items[0]), self._span(items[0]))
 
     def dim_int(self, items):
-        return ast.Dim(int(items[0]), self._span(items[0]))
+        span = self._span(items[0])
+        return ast.Dim(int_literal(items[0], span), span)
 
     @v_args(meta=True)
     def const_decl(self, meta, items):
@@ -169,10 +171,12 @@ class _ToAst(Transformer):
         return ast.Name(str(items[0]), self._span(items[0]))
 
     def int_lit(self, items):
-        return ast.Literal(int(items[0]), self._span(items[0]))
+        span = self._span(items[0])
+        return ast.Literal(int_literal(items[0], span), span)
 
     def float_lit(self, items):
-        return ast.Literal(float(items[0]), self._span(items[0]))
+        span = self._span(items[0])
+        return ast.Literal(float_literal(items[0], span), span)
 
     @v_args(meta=True)
     def true_lit(self, meta, items):
@@ -194,12 +198,12 @@ def _describe(tok_type: str) -> str:
 def _syntax_error(err: UnexpectedInput, filename: str, source: str) -> AttnError:
     line, col = max(1, err.line), max(1, err.column)
     if isinstance(err, UnexpectedCharacters):
-        ch = source.splitlines()[line - 1][col - 1] if source.splitlines() else "?"
+        ch = source[err.pos_in_stream] if 0 <= err.pos_in_stream < len(source) else "?"
         span = Span(filename, line, col, line, col + 1, source)
         return AttnError(f"unexpected character {ch!r}", span)
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
         # point just past the last non-blank line, where the missing '}' or ')' belongs
-        lines = source.rstrip().splitlines() or [""]
+        lines = source.rstrip().split("\n")  # lines as the lexer counts them (not splitlines())
         span = Span(filename, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2, source)
         return AttnError("unexpected end of file (is a '}' or ')' missing?)", span)
     assert isinstance(err, UnexpectedToken)
@@ -214,10 +218,12 @@ def _syntax_error(err: UnexpectedInput, filename: str, source: str) -> AttnError
 
 def parse(source: str, filename: str = "<string>") -> ast.Module:
     """Parse ``.attn`` source text into an AST module."""
+    check_text(source, filename)
     try:
         tree = _lark().parse(source if source.endswith("\n") else source + "\n")
     except UnexpectedInput as err:
         raise _syntax_error(err, filename, source) from None
+    check_depth(tree, filename, source)
     try:
         attentions = _ToAst(filename, source).transform(tree)
     except VisitError as err:  # Lark wraps what the transformer raises

@@ -9,7 +9,9 @@ from typing import Mapping, Union
 
 from ..frontend import ast
 from ..frontend.errors import AttnError, suggest
+from ..frontend.limits import FLOAT32_MAX, INT32_MAX, INT32_MIN
 from . import nodes as ir
+from .reserved import check_attention_names, check_input_name
 from .check_expr import _STAGE_NAMES, BUILTIN_NAMES, NORMS, SIZES, _ExprBuilder, _Scope, _scalar_stage
 from .types import DTYPES, FLOAT, INT, vec
 
@@ -51,6 +53,7 @@ def build_attention(node: ast.Attention, filename: str, source: str,
         if isinstance(st, ast.ConstDecl):
             consts[name] = _override(name, _const_literal(st.value), overrides, st)
         elif isinstance(st, ast.InputDecl):
+            check_input_name(name, st.name.span, set(inputs))
             inputs[name] = _input_decl(st, consts)
         else:
             if name not in ir.STAGES:
@@ -107,6 +110,11 @@ def _override(name: str, value: ConstValue, overrides, st: ast.ConstDecl) -> Con
     if type(v) is not type(value) and not (isinstance(v, int) and not isinstance(v, bool)
                                            and isinstance(value, float)):
         raise AttnError(f"const '{name}' is {type(value).__name__}, got {v!r}", st.name.span)
+    # the literal ranges of the language (README): int32 integers, float32 floats or inf, never NaN
+    if isinstance(v, int) and not isinstance(v, bool) and not INT32_MIN <= v <= INT32_MAX:
+        raise AttnError(f"const '{name}' = {v} is out of the int32 range", st.name.span)
+    if isinstance(v, float) and (v != v or (abs(v) != float("inf") and abs(v) > FLOAT32_MAX)):
+        raise AttnError(f"const '{name}' = {v!r}: a float const must be a float32 number or inf", st.name.span)
     return float(v) if isinstance(value, float) else v
 
 
@@ -149,10 +157,16 @@ def _input_decl(st: ast.InputDecl, consts: Mapping[str, ConstValue]) -> ir.Input
     return ir.InputDecl(st.name.id, dtype, tuple(dims), st.span)
 
 
+#: the largest topk K and block size: the token list takes 4 * K bytes per query row and head
+MAX_TOPK = 65536
+
+
 def _int_const(node: ast.Expr, scope, what: str) -> int:
     e = scope("select.keep").build(node)
     if not (isinstance(e, ir.Const) and e.ty == INT and e.value >= 1):
         raise AttnError(f"{what} must be a positive integer constant", node.span)
+    if e.value > MAX_TOPK:
+        raise AttnError(f"{what} must be at most {MAX_TOPK}", node.span)
     return int(e.value)
 
 
@@ -219,6 +233,7 @@ def build_module(module: ast.Module, overrides: Mapping[str, ConstValue] | None 
         if a.name.id in seen:
             raise AttnError(f"attention '{a.name.id}' is defined twice", a.name.span)
         seen.add(a.name.id)
+    check_attention_names([(a.name.id, a.name.span) for a in module.attentions])
     chosen = module.attentions
     if name is not None:
         chosen = [a for a in module.attentions if a.name.id == name]

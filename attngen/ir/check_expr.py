@@ -358,6 +358,8 @@ class _ExprBuilder:
             base = ir.Const(float(base_node.value), FLOAT, base_node.span)
         else:
             raise _err("rope() base must be a constant number", base_node.span)
+        if not 0 < base.value < float("inf"):  # the angles take log(base)
+            raise _err(f"rope() base must be a positive finite number, got {base.value!r}", base.span)
         if any(isinstance(n, ir.Call) and n.fn == "rope" for n in ir.walk(x)):
             raise _err("rope() cannot be nested inside rope()", spans[0])
         return ir.Call("rope", (x, pos, base), x.ty, span)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from ..frontend.errors import AttnError
+from ..frontend.limits import FLOAT32_MAX, INT32_MAX, INT32_MIN
 from ..ir import nodes as ir
 from ..ir.types import BOOL, INT
 
@@ -54,6 +56,8 @@ def _fold(e: ir.Expr) -> ir.Expr:
                 v = _BIN[e.op](a.value, b.value)
             except (OverflowError, ZeroDivisionError):
                 v = None
+            if isinstance(v, complex):  # (-8.0) ** 0.5: not a real number
+                v = None
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 v = bool(v) if e.ty == BOOL else int(v) if e.ty == INT else float(v)
                 return ir.Const(v, e.ty, e.span)
@@ -94,3 +98,36 @@ def run(a: ir.Attention) -> ir.Attention:
         # a constant-true mask is no mask; a constant-false one stays (every row is empty)
         out = replace(out, mask=None) if out.mask.value else out
     return out
+
+
+def _undefined(e: ir.Expr) -> str | None:
+    """Why a node of folded IR has no value the kernels could compute, or None."""
+    if isinstance(e, ir.Const) and e.ty == INT and not INT32_MIN <= e.value <= INT32_MAX:
+        return f"this integer constant ({e.value}) is out of the int32 range of the kernels"
+    if isinstance(e, ir.Const) and e.ty.kind == "float" and math.isfinite(e.value) and abs(e.value) > FLOAT32_MAX:
+        return f"this constant ({e.value:g}) is out of the float32 range of the kernels"
+    if isinstance(e, ir.Binary) and e.op in ("div", "floordiv", "mod") and e.ty.kind == "float" \
+            and isinstance(e.b, ir.Const) and e.b.value == 0:
+        return "division by zero"
+    if isinstance(e, ir.Binary) and e.op in _BIN and isinstance(e.a, ir.Const) and isinstance(e.b, ir.Const) \
+            and not (e.ty == INT and e.op in ("floordiv", "mod")):  # an integer // 0 or % 0 is 0 (README)
+        return "this constant expression has no real value (a NaN, a complex number or an overflow)"
+    if isinstance(e, ir.Call) and e.fn in _FN and all(isinstance(x, ir.Const) for x in e.args):
+        return f"{e.fn}() of these constants has no real value"
+    return None
+
+
+def check_constants(a: ir.Attention) -> None:
+    """Fold ``a`` and refuse what the kernels cannot compute: constant expressions that overflow
+    int32 or float32, divide a float by zero or have no real value, and a constant sink that is
+    not finite. Run at check time, so ``attngen check`` reports them with a caret."""
+    folded = run(a)
+    for stage, e in folded.exprs():
+        for n in ir.walk(e):
+            why = _undefined(n)
+            if why is not None:
+                raise AttnError(why, n.span or a.stage_span(stage.split(".")[0]))
+    sink = folded.norm.sink
+    if isinstance(sink, ir.Const) and not math.isfinite(sink.value):
+        raise AttnError("the sink must be finite (a sink of -inf is no sink: drop it)",
+                        sink.span or a.stage_span("norm"))
