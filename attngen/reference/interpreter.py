@@ -53,14 +53,25 @@ def selected_pairs(a: ir.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.T
 def run(a: ir.Attention, bound: Bound, return_lse: bool = False):
     """Evaluate ``a`` on a call that :func:`attngen.signature.bind` validated.
 
-    fp16 calls compute in float32 from their fp16 values, the weights rounded to fp16 for the
-    weighted sum, as the kernels do: fp16's range (65504) would overflow large finite scores."""
-    if bound.q.dtype == torch.float16:
+    fp16's range (65504) can overflow large finite scores that the kernels, computing in float32,
+    handle: an fp16 call whose finite inputs give a non-finite result is computed again in float32
+    from its fp16 values, the weights rounded to fp16 for the weighted sum as in the kernels."""
+    res = _run(a, bound, return_lse)
+    if bound.q.dtype == torch.float16 and not _finite(res[0] if return_lse else res) and _finite((bound.q, bound.k, bound.v,
+                                                                         *bound.inputs.values())):
         wide = {n: x.float() if isinstance(x, torch.Tensor) and x.dtype == torch.float16 else x
                 for n, x in bound.inputs.items()}
-        res = run(a, replace(bound, q=bound.q.float(), k=bound.k.float(), v=bound.v.half(), inputs=wide),
-                  return_lse)
+        res = _run(a, replace(bound, q=bound.q.float(), k=bound.k.float(), inputs=wide), return_lse)
         return (res[0].half(), res[1]) if return_lse else res.half()
+    return res
+
+
+def _finite(xs) -> bool:
+    ts = [x for x in (xs if isinstance(xs, tuple) else (xs,)) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in ts)
+
+
+def _run(a: ir.Attention, bound: Bound, return_lse: bool):
     ctx = _prepare(a, bound)
     kept = _kept(a, ctx)
     live = None if bool(kept.all()) else kept
