@@ -46,4 +46,4 @@ def check_vector_sides(stage: str, e: ir.Expr) -> None:
     for n in ir.walk(e):
         if n.ty.is_vec and is_pair(n):
             raise CodegenError(f"{stage}: the vector expression mixes query and key positions; "
-                               "the kernels need each vector to depend on one side only")
+                               "the kernels need each vector to depend on one side only", n.span)
