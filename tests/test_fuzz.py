@@ -32,7 +32,7 @@ SETTINGS = settings(max_examples=BUDGET, deadline=None, derandomize=BUDGET <= 20
 EXAMPLES = [open(p).read() for p in sorted(glob.glob("examples/*.attn"))]
 _TOKEN = re.compile(r"\*\*|//|==|!=|<=|>=|[A-Za-z_][A-Za-z0-9_]*|\d+\.\d*|\d+|\s+|#[^\n]*|.", re.S)
 PIECES = ["(", ")", "[", "]", ",", "=", "-", "not ", "**", "//", "\n", ";", "{", "}", "causal", "q", "k",
-          "topk(", "rope(", "where(", "dot(q, k)", "inf", "0", "0.0", "1e39", "9" * 40, "2147483648",
+          "topk(", "rope(", "where(", "dot(q, k)", "inf", "0", "0.0", "1e39", "9" * 40, "2147483648", "** 2000000000", "** 99",
           "\x0c", "\x85", "\u2028", "\ud800", "é", "\0", "class", "lambda", "torch", "tl", "ctx", "self",
           "return_lse", "prepared", "scale", "_x", "input ", "const ", "attention ", "score", "mask", "weights"]
 NESTERS = [("-", ""), ("not ", ""), ("abs(", ")"), ("(", ")"), ("sigmoid(", ")"), ("1.0 + ", "")]

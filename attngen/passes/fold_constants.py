@@ -17,14 +17,25 @@ from ..frontend.limits import FLOAT32_MAX, INT32_MAX, INT32_MIN
 from ..ir import nodes as ir
 from ..ir.types import BOOL, INT
 
+
+def _pow(a, b):
+    # an integer power past int32 is refused anyway: never compute 3 ** 2000000000 (minutes, gigabytes)
+    if isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 64:
+        raise OverflowError
+    return a ** b
+
+
 _BIN = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b if b != 0 else None, "floordiv": lambda a, b: a // b if b != 0 else None,
-    "mod": lambda a, b: a % b if b != 0 else None, "pow": lambda a, b: a ** b,
+    "mod": lambda a, b: a % b if b != 0 else None, "pow": _pow,
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
     "and": lambda a, b: a and b, "or": lambda a, b: a or b,
 }
+
+
+
 _FN = {
     "exp": math.exp, "exp2": lambda x: 2.0 ** x, "log": lambda x: math.log(x) if x > 0 else None,
     "log2": lambda x: math.log2(x) if x > 0 else None, "sqrt": lambda x: math.sqrt(x) if x >= 0 else None,
