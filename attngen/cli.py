@@ -76,10 +76,10 @@ def show(file: str, name: str | None, consts: dict, show_ir: bool, after: str | 
     """Show what attngen makes of FILE: its IR (the default), its mask, or its Triton code."""
     attns = load_spec(file, name, consts)
     if show_triton:
-        from .codegen.render import cache_key, render_module
+        from .codegen.render import module_key, render_module
 
         source = Path(file).read_text()
-        click.echo(render_module(attns, source, file, cache_key(source, consts, file)), nl=False)
+        click.echo(render_module(attns, source, file, module_key(attns, source, file)), nl=False)
     if show_ir or after is not None or (mask_out is None and not show_triton):
         if after is not None:
             attns = _run_passes(attns, after)
@@ -140,13 +140,28 @@ def _show_mask(file: str, attns: list[ir.Attention], out: str, M: int, N: int) -
 @define_option
 def compile_cmd(file: str, out: str, name: str | None, consts: dict) -> None:
     """Write a standalone module (torch + triton only) with one function per attention of FILE."""
-    from .codegen.render import cache_key, render_module
+    from .codegen.render import module_key, render_module
 
     attns = load_spec(file, name, consts)
     source = Path(file).read_text()
-    text = render_module(attns, source, file, cache_key(source, consts, file))
-    Path(out).write_text(text)
+    text = render_module(attns, source, file, module_key(attns, source, file))
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{out}: error: cannot write: {err.strerror or err}") from None
+    _check_imports(out)
     click.echo(f"{out}: {', '.join(a.name for a in attns)} ({len(text.splitlines())} lines)")
+
+
+def _check_imports(out: str) -> None:
+    """Exit 1 unless the module written to ``out`` imports: run it as read back from disk (compiled
+    here, so no __pycache__ appears beside it), in a namespace of its own."""
+    try:
+        exec(compile(Path(out).read_text(encoding="utf-8"), out, "exec"), {"__name__": "attngen_compiled",
+                                                                           "__file__": out})
+    except Exception as err:  # noqa: BLE001 - whatever stops the import, the module is unusable
+        raise UserError(f"{out}: error: the module written does not import ({type(err).__name__}: {err}); "
+                        "this is a bug in attngen, please report it") from None
 
 
 @main.command()

@@ -372,10 +372,10 @@ def test_first_call_generates_and_imports_anew(tmp_path, monkeypatch):
     module, knob = sys.modules[name], triton.knobs.cache.dir
     seen = []
 
-    def spy(key, generate):
+    def spy(key, generate, label):
         seen.append((os.environ["ATTNGEN_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"], triton.knobs.cache.dir,
                      os.environ["ATTNGEN_AUTOTUNE"], name in sys.modules))
-        return load_module(key, generate)
+        return load_module(key, generate, label)
 
     load_module = jit.load_module
     monkeypatch.setattr(jit, "load_module", spy)

@@ -1,15 +1,14 @@
-"""The Triton backend's runtime: disk cache, call-time validation, strides and decode shapes."""
+"""The Triton backend's runtime: call-time validation, strides and decode shapes (the disk cache:
+test_cache.py)."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
 
 import attngen
-from attngen.runtime import cache
 
 SPEC = """
 attention win {
@@ -29,32 +28,6 @@ def cache_dir(tmp_path, monkeypatch):
 
 def qkv(B=1, H=4, HK=2, M=20, N=20, D=16, DV=16):
     return torch.randn(B, H, M, D), torch.randn(B, HK, N, D), torch.randn(B, HK, N, DV)
-
-
-def test_cache_writes_one_module_per_key(cache_dir):
-    fn = attngen.jit(SPEC)
-    assert hasattr(fn.module, "win")
-    path = cache_dir / f"{fn.key}.py"
-    assert f"Cache key: {fn.key}" in path.read_text()
-    assert [p.name for p in cache_dir.iterdir()] == [path.name]  # no temporary files left
-    assert attngen.jit(SPEC, consts=None).key == fn.key
-    assert attngen.jit(SPEC.replace("window(9)", "window(8)")).key != fn.key
-
-
-def test_corrupt_cache_entry_is_regenerated(cache_dir):
-    fn = attngen.jit(SPEC)
-    path = cache_dir / f"{fn.key}.py"
-    path.write_text("this is not python (a crash mid-write, say")
-    sys.modules.pop(f"attngen_generated_{fn.key}", None)  # as in a new process
-    assert hasattr(fn.module, "win")
-    assert "def win(" in path.read_text()
-
-
-def test_truncated_entry_with_the_right_key_is_regenerated(cache_dir):
-    key = "k" * 20
-    (cache_dir / f"{key}.py").write_text(f'"""\nCache key: {key}\n"""\nraise SyntaxError("cut")\n')
-    mod = cache.load_module(key, lambda: f'"""\nCache key: {key}\n"""\nVALUE = 3\n')
-    assert mod.VALUE == 3
 
 
 @interp

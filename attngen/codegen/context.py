@@ -7,6 +7,7 @@ import textwrap
 from .. import __version__
 from ..ir import nodes as ir
 from . import gather, kernels, select, tiles
+from .embed import inert
 from .emit import vec_block
 from .plan import Plan
 
@@ -178,7 +179,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      # the block-sparse kernels' key tile: the block rounded up to a power of two, 16 to 64 keys
                      "key_tile": min(64, max(16, 1 << (sel.block - 1).bit_length())) if sel.block else 0}
     return dict(
-        name=a.name, filename=a.filename, norm=plan.norm, softmax=plan.norm == "softmax",
+        name=a.name, filename=inert(a.filename), norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
         decls=repr(decls), selection=selection, scaled_dot=kernels.scaled_dot(a) is not None,
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
@@ -216,9 +217,11 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
     names = ", ".join(p.attn.name for p in plans)
     return dict(
         module_doc=f"Fused attention kernels for {names}.",
-        version=__version__, filename=filename, cache_key=cache_key,
+        version=__version__, filename=inert(filename), cache_key=cache_key,
         consts_text=", ".join(f"{k}={v}" for k, v in consts.items()) or "none",
-        source=source.rstrip(), attentions=[attention_context(p, render_kernel) for p in plans],
+        # the parser's line breaks are \n and \r\n; any other control character is escaped
+        source=inert(source.rstrip().replace("\r\n", "\n"), lines=True),
+        attentions=[attention_context(p, render_kernel) for p in plans],
         sel_name=select.SEL,
         token_select=any(p.select is not None and p.select.block is None for p in plans),
         gathered=any(gather.eligible(p) for p in plans),

@@ -31,10 +31,13 @@ def _render(template: str, **ctx) -> str:
 
 @lru_cache(maxsize=1)
 def generator_digest() -> str:
-    """Hash of the code generator itself (templates and codegen modules), so edits invalidate caches."""
+    """Hash of the code generator itself, so edits invalidate caches: everything between spec text and
+    module text (grammar, frontend, IR, passes, codegen modules, templates)."""
     h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for f in sorted([*here.glob("*.py"), *paths.templates_dir().glob("*.jinja")]):
+    pkg = Path(__file__).resolve().parent.parent
+    parts = [pkg / d for d in ("frontend", "ir", "passes", "codegen")]
+    for f in sorted([*(f for d in parts for f in d.glob("*.py")), *paths.templates_dir().glob("*.jinja"),
+                     paths.grammar_file()]):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -46,15 +49,25 @@ def cache_key(source: str, consts: dict, extra: str = "") -> str:
     h = hashlib.sha256()
     for part in (source, repr(sorted(consts.items())), __version__, generator_digest(), triton.__version__,
                  torch.__version__, extra):
-        h.update(part.encode())
+        h.update(part.encode("utf-8", "surrogatepass"))  # jit() text may hold lone surrogates
         h.update(b"\0")
     return h.hexdigest()[:20]
+
+
+def module_key(attns: list[ir.Attention], source: str, filename: str) -> str:
+    """The key of ``render_module(attns, source, filename, key)``: besides the versions, its text depends
+    on the source, the file name, which attentions it holds and their constants (overrides included)."""
+    consts = {(a.name, k): v for a in attns for k, v in a.consts}
+    return cache_key(source, consts, f"{filename}:{','.join(a.name for a in attns)}")
 
 
 def render_module(attns: list[ir.Attention], source: str, filename: str, key: str) -> str:
     """Python source of a standalone module with one function per attention."""
     plans = [make_plan(run_pipeline(a)) for a in attns]
     text = _render("module.py.jinja", **module_context(plans, source, filename, key, _render))
-    text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    # split at "\n" only: spec text and paths come in through embed.inert, with no other line break
+    lines = [line.rstrip() for line in text.removesuffix("\n").split("\n")]
+    assert all(line.replace("\t", " ").isprintable() for line in lines), "a template took spec text unescaped"
+    text = "\n".join(lines) + "\n"
     # optional parts that render empty leave runs of blank lines: two at most, as between functions
     return re.sub(r"\n{4,}", "\n\n\n", text)

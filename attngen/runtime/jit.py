@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..codegen.plan import make_plan
-from ..codegen.render import cache_key, render_module
+from ..codegen.render import module_key, render_module
 from ..ir import nodes as ir
 from .cache import load_module
 
@@ -22,13 +22,13 @@ class TritonAttention:
         self.name = attention.name
         a = attention
         make_plan(a)  # a spec the kernels cannot run fails here, at load time, not at the first call
-        self.key = cache_key(a.source, dict(a.consts), f"{a.filename}:{a.name}")
+        self.key = module_key([a], a.source, a.filename)
         self._fn = None
 
     @property
     def module(self):
-        return load_module(self.key, lambda: render_module([self.attention], self.attention.source,
-                                                            self.attention.filename, self.key))
+        a = self.attention
+        return load_module(self.key, lambda: render_module([a], a.source, a.filename, self.key), a.name)
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, prepared=None, **inputs):
         if self._fn is None:
