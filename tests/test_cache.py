@@ -16,12 +16,7 @@ from attngen.codegen.render import module_key, render_module
 from attngen.runtime import cache
 from attngen.spec import compile_source
 
-SPEC = """
-attention win {
-    input slopes: f32[H]
-    score = dot(q, k) * scale + slopes[h] * (j - i)
-    mask = window(9)
-}"""
+from test_runtime import SPEC  # the windowed ALiBi spec the runtime tests call
 
 as_root = os.geteuid() == 0
 
