@@ -22,7 +22,7 @@ SPECS = {
     "window": "mask = causal and i - j < 150",
     "sink": "input sinks: f32[H]\n input slopes: f32[H]\n score = dot(q, k) * scale + slopes[h] * (j - i)\n"
             " mask = causal\n norm = softmax(sink = sinks[h])",
-    "sum": "score = relu(dot(q, k) * scale) + 0.1\n mask = causal\n norm = sum",
+    "sumnorm": "score = relu(dot(q, k) * scale) + 0.1\n mask = causal\n norm = sum",
     "sigmoid": "score = dot(q, k) * scale - 2.0\n mask = causal and i - j < 170\n norm = sigmoid",
     "full": "norm = softmax",
 }

@@ -133,16 +133,19 @@ def test_qkv_shape_mismatch(which, shape, msg):
 
 
 def test_heads_must_divide_and_sizes_positive():
+    """H must be a multiple of HK; H, HK, D and DV at least 1 (B, M and N may be 0: empty calls)."""
     a = spec("attention full {}")
     q, k, v = qkv(H=4, HK=3)
     with pytest.raises(ValueError, match="H=4 .* multiple of .* HK=3"):
         bind(a, q, k, v, {})
-    q, k, v = qkv(M=0)
-    with pytest.raises(ValueError, match="size M must be at least 1"):
-        bind(a, q, k, v, {})
-    q, k, v = qkv(N=0)
-    with pytest.raises(ValueError, match="size N must be at least 1"):
-        bind(a, q, k, v, {})
+    for dims, msg in ((dict(D=0), r"q: dim 3 \(D\) must be at least 1"),
+                      (dict(DV=0), r"v: dim 3 \(DV\) must be at least 1")):
+        q, k, v = qkv(**dims)
+        with pytest.raises(ValueError, match=msg):
+            bind(a, q, k, v, {})
+    for dims in (dict(M=0), dict(N=0), dict(B=0)):
+        bd = bind(a, *qkv(**dims), {})
+        assert all(bd.sizes[d] == 0 for d in dims)
 
 
 def test_scale_type():
