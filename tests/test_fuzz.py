@@ -4,7 +4,8 @@ exception, never over 5 s), and an accepted spec renders to a module that compil
 Specs come from the grammar (hypothesis' ``from_lark`` on grammar/attn.lark) and from mutations
 of examples/*.attn: token insertions, deletions and swaps, deep nesting, huge literals, odd
 unicode and names the generated module uses. CI runs a small deterministic budget; a campaign
-sets ``ATTNGEN_FUZZ=20000`` (examples per property) and runs with ``-p no:xdist``.
+runs ``pytest tests/test_fuzz.py --fuzz 20000 -p no:xdist`` (examples per property;
+the option sets ``ATTNGEN_FUZZ``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
-from . import gather, kernels, select, tiles
+from . import gather, kernels, select, shipped, tiles
 from .embed import inert
 from .emit import vec_block
 from .plan import Plan
@@ -223,7 +223,7 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         source=inert(source.rstrip().replace("\r\n", "\n"), lines=True),
         attentions=[attention_context(p, render_kernel) for p in plans],
         sel_name=select.SEL,
-        token_select=any(p.select is not None and p.select.block is None for p in plans),
+        runtime=shipped.embedded(),
         gathered=any(gather.eligible(p) for p in plans),
     )
 

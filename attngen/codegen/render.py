@@ -12,6 +12,7 @@ import jinja2
 from .. import __version__, paths
 from ..ir import nodes as ir
 from ..passes.pipeline import run_pipeline
+from . import shipped
 from .context import module_context
 from .plan import make_plan
 
@@ -32,12 +33,13 @@ def _render(template: str, **ctx) -> str:
 @lru_cache(maxsize=1)
 def generator_digest() -> str:
     """Hash of the code generator itself, so edits invalidate caches: everything between spec text and
-    module text (grammar, frontend, IR, passes, codegen modules, templates)."""
+    module text (grammar, frontend, IR, passes, codegen modules, templates, the shipped runtime)."""
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent.parent
     parts = [pkg / d for d in ("frontend", "ir", "passes", "codegen")]
+    shipped_files = [shipped.runtime_file(n) for n in shipped.SHIPPED]
     for f in sorted([*(f for d in parts for f in d.glob("*.py")), *paths.templates_dir().glob("*.jinja"),
-                     paths.grammar_file()]):
+                     paths.grammar_file(), *shipped_files]):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -1,3 +1,15 @@
+"""Triton helpers every generated kernel may call: activations, floor division and modulo on
+tiles, rotary embeddings, the split-KV merge and the tile-list scans.
+
+Shipped: the generated module embeds this file verbatim (after its imports), so the kernels find
+these functions among their globals; nothing here depends on a spec.
+"""
+
+import os
+
+import triton
+import triton.language as tl
+
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 # inline PTX does not run under the interpreter
@@ -153,7 +165,6 @@ def _tiles_by_key(CLS, TLC, M_MAX, N_MAX, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
         n_full += tl.sum(full.to(tl.int32), axis=0)
     tl.store(TLC + row, n_part)
     tl.store(TLC + row + 1, n_full)
-{%- if token_select %}
 
 
 @triton.jit
@@ -179,4 +190,3 @@ def _in_list(row, stride, start_n, j_c, rmask, L: tl.constexpr, LOG: tl.constexp
         word = tl.sum(tl.where(hit & ((off >> 6) == w), bit, 0), axis=1)[:, None]  # distinct bits: the sum is an or
         inside = inside | (((col >> 6) == w) & (((word >> (col & 63).to(tl.int64)) & 1) != 0))
     return inside
-{%- endif %}

@@ -1,4 +1,29 @@
-{#- Launching in a generated module: configs, autotuning, retries, tile lists, split-KV sizing. -#}
+"""Launching generated kernels: launch configs, autotuning with a tuning file, retries on resource
+errors, tile lists of data-dependent masks, split-KV sizing, output buffers.
+
+Shipped: the generated module embeds this file verbatim (after its imports); the module then binds
+``_MODULE_KEY`` to its cache key, which names its tuning file.
+"""
+
+import functools
+import json
+import os
+import sys
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_helpers import _tiles_by_key
+
+_DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+_TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
+                 "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
+#: the module's cache key, which names its tuning file (the generated module rebinds it)
+_MODULE_KEY = "runtime"
+
+
 def _launch(kernel, grid, args, cfg, **constexprs):
     """Launch with ``cfg`` (``args(cfg)`` gives the arguments); on a shared-memory overflow retry with
     fewer pipeline stages, then a smaller BLOCK_M (BLOCK_N stays: stick-breaking's suffix buffers are
@@ -138,7 +163,7 @@ def _tune_file():
 
 @functools.lru_cache(maxsize=None)
 def _tune_file_in(root):
-    return os.path.join(root or os.path.join(os.path.expanduser("~"), ".cache", "attngen"), "tune-{{ cache_key }}.json")
+    return os.path.join(root or os.path.join(os.path.expanduser("~"), ".cache", "attngen"), f"tune-{_MODULE_KEY}.json")
 
 
 _TUNED = {}  # tuning file -> chosen configs by key

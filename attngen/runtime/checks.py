@@ -1,4 +1,18 @@
-{#- Call validation of a generated module: shapes, dtypes, devices, inputs, packed and paged calls. -#}
+"""Call validation for generated modules: shapes, dtypes, devices, keyword inputs, packed and paged
+calls. Every error names the function, the tensor and the dimension.
+
+Shipped: the generated module embeds this file verbatim (after its imports); ``decls`` is a
+module's declarative list of its inputs (``_NAME_INPUTS``).
+"""
+
+import difflib
+import math
+import os
+
+import torch
+
+from .launch import _DOT_DTYPES, _TORCH_DTYPES
+
 def _check_call(fn, decls, q, k, v, inputs):
     """Validate a call before launch: shapes, dtypes, devices and keyword inputs. B, M and N may be
     0 (empty outputs, or rows with no key); the other sizes must be at least 1."""
