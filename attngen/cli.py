@@ -40,11 +40,18 @@ def main() -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 def check(files: tuple[str, ...]) -> None:
-    """Parse and type-check each FILE; exit 1 if any has an error."""
+    """Parse and type-check each FILE, and plan its kernels (a spec check accepts compiles and runs);
+    exit 1 if any has an error."""
+    from .codegen.render import render_module
+
     failed = False
     for path in files:
         try:
-            names = [a.name for a in load_spec(path)]
+            attns = load_spec(path)
+            # generate the module too: what the kernels cannot run is refused here, with its caret
+            if attns:
+                render_module(attns, attns[0].source, path, "check")
+            names = [a.name for a in attns]
         except AttnError as err:
             click.echo(err.format(), err=True)
             failed = True

@@ -379,7 +379,7 @@ def test_first_call_generates_and_imports_anew(tmp_path, monkeypatch):
 
     load_module = jit.load_module
     monkeypatch.setattr(jit, "load_module", spy)
-    load_ms, call_ms = first_call(lambda: attngen.load(EXAMPLE_DIR / "causal_gqa.attn"), (q, q, q, {}),
+    load_ms, call_ms = first_call(lambda: attngen.load(EXAMPLE_DIR / "causal_gqa.attn"), fn.key, (q, q, q, {}),
                                   torch.device("cpu"))
     assert load_ms > 0 and call_ms > 0
     ((cache, triton_cache, knob_then, autotune, imported),) = seen

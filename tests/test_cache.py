@@ -30,10 +30,11 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def fresh(spec=SPEC):
-    """``attngen.jit(spec)`` as a new process would see it: its module not imported yet."""
-    fn = attngen.jit(spec)
-    sys.modules.pop(f"attngen_generated_{fn.key}", None)
-    return fn
+    """``attngen.jit(spec)`` as a new process would see it: its module not imported yet (jit imports it,
+    from the cache or a new rendering)."""
+    a = compile_source(spec, "<jit>")[0]
+    sys.modules.pop(f"attngen_generated_{module_key([a], a.source, a.filename)}", None)
+    return attngen.jit(spec)
 
 
 def entry(d, fn):
@@ -65,15 +66,15 @@ def test_entry_name_is_sanitized_and_short():
 
 @pytest.mark.parametrize("tamper", ["append", "plant", "truncate_before_def", "garbage", "empty"])
 def test_an_entry_unlike_the_rendering_never_runs_and_is_replaced(cache_dir, tamper):
-    fn = fresh()
-    path, good = entry(cache_dir, fn), rendering(fn)
+    a = compile_source(SPEC, "<jit>")[0]
+    key = module_key([a], a.source, a.filename)
+    path, good = cache_dir / f"win-{key}.py", render_module([a], a.source, a.filename, key)
     payload = '\nopen("PWNED", "w").close()\n'
     if tamper == "plant":  # what the old check accepted: the key line and a payload
         cache_dir.mkdir(mode=0o700)
-        path.write_text(f'"""\nCache key: {fn.key}\n"""{payload}')
+        path.write_text(f'"""\nCache key: {key}\n"""{payload}')
     else:
-        fn.module
-        fn = fresh()
+        fresh()  # writes the entry
         if tamper == "append":
             path.write_text(good + payload)
         elif tamper == "truncate_before_def":  # valid Python, the function missing (was an AttributeError)
@@ -82,6 +83,7 @@ def test_an_entry_unlike_the_rendering_never_runs_and_is_replaced(cache_dir, tam
             path.write_text(cut)
         else:
             path.write_text("this is not python (a crash mid-write, say" if tamper == "garbage" else "")
+    fn = fresh()
     assert hasattr(fn.module, "win")
     assert not (cache_dir.parent / "PWNED").exists()
     assert path.read_text() == good
@@ -90,9 +92,7 @@ def test_an_entry_unlike_the_rendering_never_runs_and_is_replaced(cache_dir, tam
 
 def test_what_runs_is_the_checked_text(cache_dir, monkeypatch):
     """The module is compiled from the rendering compared with the file, not from the file read again."""
-    fresh().module
-    fn = fresh()
-    path = entry(cache_dir, fn)
+    path = entry(cache_dir, fresh())
     real_read = cache._read
 
     def swap_after_check(p):
@@ -101,7 +101,7 @@ def test_what_runs_is_the_checked_text(cache_dir, monkeypatch):
         return data
 
     monkeypatch.setattr(cache, "_read", swap_after_check)
-    assert hasattr(fn.module, "win") and not (cache_dir.parent / "PWNED").exists()
+    assert hasattr(fresh().module, "win") and not (cache_dir.parent / "PWNED").exists()
 
 
 def test_directory_is_created_private(tmp_path, monkeypatch):
@@ -120,7 +120,7 @@ def test_directory_writable_by_others_is_refused(cache_dir, mode):
     cache_dir.mkdir()
     cache_dir.chmod(mode)
     with pytest.raises(attngen.CacheError, match="writable by group or others .*chmod 700"):
-        fresh().module
+        fresh()
 
 
 def test_directory_of_another_user_is_refused(tmp_path, monkeypatch):
@@ -132,7 +132,7 @@ def test_directory_of_another_user_is_refused(tmp_path, monkeypatch):
         d = "/"  # root's, and not writable by others
     monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(d))
     with pytest.raises(attngen.CacheError, match="belongs to another user .*ATTNGEN_CACHE_DIR"):
-        fresh().module
+        fresh()
 
 
 @pytest.mark.parametrize("where", ["a file", "under a file", "HOME a file"])
@@ -145,22 +145,20 @@ def test_unusable_directory_is_one_clear_error(tmp_path, monkeypatch, where):
     else:
         monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(f if where == "a file" else f / "cache"))
     with pytest.raises(attngen.CacheError, match="module cache .* (is not a directory|is unusable).*ATTNGEN_CACHE_DIR"):
-        fresh().module
+        fresh()
 
 
 @pytest.mark.skipif(as_root, reason="root writes into read-only directories")
 def test_read_only_directory(cache_dir):
     cache_dir.mkdir(mode=0o700)
-    fn = fresh()
     cache_dir.chmod(0o500)
     try:
         with pytest.raises(attngen.CacheError, match="is unusable: Permission denied.*ATTNGEN_CACHE_DIR"):
-            fn.module  # empty: nothing to import, nowhere to write
+            fresh()  # empty: nothing to import, nowhere to write
         cache_dir.chmod(0o700)
-        fn.module
-        fn = fresh()
+        fresh()
         cache_dir.chmod(0o500)
-        assert hasattr(fn.module, "win")  # a correct entry is read without writing
+        assert hasattr(fresh().module, "win")  # a correct entry is read without writing
     finally:
         cache_dir.chmod(0o700)
 

@@ -61,6 +61,21 @@ def test_check_error_has_location_and_caret(files):
     assert "Traceback" not in r.output
 
 
+def test_check_refuses_what_the_kernels_cannot_run(tmp_path):
+    """check means run: a spec the code generator refuses fails check, with its caret (fuzz finding:
+    rows of length B passed check, then failed at the first call)."""
+    path = tmp_path / "rows.attn"
+    path.write_text("attention t {\n input a: f32[B, H, M, B]\n input c: f32[B, HK, N, B]\n"
+                    " score = dot(a[b, h, m], c[b, hk, j])\n}\n")
+    r = run("check", path)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.splitlines()[:3] == [
+        f"{path}:4:14: error: rows of length B are not supported in kernels (use D, DV or an integer length)",
+        "     score = dot(a[b, h, m], c[b, hk, j])",
+        "                 ^~~~~~~~~~",
+    ]
+
+
 def test_check_missing_file(files):
     r = run("check", files / "nope.attn", files / "good.attn")
     assert r.exit_code == 1
@@ -214,7 +229,8 @@ def test_compile_writes_a_standalone_module(files):
     text = out.read_text()
     imported = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else n.module.split(".")[0]
                 for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.Import, ast.ImportFrom))}
-    assert imported <= {"collections", "difflib", "functools", "json", "math", "os", "sys", "warnings", "torch", "triton"}, imported
+    assert imported <= {"collections", "difflib", "functools", "json", "math", "os", "sys", "warnings", "weakref", "torch",
+                        "triton"}, imported
     assert "def causal(q, k, v" in text and "def win(q, k, v" in text
     assert "Constants: WINDOW=4" in text and "attention win {" in text
 

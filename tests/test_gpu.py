@@ -157,3 +157,36 @@ def test_block_sparse_bf16(stem, HK):
     for name, x, x64, xlp in zip(("o", "dq", "dk", "dv"), got, exact, lowp):
         err, yardstick = rel_err(x, x64), rel_err(xlp, x64)
         assert err <= max(4 * yardstick, 1e-3), f"{name}: {err:.2e} vs the bf16 reference's {yardstick:.2e}"
+
+
+@pytest.mark.parametrize("stem", ["alibi", "document_mask", "moba"])
+def test_compiled_fullgraph_inductor(stem):
+    """torch.compile(fullgraph=True) with Inductor: the operators' outputs and gradients are eager's."""
+    import attngen
+    fn = attngen.load(f"examples/{stem}.attn", consts={"BLOCK": 64, "TOPK": 4} if stem == "moba" else None)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, H, HK, S, D = 2, 8, 2, 1024, 128
+    q, k, v = (torch.randn(B, h, S, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+               for h in (H, HK, HK))
+    xs = {"alibi": {"slopes": torch.rand(H, device="cuda")},
+          "document_mask": {"doc": (torch.arange(S, device="cuda") * 5 // S).to(torch.int32).expand(B, S).contiguous()},
+          "moba": {}}[stem]
+    o = fn(q, k, v, **xs)
+    want = torch.autograd.grad(o.float().square().sum(), (q, k, v))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: fn(q, k, v, **xs), fullgraph=True)
+    o2 = compiled(q, k, v)
+    torch.testing.assert_close(o2, o)
+    for a, b in zip(torch.autograd.grad(o2.float().square().sum(), (q, k, v)), want):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)  # dq's atomics (block-sparse) vary in order
+
+
+def test_cuda_graph_decoding_step():
+    """mode="reduce-overhead" (CUDA graphs) for a decoding step: replays match eager, no recompiles."""
+    import attngen
+    fn = attngen.load("examples/causal_gqa.attn")
+    k, v = (torch.randn(4, 2, 2048, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    step = torch.compile(lambda q: fn(q, k, v), mode="reduce-overhead", fullgraph=True)
+    for n in range(5):
+        q = torch.randn(4, 8, 1, 128, device="cuda", dtype=torch.bfloat16)
+        torch.testing.assert_close(step(q), fn(q, k, v))

@@ -2,9 +2,9 @@
 
 first call   in this process (torch, triton and the device already initialized),
              ATTNGEN_CACHE_DIR and TRITON_CACHE_DIR point at a new empty directory and
-             ATTNGEN_AUTOTUNE=0; the spec is loaded anew (``load_ms``: parse, check, plan)
-             and its first forward call timed to the end of its device work (``first_call_ms``:
-             module generation and import, Triton compilation, the run), at B=1, M=N=128 and
+             ATTNGEN_AUTOTUNE=0; the spec is loaded anew (``load_ms``: parse, check, plan,
+             module generation and import) and its first forward call timed to the end of its
+             device work (``first_call_ms``: Triton compilation, the run), at B=1, M=N=128 and
              the benchmark's heads, head dim and dtype. The environment is restored afterwards.
 host         on B=1 H=1 M=N=128 D=64, the mean host time of a cached forward call issued back
              to back without synchronizing (``call_us``), less the same for one launch of a
@@ -52,7 +52,7 @@ def measure(t: Target, fn: Callable, cfg: Config) -> dict:
     ``attngen.load``, used for the cached calls."""
     device = torch.device(cfg.device)
     first = dict(B=1, H=cfg.heads, HK=cfg.kv_heads, M=FIRST_CALL_SEQ, N=FIRST_CALL_SEQ, D=cfg.dim, DV=cfg.dim)
-    load_ms, first_ms = first_call(lambda: load(t.path, name=t.attention.name, consts=t.consts),
+    load_ms, first_ms = first_call(lambda: load(t.path, name=t.attention.name, consts=t.consts), fn.key,
                                    _args(t, first, cfg, device), device)
     q, k, v, inputs = _args(t, HOST_SIZES, cfg, device)
     calls = HOST_CALLS[device.type]
@@ -74,16 +74,18 @@ def _args(t: Target, sizes: Mapping[str, int], cfg: Config, device: torch.device
     return q, k, v, make_inputs(t.attention, sizes, device, gen, requires_grad=False)
 
 
-def first_call(load_fn: Callable[[], Callable], args: tuple, device: torch.device) -> tuple[float, float]:
-    """(ms of ``load_fn()``, ms of the first forward call of what it returns), with nothing cached."""
+def first_call(load_fn: Callable[[], Callable], key: str, args: tuple,
+               device: torch.device) -> tuple[float, float]:
+    """(ms of ``load_fn()``: generating, checking and importing the module of cache key ``key``; ms of
+    the first forward call of what it returns: compiling the kernels), with nothing cached."""
     q, k, v, inputs = args
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with tempfile.TemporaryDirectory(prefix="attngen-startup-") as tmp, _cold_caches(tmp):
+    with tempfile.TemporaryDirectory(prefix="attngen-startup-") as tmp, _cold_caches(tmp), _fresh_import(key):
         sync()
         start = time.perf_counter()
         fn = load_fn()
         loaded = time.perf_counter()
-        with _fresh_import(fn), torch.no_grad():
+        with torch.no_grad():
             fn(q, k, v, **inputs)
             sync()
             done = time.perf_counter()
@@ -127,11 +129,11 @@ def _cold_caches(tmp: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _fresh_import(fn) -> Iterator[None]:
-    """Hide ``fn``'s generated module from ``sys.modules`` for the block, so that its first call
-    generates and imports it anew (new kernel objects, no compiled kernels in memory); the
+def _fresh_import(key: str) -> Iterator[None]:
+    """Hide the generated module of cache key ``key`` from ``sys.modules`` for the block, so that
+    loading generates and imports it anew (new kernel objects, no compiled kernels in memory); the
     module the process had (if any) is back afterwards."""
-    name = f"attngen_generated_{fn.key}"  # the name attngen/runtime/cache.py imports it under
+    name = f"attngen_generated_{key}"  # the name attngen/runtime/cache.py imports it under
     saved = sys.modules.pop(name, None)
     try:
         yield

@@ -179,6 +179,8 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      # the block-sparse kernels' key tile: the block rounded up to a power of two, 16 to 64 keys
                      "key_tile": min(64, max(16, 1 << (sel.block - 1).bit_length())) if sel.block else 0}
     return dict(
+        sel_shape=_sel_shape(selection),
+        gathered_bwd=bool(selection and selection["gather"] and selection["gather_bwd"]),
         name=a.name, filename=inert(a.filename), norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
         decls=repr(decls), selection=selection, scaled_dot=kernels.scaled_dot(a) is not None,
@@ -190,6 +192,17 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )
+
+
+def _sel_shape(selection: dict | None) -> str:
+    """The selection's shape and dtype from the call's sizes, as the module's source of a lambda (the
+    operators' fake implementation: see the _choose functions)."""
+    if selection is None:
+        return "lambda sizes: None"
+    if selection["block"]:
+        nb = f'(sizes["N"] + {selection["block"] - 1}) // {selection["block"]}'
+        return f'lambda sizes: ((sizes["B"], sizes["{selection["heads"]}"], sizes["M"], {nb}), torch.bool)'
+    return f'lambda sizes: ((sizes["B"], {selection["heads_size"]}, sizes["M"], {selection["k"]}), torch.int32)'
 
 
 def _gather_kernels(plan: Plan, base: dict, render_kernel) -> str:

@@ -101,7 +101,7 @@ class Plan:
                 if n.ty.is_vec and n.ty.length not in out:
                     if not n.ty.length.isdigit() and n.ty.length not in ("D", "DV"):
                         raise CodegenError(f"rows of length {n.ty.length} are not supported in kernels "
-                                           "(use D, DV or an integer length)")
+                                           "(use D, DV or an integer length)", n.span)
                     out.append(n.ty.length)
         return out
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from .. import __version__
 
 #: shipped runtime modules, each after the ones it imports from
-SHIPPED = ("triton_helpers", "launch", "checks")
+SHIPPED = ("triton_helpers", "launch", "checks", "ops")
 #: the imports at the top of every generated module (templates/module.py.jinja)
-MODULE_IMPORTS = frozenset({"difflib", "functools", "json", "math", "os", "sys", "warnings", "torch",
+MODULE_IMPORTS = frozenset({"difflib", "functools", "json", "math", "os", "sys", "warnings", "weakref", "torch",
                             "triton", "triton.language"})
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 

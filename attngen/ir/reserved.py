@@ -17,7 +17,7 @@ import keyword
 from ..frontend.errors import AttnError, Span
 
 #: names the generated module binds at module level (imports and constants)
-MODULE_NAMES = frozenset({"collections", "difflib", "functools", "json", "math", "os", "sys", "warnings",
+MODULE_NAMES = frozenset({"collections", "difflib", "functools", "json", "math", "os", "sys", "warnings", "weakref",
                           "torch", "triton", "tl", "LN2", "LOG2E", "SPLIT_ROWS"})
 #: names of the call (attngen.prepare, the callables, the generated function and its autograd forward)
 CALL_NAMES = frozenset({
@@ -31,9 +31,9 @@ PUBLIC_SUFFIXES = ("_prepare", "_selected", "_fwd", "_fwd_split", "_bwd_pre", "_
                    "_kmean", "_select", "_topk", "_listed", "_merge", "_place", "_attend", "_attend_dq",
                    "_attend_dkdv")
 #: ... and private helpers ``_NAME_<suffix>``
-PRIVATE_SUFFIXES = ("apply", "args", "choose", "flags", "forward", "function", "gather_backward", "gather_forward",
-                    "layout", "listed_forward", "lists", "out", "paged", "run_forward", "select_args", "tiles",
-                    "Gathered")
+PRIVATE_SUFFIXES = ("apply", "args", "choose", "flags", "forward", "gather_backward", "gather_forward", "layout",
+                    "listed_forward", "lists", "op_backward", "op_forward", "ops", "out", "paged", "run_forward",
+                    "select_args", "tiles", "Gathered")
 #: attention names whose private helpers would be the module's own (``_check_flags``, ``_check_paged``)
 HELPER_PREFIXES = frozenset({"check"})
 

@@ -23,18 +23,13 @@ class TritonAttention:
         a = attention
         make_plan(a)  # a spec the kernels cannot run fails here, at load time, not at the first call
         self.key = module_key([a], a.source, a.filename)
-        self._fn = None
-
-    @property
-    def module(self):
-        a = self.attention
-        return load_module(self.key, lambda: render_module([a], a.source, a.filename, self.key), a.name)
+        # generated, verified and imported now: under torch.compile a call must be the module's
+        # function alone, with no rendering or cache I/O for Dynamo to trace
+        self.module = load_module(self.key, lambda: render_module([a], a.source, a.filename, self.key), a.name)
+        self.module._progress = _progress
+        self._fn = getattr(self.module, self.name)
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, prepared=None, **inputs):
-        if self._fn is None:
-            module = self.module
-            module._progress = _progress
-            self._fn = getattr(module, self.name)
         return self._fn(q, k, v, scale=scale, return_lse=return_lse, prepared=prepared, **inputs)
 
     def prepare(self, q, k, **inputs):

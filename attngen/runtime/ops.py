@@ -1,0 +1,161 @@
+"""Each attention as a pair of ``torch.library`` operators, so that models calling it compile with
+``torch.compile(fullgraph=True)``: Dynamo sees one opaque call with exact output shapes (the fake
+implementations below) and a registered backward, never the Triton launcher, the autotuner, the
+cache or a device query.
+
+- ``attngen::<name>_<key>_fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared)``
+  returns ``(o, o_raw, lse, sel, extra)``: o [B, H, M, DV] (packed: [TQ, H, DV]) in q's dtype;
+  o_raw, o before the out stage in float32 ([0] without one); lse [B, H, M] (packed: [H, TQ]) float32;
+  sel, the kernels' selection ([0] without a select stage); extra, the block-sparse entries the
+  backward walks (chunks [C, 3], rows [E], starts and counts [B * HS * NB], int32; C and E depend on
+  the data) or nothing.
+- ``attngen::<name>_<key>_bwd(do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants,
+  cu_q, cu_k, max_q, max_k, prepared)`` returns ``(dq, dk, dv, dxs)``, dxs one per tensor input: its
+  gradient where ``wants`` says so, else an empty tensor.
+
+The keyword inputs travel as ``xs`` (the tensors, in declaration order), ``fs`` (the Python floats)
+and ``is_tensor`` (which of the declared inputs is which). ``prepared`` is 0 or the handle of tile
+lists from ``NAME_prepare`` (eager calls; under torch.compile the lists are built inside the op).
+The key in the operator's name is the module's cache key: two modules register distinct operators.
+
+Shipped: the generated module embeds this file verbatim (after its imports).
+"""
+
+import weakref
+
+import torch
+
+#: tile lists passed as ``prepared=``, by the handle the operators take instead of the object
+_PREPARED = weakref.WeakValueDictionary()
+
+
+def _prepared_handle(tiles):
+    if tiles is None:
+        return 0
+    _PREPARED[id(tiles)] = tiles
+    return id(tiles)
+
+
+def _tiles_of_handle(handle):
+    return _PREPARED.get(handle) if handle else None
+
+
+_FWD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, Tensor[] xs, float[] fs, bool[] is_tensor, Tensor? cu_q, "
+               "Tensor? cu_k, int max_q, int max_k, int prepared) -> (Tensor, Tensor, Tensor, Tensor, Tensor[])")
+_BWD_SCHEMA = ("(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor o_raw, Tensor lse, Tensor sel, "
+               "Tensor[] extra, float scale, Tensor[] xs, float[] fs, bool[] is_tensor, bool[] wants, Tensor? cu_q, "
+               "Tensor? cu_k, int max_q, int max_k, int prepared) -> (Tensor, Tensor, Tensor, Tensor[])")
+
+
+class _Ops:
+    """The operators of one attention. ``forward(q, k, v, scale, xs, seq, tiles)`` and ``backward(do, q,
+    k, v, o, o_raw, lse, xs, extra, seq, scale, wants, tiles)`` are the module's kernels' host code
+    (xs: the inputs by name, with the selection under ``sel_name``; seq: packed sequences or None);
+    ``sel_shape(sizes)`` gives the selection's shape and dtype, or None; ``has_out``: o_raw is
+    returned; ``gathered``: the forward returns block-sparse entries."""
+
+    def __init__(self, name, key, names, forward, backward, varlen, sel_name, sel_shape, has_out, gathered):
+        self.names, self.forward, self.backward, self.varlen = names, forward, backward, varlen
+        self.sel_name, self.sel_shape, self.has_out, self.gathered = sel_name, sel_shape, has_out, gathered
+        prefix = f"attngen::{name}_{key}"
+        self.fwd, new = _define(f"{prefix}_fwd", _FWD_SCHEMA, self._fwd_impl, self._fwd_fake)
+        self.bwd, _ = _define(f"{prefix}_bwd", _BWD_SCHEMA, self._bwd_impl, self._bwd_fake)
+        if new:
+            torch.library.register_autograd(f"{prefix}_fwd", self._backward, setup_context=self._setup_context)
+
+    def inputs(self, xs, fs, is_tensor):
+        """The declared inputs by name, from the operators' tensor and float lists."""
+        it, fit = iter(xs), iter(fs)
+        return {n: next(it) if t else next(fit) for n, t in zip(self.names, is_tensor)}
+
+    def _seq(self, cu_q, cu_k, max_q, max_k):
+        return None if cu_q is None else self.varlen(cu_q, cu_k, max_q, max_k)
+
+    def _fwd_impl(self, q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared):
+        inputs = self.inputs(xs, fs, is_tensor)
+        o, o_raw, lse, sel, extra = self.forward(q, k, v, scale, inputs, self._seq(cu_q, cu_k, max_q, max_k),
+                                                 _tiles_of_handle(prepared))
+        none = q.new_empty((0,))
+        return (o, o_raw if self.has_out else none, lse, none.to(torch.int32) if sel is None else sel, list(extra))
+
+    def _fwd_fake(self, q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared):
+        if cu_q is None:
+            B, H, M = q.shape[:3]
+            o_shape, lse_shape = (B, H, M, v.shape[3]), (B, H, M)
+        else:
+            o_shape, lse_shape = (q.shape[0], q.shape[1], v.shape[2]), (q.shape[1], q.shape[0])
+        o = q.new_empty(o_shape)
+        o_raw = q.new_empty(o_shape if self.has_out else (0,), dtype=torch.float32)
+        lse = q.new_empty(lse_shape, dtype=torch.float32)
+        sizes = dict(B=q.shape[0], H=q.shape[1], HK=k.shape[1], M=q.shape[2], N=k.shape[2])
+        shape = self.sel_shape(sizes)
+        sel = q.new_empty((0,), dtype=torch.int32) if shape is None else q.new_empty(shape[0], dtype=shape[1])
+        extra = []
+        if self.gathered:
+            ctx = torch.library.get_ctx()
+            groups = sizes["B"] * shape[0][1] * shape[0][3]
+            extra = [q.new_empty((ctx.new_dynamic_size(), 3), dtype=torch.int32),
+                     q.new_empty((ctx.new_dynamic_size(),), dtype=torch.int32),
+                     q.new_empty((groups,), dtype=torch.int32), q.new_empty((groups,), dtype=torch.int32)]
+        return o, o_raw, lse, sel, extra
+
+    def _bwd_impl(self, do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
+                  max_q, max_k, prepared):
+        inputs = self.inputs(xs, fs, is_tensor)
+        if self.sel_name is not None:
+            inputs[self.sel_name] = sel
+        tensor_names = [n for n, t in zip(self.names, is_tensor) if t]
+        want = dict(zip(tensor_names, wants))
+        dq, dk, dv, grads = self.backward(do, q, k, v, o, o if not self.has_out else o_raw, lse, inputs, list(extra),
+                                          self._seq(cu_q, cu_k, max_q, max_k), scale, want,
+                                          _tiles_of_handle(prepared))
+        none = q.new_empty((0,), dtype=torch.float32)
+        return dq, dk, dv, [grads[n] if want[n] else none for n in tensor_names]
+
+    def _bwd_fake(self, do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
+                  max_q, max_k, prepared):
+        dxs = [x.new_empty(x.shape) if w else x.new_empty((0,), dtype=torch.float32) for x, w in zip(xs, wants)]
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dxs
+
+    @staticmethod
+    def _setup_context(ctx, inputs, output):
+        q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared = inputs
+        o, o_raw, lse, sel, extra = output
+        ctx.save_for_backward(q, k, v, o, o_raw, lse, sel, *extra, *xs, *(t for t in (cu_q, cu_k) if t is not None))
+        ctx.n_extra, ctx.n_xs, ctx.varlen = len(extra), len(xs), cu_q is not None
+        ctx.scale, ctx.fs, ctx.is_tensor = scale, fs, is_tensor
+        ctx.max_q, ctx.max_k, ctx.prepared = max_q, max_k, prepared
+        ctx.wants = [x.requires_grad for x in xs]
+        ctx.mark_non_differentiable(o_raw, lse, sel, *extra)
+
+    def _backward(self, ctx, do, do_raw, dlse, dsel, dextra):
+        q, k, v, o, o_raw, lse, sel, *rest = ctx.saved_tensors
+        extra, xs, cu = rest[:ctx.n_extra], rest[ctx.n_extra:ctx.n_extra + ctx.n_xs], rest[ctx.n_extra + ctx.n_xs:]
+        cu_q, cu_k = cu if ctx.varlen else (None, None)
+        dq, dk, dv, dxs = self.bwd(do, q, k, v, o, o_raw, lse, sel, extra, ctx.scale, xs, ctx.fs, ctx.is_tensor,
+                                   ctx.wants, cu_q, cu_k, ctx.max_q, ctx.max_k, ctx.prepared)
+        grads = [g if w else None for g, w in zip(dxs, ctx.wants)]
+        # an entry per input of the forward: a list of numbers gets None, an empty list itself
+        fs, is_tensor = ([] if not x else None for x in (ctx.fs, ctx.is_tensor))
+        return dq, dk, dv, None, grads, fs, is_tensor, None, None, None, None, None
+
+    def __call__(self, q, k, v, scale, inputs, seq, prepared):
+        """o and lse of a dense or packed call, through the operators (a node in autograd's graph)."""
+        is_tensor = [isinstance(inputs[n], torch.Tensor) for n in self.names]
+        xs = [inputs[n] for n, t in zip(self.names, is_tensor) if t]
+        fs = [float(inputs[n]) for n, t in zip(self.names, is_tensor) if not t]
+        cu_q, cu_k, max_q, max_k = (None, None, 0, 0) if seq is None else (seq.cu_q, seq.cu_k, seq.max_q, seq.max_k)
+        o, _, lse, _, _ = self.fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k,
+                                   _prepared_handle(prepared))
+        return o, lse
+
+
+def _define(qualname, schema, impl, fake):
+    """A custom operator and True, or the one this process registered under the name already and
+    False (a module imported again: the same cache key, so the same kernels)."""
+    namespace, name = qualname.split("::")
+    if hasattr(getattr(torch.ops, namespace), name):
+        return getattr(getattr(torch.ops, namespace), name).default, False
+    op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
+    op.register_fake(fake)
+    return op, True

@@ -1,0 +1,133 @@
+"""attngen attentions as torch.library operators (attngen.runtime.ops): opcheck, torch.compile with
+fullgraph=True and no graph breaks, forward and backward matching eager, and no recompile for a
+new sequence length with dynamic=True. On CPU the compiled graphs run with the aot_eager backend
+(the operators stay opaque, their kernels run under TRITON_INTERPRET=1); the GPU suite compiles
+with Inductor."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import attngen
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+
+SPECS = {
+    # static mask, a float input with a gradient, a Python-float scalar input
+    "alibi": "input slopes: f32[H]\n input t: f32\n score = dot(q, k) * scale * t + slopes[h] * (j - i)\n"
+             " mask = causal",
+    # data-dependent mask: tile lists built inside the operator, again in the backward
+    "doc": "input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]",
+    # an out stage: o before it is a saved output of the forward operator
+    "gated": "input g: f32[B, H, M]\n mask = causal\n out = o * sigmoid(g[b, h, m])",
+    # block selection: the selection and the block-sparse entries (data-dependent sizes) are outputs
+    "moba": "mask = causal\n select = topk(2, by = dot(q, kmean), block = 16, keep = jb == i // 16)",
+}
+
+
+def _fn(name):
+    return attngen.jit(f"attention {name} {{\n {SPECS[name]}\n}}")
+
+
+def _inputs(name, B=1, H=4, HK=2, M=40, N=40, D=16, grad=True):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, M, D, generator=g), torch.randn(B, HK, N, D, generator=g),
+               torch.randn(B, HK, N, D, generator=g))
+    xs = {"alibi": lambda: {"slopes": torch.rand(H, generator=g), "t": 0.7},
+          "doc": lambda: {"doc": (torch.arange(N) * 3 // N).to(torch.int32).expand(B, N).contiguous()},
+          "gated": lambda: {"g": torch.randn(B, H, M, generator=g)},
+          "moba": lambda: {}}[name]()
+    for t in (q, k, v, *xs.values()):
+        if grad and isinstance(t, torch.Tensor) and t.is_floating_point():
+            t.requires_grad_(True)
+    return (q, k, v), xs
+
+
+def _grads(out, tensors):
+    return torch.autograd.grad(out.square().sum(), [t for t in tensors if t.requires_grad])
+
+
+def _op(fn, name):
+    module = fn.module
+    return getattr(module, f"_{name}_ops")
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_opcheck(name):
+    """The forward and backward operators' schemas, fake implementations and autograd registration."""
+    fn = _fn(name)
+    ops = _op(fn, name)
+    (q, k, v), xs = _inputs(name)
+    is_tensor = [isinstance(xs[n], torch.Tensor) for n in ops.names]
+    tensors = [xs[n] for n, t in zip(ops.names, is_tensor) if t]
+    floats = [float(xs[n]) for n, t in zip(ops.names, is_tensor) if not t]
+    args = (q, k, v, 0.25, tensors, floats, is_tensor, None, None, 0, 0, 0)
+    # the block-sparse entries have data-dependent sizes: no static shape to check there
+    tests = ("test_schema", "test_autograd_registration") if ops.gathered else \
+        ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(ops.fwd, args, test_utils=tests)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_fullgraph_matches_eager(name):
+    fn = _fn(name)
+    (q, k, v), xs = _inputs(name)
+    tensors = (q, k, v, *[x for x in xs.values() if isinstance(x, torch.Tensor)])
+    o = fn(q, k, v, **xs)
+    want = _grads(o, tensors)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v, **xs: fn(q, k, v, **xs) * 2.0, fullgraph=True, backend="aot_eager")
+    o2 = compiled(q, k, v, **xs)
+    torch.testing.assert_close(o2, o * 2.0)
+    for a, b in zip(_grads(o2 / 2.0, tensors), want):
+        torch.testing.assert_close(a, b)
+
+
+def test_no_graph_breaks_in_a_block():
+    """A transformer block (projections, attention, output projection): one graph, no breaks."""
+    fn = _fn("alibi")
+    lin_in, lin_out = torch.nn.Linear(64, 3 * 64), torch.nn.Linear(64, 64)
+    slopes = torch.rand(4)
+
+    def block(x):
+        B, S, _ = x.shape
+        q, k, v = lin_in(x).view(B, S, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        o = fn(q, k, v, slopes=slopes, t=1.0)
+        return lin_out(o.transpose(1, 2).reshape(B, S, 64))
+    x = torch.randn(2, 24, 64)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(block)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_dynamic_sequence_length_does_not_recompile():
+    fn = _fn("doc")
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=True)
+    for S in (24, 40, 56, 72, 88):
+        (q, k, v), xs = _inputs("doc", M=S, N=S, grad=False)
+        torch.testing.assert_close(compiled(q, k, v, **xs), fn(q, k, v, **xs))
+    assert counts["stats"]["unique_graphs"] == 1, dict(counts["stats"])
+
+
+def test_return_lse_and_prepared_under_compile():
+    """lse comes out of the operator; tile lists given by prepare() are used by eager calls."""
+    fn = _fn("doc")
+    (q, k, v), xs = _inputs("doc", grad=False)
+    o, lse = fn(q, k, v, return_lse=True, **xs)
+    torch._dynamo.reset()
+    o2, lse2 = torch.compile(lambda q, k, v, doc: fn(q, k, v, doc=doc, return_lse=True), fullgraph=True,
+                             backend="aot_eager")(q, k, v, xs["doc"])
+    torch.testing.assert_close((o2, lse2), (o, lse))
+    (q, k, v), xs = _inputs("doc")
+    prepared = fn.prepare(q.detach(), k.detach(), **xs)
+    o3 = fn(q, k, v, prepared=prepared, **xs)
+    torch.testing.assert_close(o3, o)
+    _grads(o3, (q, k, v))  # the backward finds the prepared lists by their handle
