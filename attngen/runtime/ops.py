@@ -12,6 +12,8 @@ cache or a device query.
 - ``attngen::<name>_<key>_bwd(do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants,
   cu_q, cu_k, max_q, max_k, prepared)`` returns ``(dq, dk, dv, dxs)``, dxs one per tensor input: its
   gradient where ``wants`` says so, else an empty tensor.
+- ``attngen::<name>_<key>_paged(q, k_cache, v_cache, scale, xs, fs, is_tensor, block_table, seqlens_k)``
+  returns ``(o, lse)`` of a call on a paged KV cache (forward only: decoding).
 
 The keyword inputs travel as ``xs`` (the tensors, in declaration order), ``fs`` (the Python floats)
 and ``is_tensor`` (which of the declared inputs is which). ``prepared`` is 0 or the handle of tile
@@ -42,6 +44,8 @@ def _tiles_of_handle(handle):
 
 _FWD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, Tensor[] xs, float[] fs, bool[] is_tensor, Tensor? cu_q, "
                "Tensor? cu_k, int max_q, int max_k, int prepared) -> (Tensor, Tensor, Tensor, Tensor, Tensor[])")
+_PAGED_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, Tensor[] xs, float[] fs, bool[] is_tensor, "
+                 "Tensor table, Tensor lengths) -> (Tensor, Tensor)")
 _BWD_SCHEMA = ("(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor o_raw, Tensor lse, Tensor sel, "
                "Tensor[] extra, float scale, Tensor[] xs, float[] fs, bool[] is_tensor, bool[] wants, Tensor? cu_q, "
                "Tensor? cu_k, int max_q, int max_k, int prepared) -> (Tensor, Tensor, Tensor, Tensor[])")
@@ -54,12 +58,13 @@ class _Ops:
     ``sel_shape(sizes)`` gives the selection's shape and dtype, or None; ``has_out``: o_raw is
     returned; ``gathered``: the forward returns block-sparse entries."""
 
-    def __init__(self, name, key, names, forward, backward, varlen, sel_name, sel_shape, has_out, gathered):
-        self.names, self.forward, self.backward, self.varlen = names, forward, backward, varlen
+    def __init__(self, name, key, names, forward, backward, paged, varlen, sel_name, sel_shape, has_out, gathered):
+        self.names, self.forward, self.backward, self.paged, self.varlen = names, forward, backward, paged, varlen
         self.sel_name, self.sel_shape, self.has_out, self.gathered = sel_name, sel_shape, has_out, gathered
         prefix = f"attngen::{name}_{key}"
         self.fwd, new = _define(f"{prefix}_fwd", _FWD_SCHEMA, self._fwd_impl, self._fwd_fake)
         self.bwd, _ = _define(f"{prefix}_bwd", _BWD_SCHEMA, self._bwd_impl, self._bwd_fake)
+        self.paged_op, _ = _define(f"{prefix}_paged", _PAGED_SCHEMA, self._paged_impl, self._paged_fake)
         if new:
             torch.library.register_autograd(f"{prefix}_fwd", self._backward, setup_context=self._setup_context)
 
@@ -98,6 +103,15 @@ class _Ops:
                      q.new_empty((ctx.new_dynamic_size(),), dtype=torch.int32),
                      q.new_empty((groups,), dtype=torch.int32), q.new_empty((groups,), dtype=torch.int32)]
         return o, o_raw, lse, sel, extra
+
+    def _paged_impl(self, q, k, v, scale, xs, fs, is_tensor, table, lengths):
+        B, H, M, D = q.shape
+        sizes = {"B": B, "H": H, "HK": k.shape[2], "M": M, "N": table.shape[1] * k.shape[1], "D": D,
+                 "DV": v.shape[3]}
+        return self.paged(q, k, v, scale, self.inputs(xs, fs, is_tensor), sizes, table, lengths)
+
+    def _paged_fake(self, q, k, v, scale, xs, fs, is_tensor, table, lengths):
+        return q.new_empty((*q.shape[:3], v.shape[3])), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     def _bwd_impl(self, do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
                   max_q, max_k, prepared):
@@ -139,11 +153,19 @@ class _Ops:
         fs, is_tensor = ([] if not x else None for x in (ctx.fs, ctx.is_tensor))
         return dq, dk, dv, None, grads, fs, is_tensor, None, None, None, None, None
 
-    def __call__(self, q, k, v, scale, inputs, seq, prepared):
-        """o and lse of a dense or packed call, through the operators (a node in autograd's graph)."""
+    def _lists(self, inputs):
         is_tensor = [isinstance(inputs[n], torch.Tensor) for n in self.names]
         xs = [inputs[n] for n, t in zip(self.names, is_tensor) if t]
         fs = [float(inputs[n]) for n, t in zip(self.names, is_tensor) if not t]
+        return xs, fs, is_tensor
+
+    def call_paged(self, q, k, v, scale, inputs, table, lengths):
+        """o and lse of a call on a paged cache, through its operator."""
+        return self.paged_op(q, k, v, scale, *self._lists(inputs), table, lengths)
+
+    def __call__(self, q, k, v, scale, inputs, seq, prepared):
+        """o and lse of a dense or packed call, through the operators (a node in autograd's graph)."""
+        xs, fs, is_tensor = self._lists(inputs)
         cu_q, cu_k, max_q, max_k = (None, None, 0, 0) if seq is None else (seq.cu_q, seq.cu_k, seq.max_q, seq.max_k)
         o, _, lse, _, _ = self.fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k,
                                    _prepared_handle(prepared))
