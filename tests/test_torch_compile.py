@@ -153,3 +153,13 @@ def test_paged_decoding_step_compiles():
     ops = _op(fn, "alibi")
     torch.library.opcheck(ops.paged_op, (q, k_cache, v_cache, 0.25, [xs["slopes"]], [0.5], [True, False], table,
                                          lengths), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_backward_with_several_inputs_without_gradients():
+    """Gradients not wanted come back as distinct empty tensors (an operator's outputs must not share
+    storage: one empty tensor returned twice failed under Hugging Face's padded calls)."""
+    fn = attngen.jit("attention two { input s: f32[H]\n input w: f32[H]\n score = dot(q, k) * scale + s[h] - w[h]\n"
+                     " mask = causal }")
+    (q, k, v), _ = _inputs("moba")
+    o = fn(q, k, v, s=torch.rand(4), w=torch.rand(4))
+    assert all(g is not None for g in _grads(o, (q, k, v)))

@@ -123,8 +123,8 @@ class _Ops:
         dq, dk, dv, grads = self.backward(do, q, k, v, o, o if not self.has_out else o_raw, lse, inputs, list(extra),
                                           self._seq(cu_q, cu_k, max_q, max_k), scale, want,
                                           _tiles_of_handle(prepared))
-        none = q.new_empty((0,), dtype=torch.float32)
-        return dq, dk, dv, [grads[n] if want[n] else none for n in tensor_names]
+        # a new empty tensor for each gradient not wanted: outputs must not share storage
+        return dq, dk, dv, [grads[n] if want[n] else q.new_empty((0,), dtype=torch.float32) for n in tensor_names]
 
     def _bwd_fake(self, do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
                   max_q, max_k, prepared):
