@@ -681,6 +681,36 @@ def test_bench_varlen_cpu_end_to_end(tmp_path):
     assert bwd["attngen"]["ms"] > 0 and bwd["attngen"]["tflops"] > 0
 
 
+def test_bench_block_cpu_end_to_end(tmp_path):
+    """The compiled block's step on CPU (aot_eager): a record with its FLOPs; flex is skipped there."""
+    out = tmp_path / "out.json"
+    r = _bench(EXAMPLE_DIR / "alibi.attn", "--block", "--device", "cpu", "--seq", "32", "--tokens", "64",
+               "--heads", "2", "--dim", "16", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "attngen step" in r.stdout and "flex has no compiled backward on cpu" in r.stdout
+    (rec,) = json.loads(out.read_text())["records"]
+    B, S, H, D = 2, 32, 2, 16
+    assert (rec["mode"], rec["seq"], rec["B"], rec["allowed_pairs"]) == ("block", S, B, B * H * S * (S + 1) // 2)
+    assert rec["flops"] == 3.5 * 4 * rec["allowed_pairs"] * D + 3 * 2 * B * S * H * D * (4 * H) * D
+    assert rec["attngen"]["ms"] > 0
+
+
+def test_block_step_compiled_matches_eager():
+    """The block the step times: compiled whole (attngen's operators inside), its gradients are eager's."""
+    from attngen.bench.block import Block
+
+    fn = attngen.load(EXAMPLE_DIR / "causal_gqa.attn")
+    torch.manual_seed(0)
+    block = Block(4, 2, 16, lambda q, k, v: fn(q, k, v))
+    x = torch.randn(2, 24, 64, requires_grad=True)
+    want = torch.autograd.grad(block(x).square().sum(), [x, *block.parameters()])
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x).square().sum(), [x, *block.parameters()])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
 def _captured_config(monkeypatch, *args):
     """The Config the command builds (the run itself replaced by one that measures nothing)."""
     import attngen.bench.run as bench_run
@@ -704,18 +734,24 @@ def test_bench_mode_defaults(monkeypatch):
     varlen = _captured_config(monkeypatch, "--varlen")
     assert (varlen.mode, varlen.varlen_lengths, varlen.heads, varlen.kv_heads, varlen.peers, varlen.backward) == \
         ("varlen", DEFAULT_LENGTHS, 16, 16, ("flex",), True)
+    block = _captured_config(monkeypatch, "--block")
+    assert (block.mode, block.seqs, block.heads, block.peers) == ("block", (4096, 16384), 16, ("flex",))
+    assert "backward" not in block.as_json() and block.as_json()["tokens"] == 16384
     assert Config().as_json()["mode"] == "dense" and "batch" not in Config().as_json()
 
 
 @pytest.mark.parametrize("args,message", [
     (("--decode", "--varlen"), "separate modes"),
-    (("--decode", "--tokens", "64"), "--tokens applies to the dense mode only"),
-    (("--decode", "--fresh-inputs"), "--fresh-inputs applies to the dense mode only"),
+    (("--block", "--varlen"), "separate modes"),
+    (("--decode", "--tokens", "64"), "--tokens applies to the dense mode or --block only"),
+    (("--decode", "--fresh-inputs"), "--fresh-inputs applies to the dense mode or --block only"),
+    (("--block", "--startup"), "--startup applies to the dense mode only"),
+    (("--block", "--peers", "sdpa"), "--block compares with flex only"),
     (("--decode", "--startup"), "--startup applies to the dense mode only"),
     (("--batch", "4"), "--batch applies to --decode only"),
     (("--page-sizes", "16"), "--page-sizes applies to --decode only"),
     (("--varlen-lengths", "4,5"), "--varlen-lengths applies to --varlen only"),
-    (("--varlen", "--seq", "64"), "--seq applies to the dense mode or --decode only"),
+    (("--varlen", "--seq", "64"), "--seq applies to the dense mode or --decode or --block only"),
     (("--varlen", "--plot", "x.png"), "--plot applies to the dense mode or --decode only"),
     (("--varlen", "--peers", "flex,sdpa"), "flex only"),
     (("--decode", "--seq", "64", "--page-sizes", "24"), "--page-sizes 24 does not divide the cache length 64"),

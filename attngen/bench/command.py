@@ -44,13 +44,14 @@ def _optional_seqs(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 
 #: options of one mode only, and the modes they belong to (anywhere else they would be ignored)
-_MODE_OPTIONS = {"tokens": ("dense",), "fresh_inputs": ("dense",), "baseline": ("dense",), "startup": ("dense",),
-                 "seqs": ("dense", "decode"), "batch": ("decode",), "decode_rows": ("decode",),
+_MODE_OPTIONS = {"tokens": ("dense", "block"), "fresh_inputs": ("dense", "block"), "baseline": ("dense",),
+                 "startup": ("dense",), "seqs": ("dense", "decode", "block"), "batch": ("decode",), "decode_rows": ("decode",),
                  "page_sizes": ("decode",), "varlen_lengths": ("varlen",), "plot_out": ("dense", "decode")}
 #: per mode: default (--seq, --heads, --kv-heads, --peers); None for --kv-heads: --heads
 _MODE_DEFAULTS = {"dense": ((4096, 16384), 16, None, ("flex", "sdpa")),
                   "decode": ((8192, 32768), 32, 8, ("flex", "sdpa")),
-                  "varlen": ((), 16, None, ("flex",))}
+                  "varlen": ((), 16, None, ("flex",)),
+                  "block": ((4096, 16384), 16, None, ("flex",))}
 
 
 @click.command()
@@ -109,26 +110,30 @@ _MODE_DEFAULTS = {"dense": ((4096, 16384), 16, None, ("flex", "sdpa")),
 @click.option("--varlen-lengths", default=None, callback=_optional_seqs,
               help="With --varlen: the sequences' lengths, comma-separated. Default: 8086,6360,2495,1594,3209,"
                    "2389,6832,1803 (8 sequences, 32768 tokens).")
+@click.option("--block", is_flag=True,
+              help="A transformer block's training step (qkv projection, attention, output projection, backward) "
+                   "under torch.compile(fullgraph=True), attngen against FlexAttention on the same weights and inputs.")
 @click.pass_context
 def bench(ctx: click.Context, files: tuple[str, ...], name: str | None, consts: dict, seqs: tuple[int, ...] | None,
           tokens: int, heads: int | None, kv_heads: int | None, dim: int, dtype: str | None,
           peers: tuple[str, ...] | None, no_backward: bool, no_input_grads: bool, json_out: str | None,
           plot_out: str | None, device: str, fresh_inputs: bool, baseline: str | None, startup: bool,
           autotune: bool | None, decode: bool, batch: int, decode_rows: int, page_sizes: tuple[int, ...] | None,
-          varlen: bool, varlen_lengths: tuple[int, ...] | None) -> None:
+          varlen: bool, varlen_lengths: tuple[int, ...] | None, block: bool) -> None:
     """Time attngen against FlexAttention and torch SDPA on each attention of each FILE.
 
-    Three modes: dense (the default: q, k, v of equal lengths), --decode (a few query rows against a
-    KV cache, contiguous and paged) and --varlen (packed sequences of mixed lengths).
+    Four modes: dense (the default: q, k, v of equal lengths), --decode (a few query rows against a
+    KV cache, contiguous and paged), --varlen (packed sequences of mixed lengths) and --block (a
+    compiled transformer block's training step).
     """
     import torch
 
     from . import report
     from .run import Config, run
 
-    if decode and varlen:
-        raise UserError("error: --decode and --varlen are separate modes; pass one of them")
-    mode = "decode" if decode else "varlen" if varlen else "dense"
+    if decode + varlen + block > 1:
+        raise UserError("error: --decode, --varlen and --block are separate modes; pass one of them")
+    mode = "decode" if decode else "varlen" if varlen else "block" if block else "dense"
     for param, modes in _MODE_OPTIONS.items():
         if mode not in modes and ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT):
             option = next(o for o in ctx.command.params if o.name == param).opts[-1]
@@ -142,8 +147,8 @@ def bench(ctx: click.Context, files: tuple[str, ...], name: str | None, consts: 
     kv_heads = kv_heads or default_kv or heads
     peers = default_peers if peers is None else peers
     page_sizes = (16, 64) if page_sizes is None else page_sizes
-    if mode == "varlen" and "sdpa" in peers:
-        raise UserError("error: --varlen compares with flex only (--peers flex)")
+    if mode in ("varlen", "block") and "sdpa" in peers:
+        raise UserError(f"error: --{mode} compares with flex only (--peers flex)")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("error: bench needs a CUDA GPU, and torch sees none; "
                         "for a smoke test on CPU pass --device cpu (with TRITON_INTERPRET=1 and tiny sizes)")
@@ -180,6 +185,8 @@ def bench(ctx: click.Context, files: tuple[str, ...], name: str | None, consts: 
         click.echo(report.decode_table(records))
     elif mode == "varlen":
         click.echo(report.varlen_table(records))
+    elif mode == "block":
+        click.echo(report.block_table(records))
     else:
         click.echo(report.table(records, None if base is None else base.attention.name))
     if results.startup:

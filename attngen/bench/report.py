@@ -189,6 +189,33 @@ def varlen_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def block_table(records: list[dict]) -> str:
+    """The block mode's records (a compiled transformer block's training step) as a text table."""
+    flex = any("flex" in r["peers"] for r in records)
+    groups = [("", ["spec", "seq", "B"]), ("attngen step", ["ms", "TFLOP/s"])]
+    if flex:
+        groups.append(("flex step", ["ms", "TFLOP/s", "ratio", "err"]))
+    rows, long_reasons = [], {}
+    for r in records:
+        row = [[r["spec"], str(r["seq"]), str(r["B"])], [_ms(r["attngen"]["ms"]), _tflops(r["attngen"]["tflops"])]]
+        if flex:
+            res = r["peers"].get("flex")
+            if res is None or "skipped" in res:
+                row.append(_skipped(res, f"flex on {r['spec']} {r['seq']}", long_reasons))
+            else:
+                row.append([_ms(res["ms"]), _tflops(res["tflops"]), f"{res['ratio']:.2f}", _err(res["rel_err"])])
+        rows.append(row)
+    lines = _render(groups, rows)
+    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines += [
+        "step: torch.compile(fullgraph=True) of a block (qkv projection, attention, output projection) forward and "
+        "backward, the same weights, x and inputs for both.",
+        "TFLOP/s: the attention's allowed pairs (4·pairs·D, ×3.5 with the backward) plus the projections' matmuls "
+        "(×3). ratio: flex ms / attngen ms (> 1: attngen's step is faster).",
+        f"err: the largest |g - g_attngen| / |g_attngen| over the step's gradients; !! marks err > {ERR_LIMIT:.0e}."]
+    return "\n".join(lines)
+
+
 def startup_table(startup: list[dict]) -> str:
     """The startup records as an aligned text table, with a legend."""
     groups = [("", ["spec"]), ("first call, nothing cached", ["load ms", "call ms"]),
@@ -197,8 +224,8 @@ def startup_table(startup: list[dict]) -> str:
              [_us(s["call_us"]), _us(s["launch_us"]), _us(s["overhead_us"])]] for s in startup]
     first, host = startup[0]["first_call_sizes"], startup[0]["host_sizes"]
     return "\n".join(_render(groups, rows) + [
-        "first call: attngen.load (parse, check, plan), then the first forward call (module generation, "
-        f"Triton compilation, the run) at {_sizes(first)}, with empty ATTNGEN_CACHE_DIR and TRITON_CACHE_DIR "
+        "first call: attngen.load (parse, check, plan, module generation and import), then the first forward call "
+        f"(Triton compilation, the run) at {_sizes(first)}, with empty ATTNGEN_CACHE_DIR and TRITON_CACHE_DIR "
         "and ATTNGEN_AUTOTUNE=0, in this already warm process.",
         f"cached call: host time of a forward call at {_sizes(host)}, issued back to back without synchronizing "
         f"(mean of {startup[0]['host_calls']}); launch: the same for one trivial Triton kernel; "

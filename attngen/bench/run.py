@@ -94,7 +94,7 @@ class Config:
     seed: int = 0
     autotune: bool | None = None  # ATTNGEN_AUTOTUNE for the run; None: as the environment has it
     startup: bool = False  # also measure the startup figures (see .startup)
-    mode: str = "dense"  # "dense", "decode" (.decode) or "varlen" (.varlen)
+    mode: str = "dense"  # "dense", "decode" (.decode), "varlen" (.varlen) or "block" (.block)
     batch: int = 32  # decode: sequences in the batch (B)
     decode_rows: int = 1  # decode: query rows per sequence (M)
     page_sizes: tuple[int, ...] = (16, 64)  # decode: a paged cache per page size, besides the contiguous one
@@ -104,7 +104,8 @@ class Config:
         """The options as JSON values, without those of the modes not run."""
         skip = {"dense": ("batch", "decode_rows", "page_sizes", "varlen_lengths"),
                 "decode": ("tokens", "backward", "input_grads", "fresh_inputs", "startup", "varlen_lengths"),
-                "varlen": ("seqs", "tokens", "fresh_inputs", "startup", "batch", "decode_rows", "page_sizes")}
+                "varlen": ("seqs", "tokens", "fresh_inputs", "startup", "batch", "decode_rows", "page_sizes"),
+                "block": ("backward", "startup", "batch", "decode_rows", "page_sizes", "varlen_lengths")}
         return {k: (str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v)
                 for k, v in vars(self).items() if k not in skip[self.mode]}
 
@@ -163,6 +164,10 @@ def _run_target(t: Target, fn: Callable, cfg: Config, log: Callable[[str], None]
         from .varlen import run_varlen_case
 
         return run_varlen_case(t, fn, cfg, log)
+    if cfg.mode == "block":
+        from .block import run_block_case
+
+        return [r for seq in cfg.seqs for r in run_block_case(t, fn, seq, cfg, log)]
     if cfg.mode != "dense":
         raise ValueError(f"unknown benchmark mode {cfg.mode!r}")
     return [r for seq in cfg.seqs for r in run_case(t, fn, seq, cfg, log)]
