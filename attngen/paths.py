@@ -1,4 +1,4 @@
-"""Where the grammar and templates live.
+"""Where the grammar, the templates and the shipped runtime live.
 
 In a wheel they are packaged under ``attngen/_data/``; in a source checkout or an
 editable install they are the top-level ``grammar/`` and ``templates/`` folders.
@@ -25,3 +25,13 @@ def grammar_file() -> Path:
 
 def templates_dir() -> Path:
     return _data_dir("templates")
+
+
+#: the runtime modules every generated module embeds (attngen/codegen/shipped.py), each after the ones
+#: it imports from
+SHIPPED_RUNTIME = ("triton_helpers", "launch", "checks", "ops", "selection", "attention")
+
+
+def runtime_file(name: str) -> Path:
+    """A shipped runtime module's source (``name`` in SHIPPED_RUNTIME)."""
+    return _PKG / "runtime" / f"{name}.py"

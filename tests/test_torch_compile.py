@@ -53,7 +53,7 @@ def _grads(out, tensors):
 
 def _op(fn, name):
     module = fn.module
-    return getattr(module, f"_{name}_ops")
+    return getattr(module, f"_attention_{name}").ops
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

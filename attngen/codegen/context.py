@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pprint
 import textwrap
 
 from .. import __version__
@@ -178,9 +179,33 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      "chunk_tiles": 4,
                      # the block-sparse kernels' key tile: the block rounded up to a power of two, 16 to 64 keys
                      "key_tile": min(64, max(16, 1 << (sel.block - 1).bit_length())) if sel.block else 0}
+    kernel_names = ["fwd"] + (["fwd_split"] if splittable else []) + ["bwd_pre", "bwd_dq", "bwd_dkdv"]
+    kernel_names += ["classify"] if dynamic else []
+    host_sel = None
+    if selection is not None:
+        kernel_names += ["kmean", "select"] if sel.block else ["topk"]
+        if selection["gather"]:
+            kernel_names += ["place", "attend", "merge"]
+            if selection["gather_bwd"]:
+                kernel_names += ([] if selection["dq_factor"] else ["attend_dq"]) + ["attend_dkdv"]
+        kernel_names += ["listed"] if selection["listed"] else []
+        host_sel = {k: bool(v) if k in ("gather", "listed") else v for k, v in selection.items()
+                    if k not in ("code", "heads_size")}
+        host_sel["block"] = sel.block or 0
+    host_plan = dict(norm=plan.norm, has_out=a.out is not None, stick=plan.norm == "stickbreaking", dynamic=dynamic,
+                     splittable=splittable, packable=packable, scaled_dot=kernels.scaled_dot(a) is not None,
+                     tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
+                     literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
+                     selection=host_sel)
+    for x in inputs:
+        d = a.input(x["name"])
+        x["decl"] = d.dtype + ("" if d.dims is None else f"[{', '.join(map(str, d.dims))}]")
     return dict(
         sel_shape=_sel_shape(selection),
-        gathered_bwd=bool(selection and selection["gather"] and selection["gather_bwd"]),
+        input_specs=repr([(x["name"], x["scalar"], x["float"]) for x in all_inputs]),
+        kernels=textwrap.fill(", ".join(f"{k}={a.name}_{k}" for k in kernel_names), width=106,
+                              subsequent_indent=" " * 8, break_on_hyphens=False),
+        host_plan=_literal(host_plan, 9),
         name=a.name, filename=inert(a.filename), norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
         decls=repr(decls), selection=selection, scaled_dot=kernels.scaled_dot(a) is not None,
@@ -192,6 +217,12 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )
+
+
+def _literal(value: dict, indent: int) -> str:
+    """``value`` as Python source, one key a line past the first, continuation lines indented."""
+    text = pprint.pformat(value, width=110 - indent, sort_dicts=False)
+    return textwrap.indent(text, " " * indent).lstrip()
 
 
 def _sel_shape(selection: dict | None) -> str:

@@ -13,20 +13,13 @@ from __future__ import annotations
 
 import ast
 from functools import lru_cache
-from pathlib import Path
 
 from .. import __version__
-
-#: shipped runtime modules, each after the ones it imports from
-SHIPPED = ("triton_helpers", "launch", "checks", "ops")
+from ..paths import SHIPPED_RUNTIME as SHIPPED
+from ..paths import runtime_file
 #: the imports at the top of every generated module (templates/module.py.jinja)
-MODULE_IMPORTS = frozenset({"difflib", "functools", "json", "math", "os", "sys", "warnings", "weakref", "torch",
+MODULE_IMPORTS = frozenset({"collections", "difflib", "functools", "json", "math", "os", "sys", "warnings", "weakref", "torch",
                             "triton", "triton.language"})
-RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
-
-
-def runtime_file(name: str) -> Path:
-    return RUNTIME_DIR / f"{name}.py"
 
 
 def body(text: str) -> str:

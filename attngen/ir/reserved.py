@@ -1,20 +1,23 @@
 """Names a spec cannot give an attention or an input, because the generated module uses them.
 
-Why: an attention ``NAME`` becomes the module's function ``NAME`` (and ``NAME_prepare``,
-``NAME_fwd``, ``_NAME_apply``, ``_NAME_INPUTS``...), and an input becomes a keyword parameter
-of that function and of its autograd ``forward`` and a ``NAME_ptr`` / ``dNAME_ptr`` kernel
-argument. A Python keyword, a builtin or module name the module calls, or a parameter the call
-already has would make the module fail to import or silently misbehave. tests/test_untrusted_specs.py
-checks these lists against the rendered modules of the examples, so a template that starts using
-a new name fails there.
+Why: an attention ``NAME`` becomes the module's function ``NAME`` (and ``NAME_prepare``, its
+kernels ``NAME_fwd``..., its description ``_NAME``), and an input becomes a keyword parameter of
+that function and a ``NAME_ptr`` / ``dNAME_ptr`` kernel argument. A Python keyword, a builtin or
+module name the module calls, a name of the embedded runtime, or a parameter the call already has
+would make the module fail to import or silently misbehave. tests/test_untrusted_specs.py checks
+these lists against the rendered modules of the examples, so a template that starts using a new
+name fails there.
 """
 
 from __future__ import annotations
 
+import ast
 import builtins
+import functools
 import keyword
 
 from ..frontend.errors import AttnError, Span
+from ..paths import SHIPPED_RUNTIME, runtime_file
 
 #: names the generated module binds at module level (imports and constants)
 MODULE_NAMES = frozenset({"collections", "difflib", "functools", "json", "math", "os", "sys", "warnings", "weakref",
@@ -26,16 +29,25 @@ CALL_NAMES = frozenset({
     "tiles", "xs", "o", "lse", "stat", "o_buf", "o_raw_buf", "o_shape", "d_sel"})
 #: builtins those generated functions call (a parameter of the same name would hide them)
 CALL_BUILTINS = frozenset({"any", "isinstance", "staticmethod", "TypeError", "ValueError"})
-#: what the module appends to an attention's name: public functions and kernels ...
+#: what the module appends to an attention's name: its kernels and public functions (and it binds
+#: ``_attention_NAME``, the attention's description for the runtime, which names nothing else so)
 PUBLIC_SUFFIXES = ("_prepare", "_selected", "_fwd", "_fwd_split", "_bwd_pre", "_bwd_dq", "_bwd_dkdv", "_classify",
                    "_kmean", "_select", "_topk", "_listed", "_merge", "_place", "_attend", "_attend_dq",
                    "_attend_dkdv")
-#: ... and private helpers ``_NAME_<suffix>``
-PRIVATE_SUFFIXES = ("apply", "args", "choose", "flags", "forward", "gather_backward", "gather_forward", "layout",
-                    "listed_forward", "lists", "op_backward", "op_forward", "ops", "out", "paged", "run_forward",
-                    "select_args", "tiles", "Gathered")
-#: attention names whose private helpers would be the module's own (``_check_flags``, ``_check_paged``)
-HELPER_PREFIXES = frozenset({"check"})
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_names() -> frozenset[str]:
+    """The module-level names of the shipped runtime every module embeds (read from its source; none
+    starts with ``_attention_``, the prefix of the attentions' descriptions)."""
+    names = set()
+    for f in SHIPPED_RUNTIME:
+        for node in ast.parse(runtime_file(f).read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return frozenset(names)
 
 
 def _common(name: str, span: Span, what: str) -> None:
@@ -61,15 +73,14 @@ def check_input_name(name: str, span: Span, others: set[str]) -> None:
 
 def generated_names(name: str) -> set[str]:
     """The module-level names the module defines for attention ``name``."""
-    return ({name, f"_{name.upper()}_INPUTS"} | {name + s for s in PUBLIC_SUFFIXES}
-            | {f"_{name}_{s}" for s in PRIVATE_SUFFIXES})
+    return {name, f"_attention_{name}"} | {name + s for s in PUBLIC_SUFFIXES}
 
 
 def check_attention_names(names: list[tuple[str, Span]]) -> None:
     """Each attention's name alone, then every pair of one file (their generated names must not meet)."""
     for name, span in names:
         _common(name, span, "an attention")
-        if hasattr(builtins, name) or name in HELPER_PREFIXES:
+        if hasattr(builtins, name):
             raise AttnError(f"'{name}' is a name the generated module uses and cannot name an attention", span)
     seen: dict[str, str] = {}
     for name, span in names:
