@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -15,4 +16,10 @@ def check_golden(filename: str, text: str) -> None:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(text)
     assert path.exists(), f"no snapshot {path}; create it with ATTNGEN_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{filename} differs from its snapshot"
+    want = path.read_text()
+    if text != want:
+        diff = "".join(difflib.unified_diff(want.splitlines(keepends=True), text.splitlines(keepends=True),
+                                            f"golden/{filename}", "rendered", n=2))
+        lines = diff.splitlines()
+        shown = "\n".join(lines[:120]) + (f"\n... {len(lines) - 120} more diff lines" if len(lines) > 120 else "")
+        raise AssertionError(f"{filename} differs from its snapshot (ATTNGEN_UPDATE_GOLDEN=1 rewrites it):\n{shown}")

@@ -4,15 +4,13 @@ the right shape, with gradients, like SDPA."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 import attngen
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SRC = "attention t { input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j] }"
 BACKENDS = ("reference", "triton")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -250,14 +249,14 @@ def test_show_triton(files):
     assert "def causal_fwd(" in res.output and "tl.dot(" in res.output
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the kernels run under TRITON_INTERPRET=1")
+@pytest.mark.interpret
 def test_verify_on_cpu(files):
     res = run("verify", files / "good.attn", "--name", "win", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert "dslopes" in res.output and "FAIL" not in res.output
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the kernels run under TRITON_INTERPRET=1")
+@pytest.mark.interpret
 def test_verify_runs_token_and_block_selection(tmp_path):
     spec = tmp_path / "sel.attn"
     spec.write_text("attention tok { select = topk(4, by = score) }\n"

@@ -126,3 +126,18 @@ def _broken(**stages) -> ir.Attention:
 def test_verify_rejects(what, attn, msg):
     with pytest.raises(IRVerifyError, match=msg):
         verify(attn())
+
+
+def test_golden_failures_show_a_diff(tmp_path, monkeypatch):
+    import golden
+
+    monkeypatch.setattr(golden, "GOLDEN", tmp_path)
+    monkeypatch.delenv("ATTNGEN_UPDATE_GOLDEN", raising=False)
+    (tmp_path / "x.txt").write_text("a\nb\nc\n")
+    golden.check_golden("x.txt", "a\nb\nc\n")
+    try:
+        golden.check_golden("x.txt", "a\nB\nc\n")
+    except AssertionError as err:
+        assert "-b\n+B" in str(err) and "ATTNGEN_UPDATE_GOLDEN=1" in str(err)
+    else:
+        raise AssertionError("a changed text passed its golden check")

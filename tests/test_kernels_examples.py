@@ -3,7 +3,6 @@ CPU), forward and every gradient, against the float64 reference on awkward shape
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -13,8 +12,7 @@ from attngen.verify import assert_close, compare
 
 from example_specs import DENSE, DENSE_IDS, EXAMPLES, shrunk
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 # consts shrunk so windows, chunks, strides and top-k selections matter at 67 keys
 SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN": 16, "LOCAL": 12, "TOPK": 7}

@@ -4,7 +4,6 @@ host-side validation of the block table."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ from attngen.verify import assert_close
 
 from seqcases import paged_case, paged_errors
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SPECS = {
     "causal": "mask = causal",

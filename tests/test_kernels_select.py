@@ -4,7 +4,6 @@ allowed blocks, keep=, share=group, ties), and outputs and gradients match it.""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import pytest
@@ -17,8 +16,7 @@ from attngen.verify import assert_close, compare
 
 from example_specs import EXAMPLES
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SHRINK = {"BLOCK": 16, "TOPK": 2}
 BLOCK_EXAMPLES = [p for p in EXAMPLES for a in compile_file(p) if a.select is not None and a.select.block]

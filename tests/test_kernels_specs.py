@@ -3,7 +3,6 @@ against the float64 reference."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -13,8 +12,7 @@ from attngen.passes.pipeline import run_pipeline
 from attngen.spec import compile_source
 from attngen.verify import assert_close, compare
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SPECS = {
     # floor semantics on negative operands, and x // 0 == x % 0 == 0 (off holds zeros)

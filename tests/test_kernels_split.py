@@ -4,18 +4,15 @@ against the float64 reference, dense and paged."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
-import torch
 
 from attngen.codegen.render import cache_key, render_module
 from attngen.passes.pipeline import run_pipeline
 from attngen.spec import compile_source
 from attngen.verify import assert_close, compare
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SPECS = {
     "causal": "mask = causal",

@@ -4,7 +4,6 @@ it, forward and backward against the float64 reference; and prepared tile lists.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ from attngen.passes.pipeline import run_pipeline
 from attngen.spec import compile_source
 from attngen.verify import assert_close, compare
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SPECS = {
     "window": "mask = causal and i - j < 40",

@@ -6,7 +6,6 @@ norm, weights and out stages."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import pytest
@@ -25,8 +24,7 @@ from attngen.verify import assert_close, compare, make_inputs
 
 from example_specs import EXAMPLES
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SHRINK = {"TOPK": 7, "W": 20}
 TOKEN_EXAMPLES = [p for p in EXAMPLES for a in compile_file(p) if a.select is not None and a.select.block is None]

@@ -3,7 +3,6 @@ and backward, against the reference applied to each sequence; and the host-side 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ from attngen.runtime.jit import TritonAttention
 
 from seqcases import packed_case, packed_errors
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SPECS = {
     "causal": "mask = causal",

@@ -7,7 +7,6 @@ block-sparse forward (moba) and the listed token top-k forward (dsa_indexer)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -20,8 +19,7 @@ from example_specs import EXAMPLES
 
 # the CPU (the interpreter, small shapes) and, with -m gpu, a CUDA GPU (keys past one tile, so full
 # tiles too): the GPU's max ignores NaN where the interpreter's propagates it
-DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                                        reason="CPU kernel tests need TRITON_INTERPRET=1")),
+DEVICES = [pytest.param("cpu", marks=pytest.mark.interpret),
            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                                            reason="needs a CUDA GPU")])]
 KEYS = {"cpu": 37, "cuda": 300}

@@ -3,7 +3,6 @@ test_cache.py)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ attention win {
     mask = window(9)
 }"""
 
-interp = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="kernels need TRITON_INTERPRET=1")
+interp = pytest.mark.interpret
 
 
 @pytest.fixture

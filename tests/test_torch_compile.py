@@ -6,15 +6,13 @@ with Inductor."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 import attngen
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 SPECS = {
     # static mask, a float input with a gradient, a Python-float scalar input

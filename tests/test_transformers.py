@@ -5,7 +5,6 @@ tokens from ``generate`` with a KV cache."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ import attngen  # noqa: E402
 import attngen.transformers as hf  # noqa: E402
 from attngen.spec import compile_source  # noqa: E402
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU kernel tests need TRITON_INTERPRET=1")
+pytestmark = pytest.mark.interpret
 
 TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128, attention_dropout=0.0)

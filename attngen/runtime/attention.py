@@ -32,6 +32,11 @@ class _Attention:
         self.all_inputs = inputs  # (name, scalar, float), the kernels' order
         self.public = [n for n, _, _ in inputs if n != sel_name]
         self.sel = plan["selection"]
+        # what every call reads, looked up once (a decoding step's host time is a few microseconds)
+        self.has_out, self.stick, self.scaled_dot = plan["has_out"], plan["stick"], plan["scaled_dot"]
+        self.heads_per_tile = plan["tile_heads"] == "H"
+        self.literal_blocks = {block: _blocks(length) for block, length in plan["literal_blocks"].items()}
+        self.float_inputs = [n for n, _, is_float in inputs if is_float and n != sel_name]
         gathered = bool(self.sel and self.sel["gather"] and self.sel["gather_bwd"])
         self.ops = _Ops(name, key, self.public, self.op_forward, self.op_backward, self.paged, _Varlen,
                         sel_name if self.sel else None, sel_shape, has_out=plan["has_out"], gathered=gathered)
@@ -41,12 +46,10 @@ class _Attention:
     def flags(self, sizes, varlen=False, heads=None, wants=None):
         """The per-call constexprs of the kernels: the heads of the tile lists (``heads``), the GQA
         group, packed sequences, literal vector blocks, and the input gradients wanted (``wants``)."""
-        heads = (sizes["H"] if self.plan["tile_heads"] == "H" else 1) if heads is None else heads
-        wants = wants or {}
-        out = dict(TILE_HEADS=heads, GROUP=sizes["H"] // sizes["HK"], VARLEN=varlen)
-        out.update({block: _blocks(length) for block, length in self.plan["literal_blocks"].items()})
-        out.update({f"GRAD_{n}": wants.get(n, False) for n, _, is_float in self.all_inputs
-                    if is_float and n != self.sel_name})
+        heads = (sizes["H"] if self.heads_per_tile else 1) if heads is None else heads
+        out = dict(TILE_HEADS=heads, GROUP=sizes["H"] // sizes["HK"], VARLEN=varlen, **self.literal_blocks)
+        for n in self.float_inputs:
+            out[f"GRAD_{n}"] = bool(wants and wants.get(n, False))
         return out
 
     def args(self, q, k, v, o, o_raw, do, do_raw, stat, delta, sbl, sbg, tl_rows, tl_cols, cu, dq, dk, dv, xs, gxs,
@@ -142,14 +145,14 @@ class _Attention:
         if tiles is None:
             tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None)
         o_buf, o = self.out(DV, sizes, seq, q.device, q.dtype)
-        if self.plan["has_out"]:
+        if self.has_out:
             o_raw_buf, o_raw = self.out(DV, sizes, seq, q.device, torch.float32)
         else:
             o_raw_buf, o_raw = o_buf, o  # no out stage: o is the norm's result
         stat = _empty((B, H, M) if seq is None else (H, sizes["TQ"]), q.device, torch.float32)
         gxs = _no_grads(xs, q)
         lists = self.lists(tiles, stat)
-        if self.plan["scaled_dot"]:
+        if self.scaled_dot:
             # the forward takes its running max of dot(q, k) before scaling, which needs a positive factor
             if scale < 0:
                 q4, scale = -q4, -scale  # the same scores
@@ -223,11 +226,11 @@ class _Attention:
         cu = (seq.cu_q, seq.cu_k) if seq is not None else (q, q)
         o, o_raw = view(o_buf), view(o_raw_buf)
         _, bwds, common = _config(sizes["D"], DV, q)
-        stick = self.plan["stick"]
+        stick = self.stick
         if stick:  # dq and dk/dv index the suffix buffers by key tile: one BLOCK_N
             bwds = [c for c in bwds if c["dq"]["BLOCK_N"] == c["dkdv"]["BLOCK_N"]]
         do = view(do.contiguous())
-        do_raw = view(_empty(o_raw_buf.shape, q.device, torch.float32)) if self.plan["has_out"] else do
+        do_raw = view(_empty(o_raw_buf.shape, q.device, torch.float32)) if self.has_out else do
         delta = _empty(stat.shape, q.device, torch.float32)
         dq_buf, dk_buf, dv_buf = (_empty(t.shape, q.device, t.dtype) for t in (q, k, v))
         dq, dk, dv = view(dq_buf), view(dk_buf), view(dv_buf)

@@ -1,13 +1,13 @@
 """attngen's own host time per cached decoding call, every Triton launch stubbed out (CPU, no GPU).
 
-The GPU's host profile (`.ci/gpu host`) splits a call between Triton's launcher (JITFunction.run:
-binding and specializing the arguments) and attngen's wrapper (checks, sizes, configs, buffers).
-This measures the second part alone on any machine: the decode step of .ci/host_profile.py
-(B = 32, H = 32, HK = 8, D = 128, cache 8192, bf16, under no_grad) with the module's kernels
-replaced by no-ops, so the figure is the host time attngen adds over its kernel launches.
+A call's host time splits between Triton's launcher (JITFunction.run: binding and specializing the
+arguments) and attngen's runtime (checks, sizes, configs, buffers). This measures the second part
+alone on any machine: a decode step (default B = 32, H = 32, HK = 8, D = 128, cache 8192, bf16,
+under no_grad) with the attention's kernels replaced by no-ops, so the figure is the host time
+attngen adds over its kernel launches.
 
-  TRITON_INTERPRET=1 PYTHONPATH=. python .ci/host_cpu.py            # us per call
-  TRITON_INTERPRET=1 PYTHONPATH=. python .ci/host_cpu.py --profile  # and where it goes
+  TRITON_INTERPRET=1 PYTHONPATH=. python tools/host_cpu.py            # us per call
+  TRITON_INTERPRET=1 PYTHONPATH=. python tools/host_cpu.py --profile  # and where it goes
 """
 import argparse
 import cProfile
@@ -19,7 +19,6 @@ import torch
 
 import attngen
 
-B, H, HK, D, N = 32, 32, 8, 128, 8192
 
 
 class _NoLaunch:
@@ -29,13 +28,22 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of the calls")
     ap.add_argument("--calls", type=int, default=2000)
-    opts = ap.parse_args()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--cache", type=int, default=8192, help="the KV cache's length N")
+    opts = ap.parse_args(argv)
+    B, H, HK, D, N = opts.batch, opts.heads, opts.kv_heads, opts.dim, opts.cache
     fn = attngen.load("examples/causal_gqa.attn")
-    for name in dir(fn.module):  # every @triton.jit function of the module
+    kernels = getattr(fn.module, f"_attention_{fn.name}").kernels
+    for name in kernels:  # the attention's kernels, as its runtime object holds them
+        kernels[name] = _NoLaunch()
+    for name in dir(fn.module):  # and every @triton.jit helper kernel of the runtime (the split-KV merge)
         if type(getattr(fn.module, name)).__name__ in ("JITFunction", "InterpretedFunction"):
             setattr(fn.module, name, _NoLaunch())
     q = torch.randn(B, H, 1, D, dtype=torch.bfloat16)

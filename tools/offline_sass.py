@@ -6,8 +6,7 @@ GPUTarget("cuda", 90, 32) with the module's first fixed CUDA config (the ATTNGEN
 default), and specializes the arguments as Triton's launcher does for contiguous
 [B, H, S, D] = [4, 16, 4096, 128] bf16 tensors (H == HK). From triton's own ptxas run and the cubin
 it reports shared memory, registers, spill bytes, the whole kernel's SASS instruction count and, for
-each tile loop (an innermost loop that issues HGMMA), the instructions of one iteration. --hand adds
-the hand-written causal backward kernels of .ci/bwd_experiment.py at the same tile configs. Specs
+each tile loop (an innermost loop that issues HGMMA), the instructions of one iteration. Specs
 whose attention kernels read a per-call top-k selection (loki, moba, nsa_select, ...) are not supported; the
 select and block-sparse kernels of a block top-k spec are (--kernels select,place,attend,attend_dq,attend_dkdv).
 
@@ -15,18 +14,16 @@ Caveats: the counts come from this environment's triton and its bundled ptxas; t
 run triton 3.6, whose pipeliner and ptxas can differ (register allocation and spills especially).
 Instruction counts are not timings: compare them between versions of the same kernel.
 
-  PYTHONPATH=. python .ci/offline_sass.py                           # examples/causal_gqa.attn
-  PYTHONPATH=. python .ci/offline_sass.py --hand                    # plus the hand-written kernels
-  PYTHONPATH=. python .ci/offline_sass.py examples/sliding_window.attn --kernels fwd
-  PYTHONPATH=. python .ci/offline_sass.py --dump causal_gqa_bwd_dkdv   # also the SASS of its loops
-  PYTHONPATH=. python .ci/offline_sass.py examples/stickbreaking.attn --head-dim 16
-  PYTHONPATH=. python .ci/offline_sass.py examples/moba.attn -D BLOCK=64 -D TOPK=15 --seq 16384 \
+  PYTHONPATH=. python tools/offline_sass.py                           # examples/causal_gqa.attn
+  PYTHONPATH=. python tools/offline_sass.py examples/sliding_window.attn --kernels fwd
+  PYTHONPATH=. python tools/offline_sass.py --dump causal_gqa_bwd_dkdv   # also the SASS of its loops
+  PYTHONPATH=. python tools/offline_sass.py examples/stickbreaking.attn --head-dim 16
+  PYTHONPATH=. python tools/offline_sass.py examples/moba.attn -D BLOCK=64 -D TOPK=15 --seq 16384 \
       --kernels select,place,attend,attend_dq,attend_dkdv
 """
 import argparse
 import collections
 import contextlib
-import importlib.util
 import io
 import os
 import re
@@ -46,7 +43,6 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 import attngen  # noqa: E402
 from attngen.spec import compile_file  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = GPUTarget("cuda", 90, 32)
 B, H, S, D = 4, 16, 4096, 128
 
@@ -85,21 +81,21 @@ def plain_tensors():
 
 
 def generated(mod, name, kernels, t):
-    """(kernel name, jit function, args, kwargs) of the chosen kernels of attention `name` in mod."""
+    """[(kernel name, jit function, args, kwargs)] of the chosen kernels of attention `name` in mod."""
+    at = getattr(mod, f"_attention_{name}")
     fwds, bwds, common = mod._config_of(D, D, torch.bfloat16, "cuda")
     configs = {"fwd": fwds[0], "bwd_dq": bwds[0]["dq"], "bwd_dkdv": bwds[0]["dkdv"]}
     sizes = {"B": B, "H": H, "HK": H, "M": S, "N": S, "D": D, "DV": D, "TQ": S}
     # call-time inputs, shaped as declared, with their gradients off (inputs without requires_grad)
-    decls = getattr(mod, f"_{name.upper()}_INPUTS")
-    xs = {n: torch.empty([sizes.get(d, d) for d in dims], dtype=mod._TORCH_DTYPES[dtype])
-          for n, (dtype, dims) in decls.items()}
-    flags = dict(TILE_HEADS=1, GROUP=1, VARLEN=False, **{f"GRAD_{n}": False for n in decls})
+    xs = {n: torch.empty([sizes.get(d, d) for d in dims], dtype=mod._TORCH_DTYPES[dtype]) if dims is not None
+          else 1.0 for n, (dtype, dims) in at.decls.items()}
+    flags = at.flags(sizes)
     # the backward's arguments; the forward takes the same list (its launcher passes o for do, and so on).
     # The int32 tile lists stand in for a data-dependent mask's (masks bounded in closed form ignore them).
     try:
-        args = getattr(mod, f"_{name}_args")(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"],
-                                             t["delta"], t["one"], t["one"], t["lists"], t["lists"], (t["q"], t["q"]),
-                                             t["dq"], t["dk"], t["dv"], xs, xs, sizes, D ** -0.5)
+        args = at.args(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"], t["delta"], t["one"],
+                       t["one"], t["lists"], t["lists"], (t["q"], t["q"]), t["dq"], t["dk"], t["dv"], xs,
+                       {n: t["one"] if isinstance(x, float) else x for n, x in xs.items()}, sizes, D ** -0.5)
     except KeyError as err:  # an input the wrapper computes per call, such as a top-k selection's _sel
         sys.exit(f"{name}: the kernels read the internal input {err}, which this tool does not build")
     jobs = []
@@ -109,7 +105,7 @@ def generated(mod, name, kernels, t):
             sys.exit(f"the generated module has no kernel {name}_{kind}")
         kw = {k: v for k, v in flags.items() if k in fn.arg_names}
         jobs.append((f"{name}_{kind}", fn, args, {**configs[kind], **common, **kw}))
-    return jobs, bwds[0]
+    return jobs
 
 
 BLOCK_KERNELS = ("select", "place", "attend", "attend_dq", "attend_dkdv")  # of a block top-k spec
@@ -121,6 +117,7 @@ def block_kernels(mod, name, select, kinds, t):
     _gather_backward launch them on the GPU (64 gathered rows a chunk, 16 slots a row)."""
     if select is None or not select.block:
         sys.exit(f"{name}: no block selection, so no {', '.join(kinds)} kernel")
+    at = getattr(mod, f"_attention_{name}")
     common = mod._config_of(D, D, torch.bfloat16, "cuda")[2]
     sizes = {"B": B, "H": H, "HK": H, "M": S, "N": S, "D": D, "DV": D, "TQ": S}
     nb = -(-S // select.block)
@@ -130,7 +127,7 @@ def block_kernels(mod, name, select, kinds, t):
     jobs = []
     if "select" in kinds:
         km = torch.empty(B * H * nbp, common["BLOCK_D"], dtype=torch.float32)
-        args, flags = getattr(mod, f"_{name}_select_args")(t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
+        args, flags = mod._select_args(at, t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
         counts = torch.empty(B * H * S * nb, dtype=torch.int32)  # per row and per row tile alike
         kw = dict(BLOCK_M=rows, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share,
                   DC=min(common["BLOCK_D"], max(8, 8192 // nbp)), COUNTS=True,
@@ -141,12 +138,11 @@ def block_kernels(mod, name, select, kinds, t):
         jobs.append((f"{name}_place", getattr(mod, f"{name}_place"), [sel, entries, entries, entries, S, nb],
                      dict(NBP=nbp, BLOCK_M=rows, num_warps=8 if rows * nbp >= 8192 else 4)))
     xs = {"_sel": sel}
-    args = getattr(mod, f"_{name}_args")(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"],
-                                         t["delta"], t["q"], t["q"], t["q"], t["q"], (t["q"], t["q"]), t["dq"],
-                                         t["dk"], t["dv"], xs, xs, sizes, D ** -0.5)
+    args = at.args(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"], t["delta"], t["q"], t["q"],
+                   t["q"], t["q"], (t["q"], t["q"]), t["dq"], t["dk"], t["dv"], xs, xs, sizes, D ** -0.5)
     entries = torch.empty(B * H * S * 16, dtype=torch.int32)  # chunk table, rows, slots, group bounds alike
     keys = min(64, max(16, 1 << (select.block - 1).bit_length()))
-    kw = dict(**common, **getattr(mod, f"_{name}_flags")(sizes), BLOCK_M=64, BS=select.block, num_stages=2)
+    kw = dict(**common, **at.flags(sizes), BLOCK_M=64, BS=select.block, num_stages=2)
     partial = torch.empty(B * H * S * 16 * D, dtype=torch.float32)  # lse partials and the dq buffer
     o_part = torch.empty(B * H * S * 16 * D, dtype=torch.bfloat16)  # the forward's are q's dtype
     tails = {"attend": ([entries, entries, entries, o_part, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=4)),
@@ -159,23 +155,6 @@ def block_kernels(mod, name, select, kinds, t):
             if fn is None:
                 sys.exit(f"{name}: the module has no {kind} kernel (not a block-sparse spec)")
             jobs.append((f"{name}_{kind}", fn, args + tails[kind][0], {**kw, **tails[kind][1]}))
-    return jobs
-
-
-def hand_written(cfg, kernels, t):
-    """The hand-written _dkdv_kernel / _dq_kernel of .ci/bwd_experiment.py with the tile configs of
-    attngen's backward config cfg."""
-    spec = importlib.util.spec_from_file_location("bwd_experiment", os.path.join(ROOT, ".ci", "bwd_experiment.py"))
-    hw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hw)
-    q, k, v, do, lse, delta = (t[n] for n in ("q", "k", "v", "do", "lse", "delta"))
-    jobs = []
-    if "bwd_dkdv" in kernels:  # dk stands in for the DQA buffer that ATOMIC=False leaves unused, as in its bench
-        args = [q, k, v, do, lse, delta, t["dk"], t["dv"], t["dk"], S, D ** -0.5]
-        jobs.append(("_dkdv_kernel", hw._dkdv_kernel, args, dict(cfg["dkdv"], D=D, ATOMIC=False, EVEN=True)))
-    if "bwd_dq" in kernels:
-        jobs.append(("_dq_kernel", hw._dq_kernel, [q, k, v, do, lse, delta, t["dq"], S, D ** -0.5],
-                     dict(cfg["dq"], D=D, EVEN=True)))
     return jobs
 
 
@@ -258,8 +237,6 @@ def main():
                          "attend_dq, attend_dkdv")
     ap.add_argument("-D", dest="consts", action="append", default=[], metavar="NAME=VALUE",
                     help="override a const of the specs (repeatable)")
-    ap.add_argument("--hand", action="store_true", help="add the hand-written backward kernels of the first spec's "
-                                                         "tile configs (.ci/bwd_experiment.py)")
     ap.add_argument("--dump", metavar="KERNEL", help="print the SASS of this kernel's tile loops (source lines: of "
                                                      "the module `python -m attngen show --triton SPEC` prints)")
     ap.add_argument("--head-dim", type=int, default=D, help="D and DV of the tensors (default %(default)s)")
@@ -272,7 +249,7 @@ def main():
         ap.error(f"unknown kernels: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ATTNGEN_CACHE_DIR"] = tmp  # generate the modules afresh, and leave nothing behind
-        t, jobs, first_cfg = plain_tensors(), [], None
+        t, jobs = plain_tensors(), []
         consts = {n: int(v) for n, v in (c.split("=", 1) for c in opts.consts)}
         attention = [k for k in kernels if k not in BLOCK_KERNELS]
         block = [k for k in kernels if k in BLOCK_KERNELS]
@@ -282,11 +259,7 @@ def main():
                 if block:
                     jobs += block_kernels(mod, attn.name, attn.select, block, t)
                 if attention:
-                    more, cfg = generated(mod, attn.name, attention, t)
-                    jobs += more
-                    first_cfg = first_cfg or cfg
-        if opts.hand:
-            jobs += hand_written(first_cfg, kernels, t)
+                    jobs += generated(mod, attn.name, attention, t)
         table, dumps = [], {}
         for name, fn, args, kwargs in jobs:
             kernel, log = compile_as_launched(fn, args, kwargs)
