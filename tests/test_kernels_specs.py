@@ -60,6 +60,36 @@ attention padded_rows {
 }
 
 
+# regressions of the language issue (each crashed or, the block gate, chose wrong blocks silently)
+REGRESSIONS = {
+    # D and DV are constexprs in the kernels: their int -> float conversion was `D.to(...)`
+    "sizes_as_floats": "attention a { score = dot(q, k) / D + log(DV) * 0.01\n mask = causal }",
+    # a row input meeting key rows: its gradient is summed over the tile's key rows
+    "row_input_grad": "attention a { input w: f32[H, D]\n score = dot(q, k) * scale + dot(w[h], k)\n mask = causal }",
+    # a learned block gate (SeerAttention-style): key-side rows read by jb are [blocks, L] tiles
+    "block_gate_rows": """
+attention a {
+    input qg: f32[B, H, 4, 16]
+    input kg: f32[B, HK, 4, 16]
+    mask = causal
+    select = topk(2, by = dot(qg[b, h, i // 16], kg[b, hk, jb]), block = 16, keep = jb == i // 16)
+}""",
+    # a per-block scalar gate read by jb
+    "block_gate_scalar": """
+attention a {
+    input w: f32[H, 8]
+    mask = causal
+    select = topk(2, by = w[h, jb], block = 16, keep = jb == i // 16)
+}""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+def test_regression(name):
+    a = compile_source(REGRESSIONS[name], f"{name}.attn")[0]
+    assert_close(compare(a, B=1, H=4, HK=2, M=64, N=64, D=16, DV=16))
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_spec(name):
     a = compile_source(SPECS[name], f"{name}.attn")[0]

@@ -43,6 +43,10 @@ def statements(lines: list[str]) -> str:
     return "\n".join(lines) or "pass"
 
 
+#: sizes the kernels take as constexprs (head dims: masks on full rows fold away)
+CONSTEXPR_SIZES = ("D", "DV")
+
+
 def vec_block(length: str) -> str:
     """The constexpr block size name of a vector length ('D' -> BLOCK_D, '64' -> BLOCK_L64)."""
     return f"BLOCK_{length}" if not length.isdigit() else f"BLOCK_L{length}"
@@ -170,6 +174,9 @@ class Emitter:
         if isinstance(e, ir.Cast):
             if e.ty.is_vec:
                 return self.value(e.x, orient, perm)
+            if isinstance(e.x, ir.Sym) and e.x.name in CONSTEXPR_SIZES and e.x.name not in self.env.binds:
+                # a constexpr is a Python int in the kernel: no .to(); a float32 scalar of its value
+                return self.put(lvl, f"tl.full([], {e.x.name}, tl.float32)", note=note)
             return self.put(lvl, f"{self.value(e.x, orient)}.to(tl.float32)", note=note)
         if isinstance(e, ir.Unary):
             x = self.f32(e.x, orient, perm)
@@ -182,8 +189,8 @@ class Emitter:
 
     def _sym(self, e: ir.Sym, orient: str) -> str:
         n = e.name
-        if n in self.env.binds:
-            return self.env.binds[n]
+        if n in self.env.binds:  # a bind may name the key-row orientation apart ("jb@k": [NBP, 1] not [1, NBP])
+            return self.env.binds.get(f"{n}@{orient}", self.env.binds[n])
         if n == "j":
             return "j_k" if orient == "k" else "j_c"
         if n in ("i", "m"):
@@ -339,7 +346,7 @@ class Emitter:
         side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
         x, y = self.f32(a, side_orient), self.f32(b, side_orient)
         body = f"({x} * {y})" if e.fn == "dot" else f"(({x} - {y}) * ({x} - {y}))"
-        anchor = a if axes(a) else b
+        anchor = a if axes(a) & {ROW, COL} else b  # the side that varies by row (w[h] varies by head alone)
         return self.put(lvl, self.layout(f"tl.sum({body}, axis=1)", anchor, orient), e.fn, note)
 
     def row_norm(self, x: ir.Expr, orient: str, level: str) -> str:

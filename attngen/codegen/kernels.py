@@ -113,6 +113,9 @@ def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var:
             return
         off, mask = em.load_address(n, orient, strides=f"d{n.name}_s")
         mask_arg = f", mask={mask}" if mask else ""
+        if n.ty.is_vec and not axes(n) & {ROW, COL}:
+            # one row for every query and key (w[h] in dot(w, k)): the tile's rows each add to it
+            g = f"tl.sum({g}, axis=0)[None, :]"
         out.append(f"if {flag}:\n    tl.atomic_add(d{n.name}_ptr + {off}, {g}{mask_arg})")
 
     return GradSinks(leaf)

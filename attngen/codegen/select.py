@@ -113,7 +113,7 @@ def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
               and [(x.name if isinstance(x, ir.Row) else None) for x in s.by.args] == ["q_raw", "kmean"])
     blk: list[str] = []
     keep_blk: list[str] = []
-    binds = {"kmean": "km_t", "jb": "jb_c"}
+    binds = {"kmean": "km_t", "jb": "jb_c", "jb@k": "jb_k"}  # a key-row load by jb (kg[b, hk, jb]): [NBP, L]
     by = "by_h" if by_dot else Emitter(KernelEnv(a, lambda ax: "blk", {"blk": blk}, binds=binds,
                                                   dot_dtype="tl.float32"), "x").f32(s.by)
     keep = "False"

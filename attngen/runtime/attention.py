@@ -39,7 +39,8 @@ class _Attention:
         self.float_inputs = [n for n, _, is_float in inputs if is_float and n != sel_name]
         gathered = bool(self.sel and self.sel["gather"] and self.sel["gather_bwd"])
         self.ops = _Ops(name, key, self.public, self.op_forward, self.op_backward, self.paged, _Varlen,
-                        sel_name if self.sel else None, sel_shape, has_out=plan["has_out"], gathered=gathered)
+                        sel_name if self.sel else None, sel_shape, has_out=plan["has_out"], gathered=gathered,
+                        lse_grad=plan["norm"] == "softmax")
 
     # ---- kernel arguments
 
@@ -53,14 +54,15 @@ class _Attention:
         return out
 
     def args(self, q, k, v, o, o_raw, do, do_raw, stat, delta, sbl, sbg, tl_rows, tl_cols, cu, dq, dk, dv, xs, gxs,
-             sizes, scale, table=None, split=None):
+             sizes, scale, table=None, split=None, dlse=None):
         """Kernel arguments in the order of the kernels' signatures. cu: cu_seqlens of q and k (packed
         sequences), or (unused, cache lengths) with a paged cache, or placeholders; table: the paged
-        cache's block table; split: the split-KV forward's partial buffers and their count."""
+        cache's block table; split: the split-KV forward's partial buffers and their count; dlse: the
+        gradient of lse (a backward whose loss reads it)."""
         table = (stat, 0, 1) if table is None else (table, table.stride(0), k.shape[0])
         split = (stat, stat, stat, 1) if split is None else split
         args = [q, *q.stride(), k, *k.stride(), v, *v.stride(), o, o_raw, do, do_raw, *o.stride(),
-                stat, delta, sbl, sbg, tl_rows, tl_cols, *cu, *table, *split[:3], dq, *dq.stride(), dk, *dk.stride(),
+                stat, delta, stat if dlse is None else dlse, sbl, sbg, tl_rows, tl_cols, *cu, *table, *split[:3], dq, *dq.stride(), dk, *dk.stride(),
                 dv, *dv.stride()]
         for n, scalar, _ in self.all_inputs:
             if scalar:
@@ -216,10 +218,11 @@ class _Attention:
         extra = tuple(tiles[:4]) if isinstance(tiles, _Gathered) else ()
         return o_buf, o_raw_buf, stat, xs[self.sel_name] if self.sel else None, extra
 
-    def op_backward(self, do, q, k, v, o_buf, o_raw_buf, stat, xs, extra, seq, scale, wants, tiles):
+    def op_backward(self, do, q, k, v, o_buf, o_raw_buf, stat, xs, extra, seq, scale, wants, tiles, dlse=None):
         """The backward operator's work: dq, dk, dv and the wanted input gradients by name. xs: the
         inputs (with the forward's selection); extra: the forward's block-sparse entries; tiles:
-        prepared tile lists, else built here (the forward's were for its own launch configs)."""
+        prepared tile lists, else built here (the forward's were for its own launch configs); dlse:
+        lse's gradient (softmax), or None."""
         sizes, q4, k4, v4 = self.layout(q, k, v, seq)
         B, H, HK, M, N, DV = (sizes[x] for x in ("B", "H", "HK", "M", "N", "DV"))
         view = (lambda t: t) if seq is None else (lambda t: _packed(t, B))  # noqa: E731
@@ -234,6 +237,8 @@ class _Attention:
         delta = _empty(stat.shape, q.device, torch.float32)
         dq_buf, dk_buf, dv_buf = (_empty(t.shape, q.device, t.dtype) for t in (q, k, v))
         dq, dk, dv = view(dq_buf), view(dk_buf), view(dv_buf)
+        pre = {"LSE_GRAD": dlse is not None}  # bwd_pre's own constexpr, always passed
+        dlse = None if dlse is None else dlse.contiguous()
         wants = {n: wants.get(n, False) for n in xs}  # an internal input (the selection) has no gradient
         gxs = {}
         for n, x in xs.items():
@@ -245,7 +250,7 @@ class _Attention:
             sel = xs[self.sel_name]
             g = _Gathered(*extra, sel.shape[1], sel.shape[3], 16 if q.device.type == "cpu" else 64)
             _gather_backward(self, g, q4, k4, v4, o, do, stat, delta, dq, dk, dv, xs, sizes, scale, common,
-                             bwds[0]["dq"])
+                             dict(bwds[0]["dq"], **pre), dlse)
             return dq_buf, dk_buf, dv_buf, {}
         if tiles is None:
             tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None)
@@ -261,9 +266,9 @@ class _Attention:
 
             def args(kc):
                 return self.args(q4, k4, v4, o, o_raw, do, do_raw, stat, delta, sbl, sbg, *lists(kc), cu, dq, dk, dv,
-                                 xs, gxs, sizes, scale)
+                                 xs, gxs, sizes, scale, dlse=dlse)
             rows = lambda kc: (_cdiv(M, kc["BLOCK_M"]), B * H)  # noqa: E731
-            go(kernels["bwd_pre"], rows, args, c["dq"])
+            go(kernels["bwd_pre"], rows, args, dict(c["dq"], **pre))
             go(kernels["bwd_dq"], rows, args, c["dq"])
             go(kernels["bwd_dkdv"], lambda kc: (_cdiv(N, kc["BLOCK_N"]), B * HK), args, c["dkdv"])
 

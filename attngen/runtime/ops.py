@@ -9,9 +9,10 @@ cache or a device query.
   sel, the kernels' selection ([0] without a select stage); extra, the block-sparse entries the
   backward walks (chunks [C, 3], rows [E], starts and counts [B * HS * NB], int32; C and E depend on
   the data) or nothing.
-- ``attngen::<name>_<key>_bwd(do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants,
-  cu_q, cu_k, max_q, max_k, prepared)`` returns ``(dq, dk, dv, dxs)``, dxs one per tensor input: its
-  gradient where ``wants`` says so, else an empty tensor.
+- ``attngen::<name>_<key>_bwd(do, dlse, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor,
+  wants, cu_q, cu_k, max_q, max_k, prepared)`` returns ``(dq, dk, dv, dxs)``, dxs one per tensor input:
+  its gradient where ``wants`` says so, else an empty tensor. With a softmax norm lse is
+  differentiable (merging partial results by their lse trains): dlse is its gradient, or None.
 - ``attngen::<name>_<key>_paged(q, k_cache, v_cache, scale, xs, fs, is_tensor, block_table, seqlens_k)``
   returns ``(o, lse)`` of a call on a paged KV cache (forward only: decoding).
 
@@ -46,7 +47,7 @@ _FWD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, Tensor[] xs, float[]
                "Tensor? cu_k, int max_q, int max_k, int prepared) -> (Tensor, Tensor, Tensor, Tensor, Tensor[])")
 _PAGED_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, Tensor[] xs, float[] fs, bool[] is_tensor, "
                  "Tensor table, Tensor lengths) -> (Tensor, Tensor)")
-_BWD_SCHEMA = ("(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor o_raw, Tensor lse, Tensor sel, "
+_BWD_SCHEMA = ("(Tensor do, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor o, Tensor o_raw, Tensor lse, Tensor sel, "
                "Tensor[] extra, float scale, Tensor[] xs, float[] fs, bool[] is_tensor, bool[] wants, Tensor? cu_q, "
                "Tensor? cu_k, int max_q, int max_k, int prepared) -> (Tensor, Tensor, Tensor, Tensor[])")
 
@@ -58,9 +59,11 @@ class _Ops:
     ``sel_shape(sizes)`` gives the selection's shape and dtype, or None; ``has_out``: o_raw is
     returned; ``gathered``: the forward returns block-sparse entries."""
 
-    def __init__(self, name, key, names, forward, backward, paged, varlen, sel_name, sel_shape, has_out, gathered):
+    def __init__(self, name, key, names, forward, backward, paged, varlen, sel_name, sel_shape, has_out, gathered,
+                 lse_grad):
         self.names, self.forward, self.backward, self.paged, self.varlen = names, forward, backward, paged, varlen
         self.sel_name, self.sel_shape, self.has_out, self.gathered = sel_name, sel_shape, has_out, gathered
+        self.lse_grad = lse_grad
         prefix = f"attngen::{name}_{key}"
         self.fwd, new = _define(f"{prefix}_fwd", _FWD_SCHEMA, self._fwd_impl, self._fwd_fake)
         self.bwd, _ = _define(f"{prefix}_bwd", _BWD_SCHEMA, self._bwd_impl, self._bwd_fake)
@@ -113,7 +116,7 @@ class _Ops:
     def _paged_fake(self, q, k, v, scale, xs, fs, is_tensor, table, lengths):
         return q.new_empty((*q.shape[:3], v.shape[3])), q.new_empty(q.shape[:3], dtype=torch.float32)
 
-    def _bwd_impl(self, do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
+    def _bwd_impl(self, do, dlse, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
                   max_q, max_k, prepared):
         inputs = self.inputs(xs, fs, is_tensor)
         if self.sel_name is not None:
@@ -122,17 +125,16 @@ class _Ops:
         want = dict(zip(tensor_names, wants))
         dq, dk, dv, grads = self.backward(do, q, k, v, o, o if not self.has_out else o_raw, lse, inputs, list(extra),
                                           self._seq(cu_q, cu_k, max_q, max_k), scale, want,
-                                          _tiles_of_handle(prepared))
+                                          _tiles_of_handle(prepared), dlse)
         # a new empty tensor for each gradient not wanted: outputs must not share storage
         return dq, dk, dv, [grads[n] if want[n] else q.new_empty((0,), dtype=torch.float32) for n in tensor_names]
 
-    def _bwd_fake(self, do, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
+    def _bwd_fake(self, do, dlse, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
                   max_q, max_k, prepared):
         dxs = [x.new_empty(x.shape) if w else x.new_empty((0,), dtype=torch.float32) for x, w in zip(xs, wants)]
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dxs
 
-    @staticmethod
-    def _setup_context(ctx, inputs, output):
+    def _setup_context(self, ctx, inputs, output):
         q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared = inputs
         o, o_raw, lse, sel, extra = output
         ctx.save_for_backward(q, k, v, o, o_raw, lse, sel, *extra, *xs, *(t for t in (cu_q, cu_k) if t is not None))
@@ -140,13 +142,16 @@ class _Ops:
         ctx.scale, ctx.fs, ctx.is_tensor = scale, fs, is_tensor
         ctx.max_q, ctx.max_k, ctx.prepared = max_q, max_k, prepared
         ctx.wants = [x.requires_grad for x in xs]
-        ctx.mark_non_differentiable(o_raw, lse, sel, *extra)
+        ctx.mark_non_differentiable(o_raw, sel, *extra, *(() if self.lse_grad else (lse,)))
 
     def _backward(self, ctx, do, do_raw, dlse, dsel, dextra):
         q, k, v, o, o_raw, lse, sel, *rest = ctx.saved_tensors
         extra, xs, cu = rest[:ctx.n_extra], rest[ctx.n_extra:ctx.n_extra + ctx.n_xs], rest[ctx.n_extra + ctx.n_xs:]
         cu_q, cu_k = cu if ctx.varlen else (None, None)
-        dq, dk, dv, dxs = self.bwd(do, q, k, v, o, o_raw, lse, sel, extra, ctx.scale, xs, ctx.fs, ctx.is_tensor,
+        if do is None:  # the loss reads lse alone
+            do = torch.zeros_like(o)
+        dlse = dlse if self.lse_grad else None
+        dq, dk, dv, dxs = self.bwd(do, dlse, q, k, v, o, o_raw, lse, sel, extra, ctx.scale, xs, ctx.fs, ctx.is_tensor,
                                    ctx.wants, cu_q, cu_k, ctx.max_q, ctx.max_k, ctx.prepared)
         grads = [g if w else None for g, w in zip(dxs, ctx.wants)]
         # an entry per input of the forward: a list of numbers gets None, an empty list itself

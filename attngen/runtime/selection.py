@@ -146,11 +146,11 @@ def _gather_forward(at, q, k, v, xs, tc, n_sel, tile_rows, sizes, scale, common)
     return o, stat, gathered
 
 
-def _gather_backward(at, g, q, k, v, o, do, stat, delta, dq, dk, dv, xs, sizes, scale, common, cfg):
+def _gather_backward(at, g, q, k, v, o, do, stat, delta, dq, dk, dv, xs, sizes, scale, common, cfg, dlse=None):
     """The block-sparse backward over the forward's entries g: delta, then each row's dq from each block it
     chose, added into a float32 buffer (atomically: the order of the additions varies, so dq may differ in
     its last bits between runs), and dk/dv per key tile and query head from the rows that chose its block
-    (summed over a GQA group). cfg: the delta kernel's tiles."""
+    (summed over a GQA group). cfg: the delta kernel's tiles (and LSE_GRAD); dlse: lse's gradient, or None."""
     s, kernels = at.sel, at.kernels
     B, H, HK, M, N = (sizes[x] for x in ("B", "H", "HK", "M", "N"))
     flags = at.flags(sizes)
@@ -160,7 +160,8 @@ def _gather_backward(at, g, q, k, v, o, do, stat, delta, dq, dk, dv, xs, sizes, 
     G = H // HK
     dkh, dvh = (dk, dv) if G == 1 else (torch.empty((B, H) + t.shape[2:], device=q.device, dtype=torch.float32)
                                         for t in (dk, dv))
-    args = at.args(q, k, v, o, o, do, do, stat, delta, q, q, q, q, (q, q), dq, dkh, dvh, xs, gxs, sizes, scale)
+    args = at.args(q, k, v, o, o, do, do, stat, delta, q, q, q, q, (q, q), dq, dkh, dvh, xs, gxs, sizes, scale,
+                   dlse=dlse)
     _launch(kernels["bwd_pre"], lambda c: (_cdiv(M, c["BLOCK_M"]), B * H), lambda c: args, cfg,
             **common, **flags)
     dqa = torch.zeros((B, H, M, common["BLOCK_D"]), device=q.device, dtype=torch.float32)
