@@ -35,7 +35,8 @@ _TOKEN = re.compile(r"\*\*|//|==|!=|<=|>=|[A-Za-z_][A-Za-z0-9_]*|\d+\.\d*|\d+|\s
 PIECES = ["(", ")", "[", "]", ",", "=", "-", "not ", "**", "//", "\n", ";", "{", "}", "causal", "q", "k",
           "topk(", "rope(", "where(", "dot(q, k)", "inf", "0", "0.0", "1e39", "9" * 40, "2147483648", "** 2000000000", "** 99",
           "\x0c", "\x85", "\u2028", "\ud800", "é", "\0", "class", "lambda", "torch", "tl", "ctx", "self",
-          "return_lse", "prepared", "scale", "_x", "input ", "const ", "attention ", "score", "mask", "weights"]
+          "return_lse", "prepared", "scale", "_x", "input ", "const ", "attention ", "score", "mask", "weights",
+          "let ", "let x = ", " x ", "\nlet y = x + x\n"]
 NESTERS = [("-", ""), ("not ", ""), ("abs(", ")"), ("(", ")"), ("sigmoid(", ")"), ("1.0 + ", "")]
 
 

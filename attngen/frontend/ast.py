@@ -97,13 +97,22 @@ class ConstDecl:
 
 
 @dataclass(frozen=True)
+class LetDecl:
+    """``let NAME = EXPR``: a named value for the statements after it."""
+
+    name: Name
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
 class Assign:
     target: Name
     value: Expr
     span: Span
 
 
-Stmt = Union[InputDecl, ConstDecl, Assign]
+Stmt = Union[InputDecl, ConstDecl, LetDecl, Assign]
 
 
 @dataclass(frozen=True)

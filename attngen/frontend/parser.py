@@ -100,6 +100,11 @@ class _ToAst(Transformer):
         return ast.ConstDecl(ast.Name(str(name), self._span(name)), value, self._span(meta))
 
     @v_args(meta=True)
+    def let_decl(self, meta, items):
+        name, value = items
+        return ast.LetDecl(ast.Name(str(name), self._span(name)), value, self._span(meta))
+
+    @v_args(meta=True)
     def assign(self, meta, items):
         name, value = items
         return ast.Assign(ast.Name(str(name), self._span(name)), value, self._span(meta))

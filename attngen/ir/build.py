@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping, Union
 
 from ..frontend import ast
@@ -12,7 +13,8 @@ from ..frontend.errors import AttnError, suggest
 from ..frontend.limits import FLOAT32_MAX, INT32_MAX, INT32_MIN
 from . import nodes as ir
 from .reserved import check_attention_names, check_input_name
-from .check_expr import _STAGE_NAMES, BUILTIN_NAMES, NORMS, SIZES, _ExprBuilder, _Scope, _scalar_stage
+from .check_expr import _STAGE_NAMES, BUILTIN_NAMES, FUNCTIONS, NORMS, SIZES, _ExprBuilder, _Scope, _scalar_stage
+from .lets import Lets
 from .types import DTYPES, FLOAT, INT, vec
 
 ConstValue = Union[int, float, bool]
@@ -43,12 +45,21 @@ def build_attention(node: ast.Attention, filename: str, source: str,
     inputs: dict[str, ir.InputDecl] = {}
     consts: dict[str, ConstValue] = {}
     stages: dict[str, ast.Assign] = {}
+    lets, pending = Lets(), {st.name.id: st.span.line for st in node.body if isinstance(st, ast.LetDecl)}
     for st in node.body:
+        if isinstance(st, ast.LetDecl):
+            taken = (BUILTIN_NAMES | FUNCTIONS | set(ir.STAGES) | set(inputs) | set(consts)
+                     | {"true", "false", "inf", "let"})
+            lets.define(st, taken)
+            pending.pop(st.name.id, None)
+            continue
+        if isinstance(st, ast.Assign):  # the lets before it put in; those after it refused
+            st = replace(st, value=lets.apply(st.target.id, st.value, pending))
         name = st.name.id if not isinstance(st, ast.Assign) else st.target.id
         if isinstance(st, (ast.InputDecl, ast.ConstDecl)):
             if name in BUILTIN_NAMES or name in ("true", "false", "inf"):
                 raise AttnError(f"'{name}' is a built-in name and cannot be redeclared", st.name.span)
-            if name in inputs or name in consts:
+            if name in inputs or name in consts or name in lets.resolved:
                 raise AttnError(f"'{name}' is declared twice", st.name.span)
         if isinstance(st, ast.ConstDecl):
             consts[name] = _override(name, _const_literal(st.value), overrides, st)
