@@ -190,3 +190,21 @@ def test_cuda_graph_decoding_step():
     for n in range(5):
         q = torch.randn(4, 8, 1, 128, device="cuda", dtype=torch.bfloat16)
         torch.testing.assert_close(step(q), fn(q, k, v))
+
+
+def test_cuda_graph_paged_decoding_step():
+    """The same on a paged cache with validate=False (no host sync to break the capture)."""
+    import attngen
+    fn = attngen.load("examples/causal_gqa.attn")
+    pages, page = 64, 64
+    k_cache, v_cache = (torch.randn(pages, page, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    table = torch.randperm(pages, device="cuda")[:4 * 16].view(4, 16).int()
+    lengths = torch.tensor([1000, 64, 777, 1024], device="cuda", dtype=torch.int32)
+
+    def eager(q):
+        return fn(q, k_cache, v_cache, block_table=table, seqlens_k=lengths, validate=False)
+    step = torch.compile(eager, mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad():
+        for n in range(5):
+            q = torch.randn(4, 8, 1, 128, device="cuda", dtype=torch.bfloat16)
+            torch.testing.assert_close(step(q), eager(q))

@@ -161,3 +161,34 @@ def test_backward_with_several_inputs_without_gradients():
     (q, k, v), _ = _inputs("moba")
     o = fn(q, k, v, s=torch.rand(4), w=torch.rand(4))
     assert all(g is not None for g in _grads(o, (q, k, v)))
+
+
+ALL = [(p, a.name) for p in sorted(__import__("pathlib").Path("examples").glob("*.attn"))
+       for a in __import__("attngen.spec", fromlist=["compile_file"]).compile_file(p)]
+SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN": 16, "LOCAL": 12, "TOPK": 2,
+         "BLOCK": 16}
+
+
+@pytest.mark.parametrize("path, name", ALL, ids=[f"{p.stem}:{n}" for p, n in ALL])
+def test_every_example_traces_whole(path, name):
+    """Each example's function under torch.compile(fullgraph=True): one graph (no break), and its backward."""
+    from attngen.bench.inputs import make_inputs
+    from attngen.spec import compile_file
+
+    declared = dict(compile_file(path, name=name)[0].consts)
+    consts = {k: v for k, v in SMALL.items() if k in declared}
+    fn = attngen.load(path, name=name, consts=consts)
+    sizes = dict(B=1, H=4, HK=2, M=32, N=32, D=16, DV=16)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 32, 16, generator=g, requires_grad=True) for h in (4, 2, 2))
+    xs = make_inputs(fn.attention, sizes, "cpu", g)
+    graphs = []
+
+    def backend(gm, example_inputs):  # counts the graphs Dynamo hands over; fullgraph: a break raises
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    o = torch.compile(lambda q, k, v: fn(q, k, v, **xs), fullgraph=True, backend=backend)(q, k, v)
+    assert len(graphs) == 1 and o.shape == (1, 4, 32, 16)
+    o.sum().backward()  # the operator's registered backward
+    assert q.grad is not None
