@@ -121,30 +121,28 @@ def block_kernels(mod, name, select, kinds, t):
     common = mod._config_of(D, D, torch.bfloat16, "cuda")[2]
     sizes = {"B": B, "H": H, "HK": H, "M": S, "N": S, "D": D, "DV": D, "TQ": S}
     nb = -(-S // select.block)
-    nbp = max(16, 1 << (nb - 1).bit_length())
+    nbp, rows, dc, warps = mod._select_tiles(nb, common["BLOCK_D"])  # as _choose launches the select kernel
     sel = torch.empty(B, H, S, nb, dtype=torch.bool)
-    rows = min(64, max(16, 16384 // nbp))  # the select and place kernels' row tile, as _choose picks it
     jobs = []
     if "select" in kinds:
         km = torch.empty(B * H * nbp, common["BLOCK_D"], dtype=torch.float32)
         args, flags = mod._select_args(at, t["q"], t["k"], {}, sizes, common, D ** -0.5, sel)
-        counts = torch.empty(B * H * S * nb, dtype=torch.int32)  # per row and per row tile alike
-        kw = dict(BLOCK_M=rows, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share,
-                  DC=min(common["BLOCK_D"], max(8, 8192 // nbp)), COUNTS=True,
-                  num_warps=8 if rows * nbp >= 8192 else 4, **flags)
+        counts = torch.empty(64, dtype=torch.int32)  # per row and per row tile alike
+        kw = dict(BLOCK_M=rows, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share, DC=dc,
+                  COUNTS=True, num_warps=warps, **flags)
         jobs.append((f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, counts, counts, nb], kw))
     if "place" in kinds:
-        entries = torch.empty(B * H * S * 16, dtype=torch.int32)  # tile starts, rows, slots alike
+        entries = torch.empty(64, dtype=torch.int32)  # tile starts, rows, slots alike
         jobs.append((f"{name}_place", getattr(mod, f"{name}_place"), [sel, entries, entries, entries, S, nb],
-                     dict(NBP=nbp, BLOCK_M=rows, num_warps=8 if rows * nbp >= 8192 else 4)))
+                     dict(NBP=nbp, BLOCK_M=rows, num_warps=warps)))
     xs = {"_sel": sel}
     args = at.args(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"], t["delta"], t["q"], t["q"],
                    t["q"], t["q"], (t["q"], t["q"]), t["dq"], t["dk"], t["dv"], xs, xs, sizes, D ** -0.5)
-    entries = torch.empty(B * H * S * 16, dtype=torch.int32)  # chunk table, rows, slots, group bounds alike
+    entries = torch.empty(64, dtype=torch.int32)  # chunk table, rows, slots, group bounds alike
     keys = min(64, max(16, 1 << (select.block - 1).bit_length()))
     kw = dict(**common, **at.flags(sizes), BLOCK_M=64, BS=select.block, num_stages=2)
-    partial = torch.empty(B * H * S * 16 * D, dtype=torch.float32)  # lse partials and the dq buffer
-    o_part = torch.empty(B * H * S * 16 * D, dtype=torch.bfloat16)  # the forward's are q's dtype
+    partial = torch.empty(64, dtype=torch.float32)  # lse partials and the dq buffer (a compile reads dtypes only)
+    o_part = torch.empty(64, dtype=torch.bfloat16)  # the forward's are q's dtype
     tails = {"attend": ([entries, entries, entries, o_part, partial, 16, nb, H], dict(BLOCK_N=keys, num_warps=4)),
              "attend_dq": ([entries, entries, partial, nb, H], dict(BLOCK_N=keys, num_warps=8)),
              "attend_dkdv": ([entries, entries, entries, partial, nb, H],

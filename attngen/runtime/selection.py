@@ -31,6 +31,15 @@ def _select_args(at, q, k, xs, sizes, common, scale, sel):
     return args, flags
 
 
+def _select_tiles(nb, block_d):
+    """The select kernel's tiles for NB blocks a row: (NBP, rows a program, DC, warps). Rows: as many as
+    keep their [rows, NBP] keys and flags in registers, for fewer reloads of the block means; DC: the
+    slice of D a dot(q, kmean) step takes, at least 16 (tl.dot's K; 8 crashed at 1024 blocks, 64k keys)."""
+    nbp = max(16, _pow2(nb))
+    rows = min(64, max(16, 16384 // nbp))
+    return nbp, rows, min(block_d, max(16, 8192 // nbp)), 8 if rows * nbp >= 8192 else 4
+
+
 def _choose(at, q, k, xs, sizes, common, scale, counts=False):
     """Block top-k: the blocks each row keeps, SEL [B, heads, M, NB] bool, from the mean key of every
     block (kmean) and the select kernel; with ``counts``, also the chosen blocks per row and per block
@@ -54,12 +63,10 @@ def _choose(at, q, k, xs, sizes, common, scale, counts=False):
     if nb > s["max_blocks"]:
         raise ValueError(f"{at.name}: block selection in the kernels handles up to {s['max_blocks']} blocks per "
                          f"row, this call has {nb} (N={N}); use backend='reference'")
-    nbp = max(16, _pow2(nb))
+    nbp, rows, dc, warps = _select_tiles(nb, common["BLOCK_D"])
     heads = HK if s["share"] else H
     km = torch.zeros((B * HK * nbp, common["BLOCK_D"]), device=q.device, dtype=torch.float32)
     sel = _empty((B, heads, M, nb), q.device, torch.bool)
-    # rows a program takes: as many as keep its [rows, NBP] keys and flags in registers, for fewer reloads of km
-    rows = min(64, max(16, 16384 // nbp))
     tiles = _cdiv(M, rows)
     tc = _empty((B * heads, tiles, nb) if counts else (1,), q.device, torch.int32)
     n_sel = _empty((B * heads, M) if counts else (1,), q.device, torch.int32)
@@ -67,9 +74,8 @@ def _choose(at, q, k, xs, sizes, common, scale, counts=False):
     block_n = 16 if q.device.type == "cpu" else 64
     kernels["kmean"][(nb, B * HK)](*args, km, nb, BLOCK_M=16, BLOCK_N=block_n, NBP=nbp, BS=bs, **flags)
     kernels["select"][(tiles, B * heads)](*args, km, sel, tc, n_sel, nb, BLOCK_M=rows, BLOCK_N=block_n, NBP=nbp,
-                                          BS=bs, TOPK=s["k"], SHARE=s["share"],
-                                          DC=min(common["BLOCK_D"], max(8, 8192 // nbp)), COUNTS=counts,
-                                          num_warps=8 if rows * nbp >= 8192 else 4, **flags)
+                                          BS=bs, TOPK=s["k"], SHARE=s["share"], DC=dc, COUNTS=counts,
+                                          num_warps=warps, **flags)
     return (sel, tc, n_sel, rows) if counts else sel
 
 
