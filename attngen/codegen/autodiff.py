@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import nodes as ir
+from ..ir.builtins import UNARY
 from .analysis import COL, ROW, axes
 from .emit import Emitter, _pow, vec_offs
 
@@ -229,13 +230,9 @@ class Differentiator:
         fn, args = n.fn, n.args
         y = em.value(n, orient) if n.ty.kind in ("float", "vec") else None
         x = args[0]
+        if fn in UNARY:  # ir/builtins.py
+            return [(x, UNARY[fn].grad.format(g=g, x=v(x), y=y))]
         simple = {
-            "exp": f"{g} * {y}", "exp2": f"{g} * {y} * {LN2!r}",
-            "log": f"{g} / {v(x)}", "log2": f"{g} / ({v(x)} * {LN2!r})",
-            "sqrt": f"{g} * 0.5 / {y}", "rsqrt": f"{g} * -0.5 * {y} * {y} * {y}",
-            "tanh": f"{g} * (1.0 - {y} * {y})", "sigmoid": f"{g} * {y} * (1.0 - {y})",
-            "softplus": f"{g} * tl.sigmoid({v(x)})", "sin": f"{g} * tl.cos({v(x)})",
-            "cos": f"-{g} * tl.sin({v(x)})",
             "abs": f"tl.where({v(x)} > 0, {g}, tl.where({v(x)} < 0, -{g}, 0.0))",
             "relu": f"tl.where({v(x)} > 0, {g}, 0.0)",
         }

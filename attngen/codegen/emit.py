@@ -19,17 +19,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import nodes as ir
+from ..ir.builtins import UNARY
 from .analysis import COL, ROW, CodegenError, axes
 from .embed import inert
 
-#: Triton spelling of elementwise float functions of one argument
-_FN1 = {
-    "exp": "tl.exp({})", "exp2": "tl.exp2({})", "log": "tl.log({})", "log2": "tl.log2({})",
-    "sqrt": "tl.sqrt({})", "rsqrt": "tl.rsqrt({})", "sigmoid": "_sigmoid({}, DOT_DTYPE)", "sin": "tl.sin({})",
-    "cos": "tl.cos({})", "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)",
-    "tanh": "_tanh({}, DOT_DTYPE)",
-    "softplus": "_softplus({})",
-}
+#: Triton spelling of elementwise functions of one argument (the float ones: ir/builtins.py)
+_FN1 = {**{n: u.triton for n, u in UNARY.items()}, "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)"}
 #: the internal input holding a call's selection, and the lowered token top-k mask's membership test
 #: (codegen/select.py)
 SEL = "_sel"

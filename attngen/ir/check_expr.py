@@ -13,13 +13,14 @@ from typing import Mapping, Union
 from ..frontend import ast
 from ..frontend.errors import AttnError, Span, suggest
 from . import nodes as ir
+from .builtins import UNARY
 from .types import BOOL, DTYPES, FLOAT, INT, Ty, vec
 
 SIZES = ("B", "H", "HK", "M", "N", "D", "DV")
 INDICES = ("b", "h", "hk", "i", "j", "m", "jb")
 BUILTIN_NAMES = set(SIZES) | set(INDICES) | {"q", "k", "v", "o", "kmean", "scale", "score", "p", "causal"}
 
-UNARY_FLOAT_FNS = ("exp", "exp2", "log", "log2", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "sin", "cos")
+UNARY_FLOAT_FNS = tuple(UNARY)  # ir/builtins.py: float -> float, elementwise on rows
 NORMS = ("softmax", "sigmoid", "relu", "relu2", "none", "sum", "stickbreaking")
 FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "min", "max", "clamp", "where", "dot", "sqdist",
                                     "norm", "rope", "l2norm", "rmsnorm", "window"}

@@ -9,10 +9,11 @@ from __future__ import annotations
 from . import nodes as ir
 from .check_expr import _STAGE_NAMES, SIZES
 from .printer import expr_str
+from .builtins import UNARY
 from .types import BOOL, FLOAT, INT
 
 _COMMON = set(SIZES) | {"b", "h", "hk", "scale"}
-_FLOAT_FNS = {"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "sin", "cos"}
+_FLOAT_FNS = set(UNARY)
 
 
 class IRVerifyError(AssertionError):

@@ -15,6 +15,7 @@ from dataclasses import replace
 from ..frontend.errors import AttnError
 from ..frontend.limits import FLOAT32_MAX, INT32_MAX, INT32_MIN
 from ..ir import nodes as ir
+from ..ir.builtins import UNARY
 from ..ir.types import BOOL, INT
 
 
@@ -37,13 +38,9 @@ _BIN = {
 
 
 _FN = {
-    "exp": math.exp, "exp2": lambda x: 2.0 ** x, "log": lambda x: math.log(x) if x > 0 else None,
-    "log2": lambda x: math.log2(x) if x > 0 else None, "sqrt": lambda x: math.sqrt(x) if x >= 0 else None,
-    "rsqrt": lambda x: 1 / math.sqrt(x) if x > 0 else None, "tanh": math.tanh,
-    "sigmoid": lambda x: 1 / (1 + math.exp(-x)), "sin": math.sin, "cos": math.cos, "abs": abs,
-    "floor": lambda x: int(math.floor(x)), "relu": lambda x: max(x, 0 * x),
+    **{n: u.fold for n, u in UNARY.items()},  # ir/builtins.py
+    "abs": abs, "floor": lambda x: int(math.floor(x)), "relu": lambda x: max(x, 0 * x),
     "min": min, "max": max, "clamp": lambda x, lo, hi: min(max(x, lo), hi),
-    "softplus": lambda x: math.log1p(math.exp(-abs(x))) + max(x, 0.0),
 }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..ir import nodes as ir
+from ..ir.builtins import UNARY
 from ..ir.types import BOOL, INT
 from .fold_constants import _fold
 
@@ -126,7 +127,7 @@ def _call_range(e: ir.Call) -> Range | None:
         neg = _bin("sub", zero, hi)
         low = _call("where", _bin("ge", lo, zero), lo, _call("where", _bin("le", hi, zero), neg, zero))
         return low, _call("max", _bin("sub", zero, lo), hi)
-    if e.fn in ("exp", "exp2", "log", "log2", "sqrt", "tanh", "sigmoid", "softplus", "relu", "floor"):
+    if e.fn in ("relu", "floor") or (e.fn in UNARY and UNARY[e.fn].increasing):
         return _call(e.fn, rs[0][0]), _call(e.fn, rs[0][1])  # non-decreasing
     return None
 

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import nodes as ir
+from ..ir.builtins import UNARY
 
 _ELEMENTWISE = {
-    "exp": torch.exp, "exp2": torch.exp2, "log": torch.log, "log2": torch.log2, "sqrt": torch.sqrt,
-    "rsqrt": torch.rsqrt, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": F.softplus,
-    "sin": torch.sin, "cos": torch.cos, "abs": torch.abs, "relu": torch.relu,
+    **{n: getattr(F, u.torch[2:]) if u.torch.startswith("F.") else getattr(torch, u.torch) for n, u in UNARY.items()},
+    "abs": torch.abs, "relu": torch.relu,
 }
 _COMPARE = {"eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge}
 _ARITH = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
