@@ -74,6 +74,13 @@ attention a {
     mask = causal
     select = topk(2, by = dot(qg[b, h, i // 16], kg[b, hk, jb]), block = 16, keep = jb == i // 16)
 }""",
+    # ceil (language 1.1) and floor in a mask: the tile bounds of an integer function are integers
+    # (floor's were typed float, which verify() refused)
+    "floor_ceil": """
+attention a {
+    score = dot(q, k) * scale + 0.1 * ceil(dot(q, k) * scale * 2.0) + 0.05 * ceil((j - i) / 3.0)
+    mask = causal and ceil(i / 4.0) - floor(j / 4.0) < 3
+}""",
     # a per-block scalar gate read by jb
     "block_gate_scalar": """
 attention a {

@@ -176,8 +176,8 @@ class _Pair:
         args = [self.ev(x) for x in e.args]
         if e.fn in _ELEMENTWISE:
             return _ELEMENTWISE[e.fn](args[0])
-        if e.fn == "floor":
-            return torch.floor(args[0]).to(torch.int64)
+        if e.fn in ("floor", "ceil"):
+            return (torch.floor if e.fn == "floor" else torch.ceil)(args[0]).to(torch.int64)
         if e.fn == "min":
             return _min(*args)
         if e.fn == "max":

@@ -260,8 +260,8 @@ class Emitter:
         fn = e.fn
         if fn in _FN1:
             return self.put(lvl, _FN1[fn].format(self.f32(e.args[0], orient, perm)), note=note)
-        if fn == "floor":
-            return self.put(lvl, f"tl.floor({self.f32(e.args[0], orient)}).to(tl.int32)", note=note)
+        if fn in ("floor", "ceil"):
+            return self.put(lvl, f"tl.{fn}({self.f32(e.args[0], orient)}).to(tl.int32)", note=note)
         if fn in ("min", "max"):
             a, b = (self.f32(x, orient, perm) for x in e.args)
             return self.put(lvl, f"tl.{fn}imum({a}, {b})", note=note)

@@ -22,7 +22,7 @@ BUILTIN_NAMES = set(SIZES) | set(INDICES) | {"q", "k", "v", "o", "kmean", "scale
 
 UNARY_FLOAT_FNS = tuple(UNARY)  # ir/builtins.py: float -> float, elementwise on rows
 NORMS = ("softmax", "sigmoid", "relu", "relu2", "none", "sum", "stickbreaking")
-FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "min", "max", "clamp", "where", "dot", "sqdist",
+FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "ceil", "min", "max", "clamp", "where", "dot", "sqdist",
                                     "norm", "rope", "l2norm", "rmsnorm", "window"}
 
 # names visible in each stage, beyond sizes, b/h/hk, scale, inputs and consts
@@ -284,10 +284,10 @@ class _ExprBuilder:
         x = self.numeric(args[0], f"the argument of {fn}()", spans[0])
         if fn in ("abs", "relu"):
             return ir.Call(fn, (x,), x.ty, span)
-        if fn == "floor":
+        if fn in ("floor", "ceil"):  # float -> int (ceil: language 1.1)
             if x.ty.is_vec:
-                raise _err("floor() of a vector", spans[0])
-            return x if x.ty == INT else ir.Call("floor", (x,), INT, span)
+                raise _err(f"{fn}() of a vector", spans[0])
+            return x if x.ty == INT else ir.Call(fn, (x,), INT, span)
         x = self.to_float(x)
         return ir.Call(fn, (x,), x.ty, span)
 

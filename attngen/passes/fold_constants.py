@@ -39,7 +39,7 @@ _BIN = {
 
 _FN = {
     **{n: u.fold for n, u in UNARY.items()},  # ir/builtins.py
-    "abs": abs, "floor": lambda x: int(math.floor(x)), "relu": lambda x: max(x, 0 * x),
+    "abs": abs, "floor": lambda x: int(math.floor(x)), "ceil": lambda x: int(math.ceil(x)), "relu": lambda x: max(x, 0 * x),
     "min": min, "max": max, "clamp": lambda x, lo, hi: min(max(x, lo), hi),
 }
 

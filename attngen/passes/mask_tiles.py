@@ -50,7 +50,8 @@ def _bin(op: str, a: ir.Expr, b: ir.Expr) -> ir.Expr:
 
 
 def _call(fn: str, *args: ir.Expr) -> ir.Expr:
-    return ir.transform(ir.Call(fn, tuple(args), args[-1].ty if fn == "where" else args[0].ty), _fold)
+    ty = INT if fn in ("floor", "ceil") else args[-1].ty if fn == "where" else args[0].ty  # floor, ceil: float -> int
+    return ir.transform(ir.Call(fn, tuple(args), ty), _fold)
 
 
 def _not(a: ir.Expr) -> ir.Expr:
@@ -127,7 +128,7 @@ def _call_range(e: ir.Call) -> Range | None:
         neg = _bin("sub", zero, hi)
         low = _call("where", _bin("ge", lo, zero), lo, _call("where", _bin("le", hi, zero), neg, zero))
         return low, _call("max", _bin("sub", zero, lo), hi)
-    if e.fn in ("relu", "floor") or (e.fn in UNARY and UNARY[e.fn].increasing):
+    if e.fn in ("relu", "floor", "ceil") or (e.fn in UNARY and UNARY[e.fn].increasing):
         return _call(e.fn, rs[0][0]), _call(e.fn, rs[0][1])  # non-decreasing
     return None
 

@@ -173,8 +173,8 @@ def _call(e: ir.Call, env: Env) -> torch.Tensor:
     args = _operands(e, env)
     if fn in _ELEMENTWISE:
         return _ELEMENTWISE[fn](args[0])
-    if fn == "floor":
-        return torch.floor(args[0]).long()
+    if fn in ("floor", "ceil"):
+        return (torch.floor if fn == "floor" else torch.ceil)(args[0]).long()
     if fn == "min":
         return torch.minimum(*args)
     if fn == "max":
