@@ -72,8 +72,7 @@ def table(records: list[dict], baseline: str | None = None) -> str:
                 cells.append(f"{res['rel_err']:.1e}" + (" !!" if not res["rel_err"] <= ERR_LIMIT else ""))
             row.append(cells)
         rows.append(row)
-    lines = _render(groups, rows)
-    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines = _rendered(groups, rows, long_reasons)
     lines.append("ratio: attngen TFLOP/s / peer TFLOP/s (> 1: attngen is faster). err: |o - o_peer| / |o_peer| "
                  f"(fwd), the largest over o and the gradients (fwd+bwd); !! marks err > {ERR_LIMIT:.0e}.")
     if "dense" in peers:
@@ -108,6 +107,18 @@ def _skipped(res: dict | None, where: str, long_reasons: dict[str, list[str]]) -
     return f"n/a ({why})"
 
 
+def _rendered(groups: list[tuple[str, list[str]]], rows: list[list], long_reasons: dict[str, list[str]]) -> list[str]:
+    """The table's lines, then the reasons too long for its n/a cells."""
+    return _render(groups, rows) + [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+
+
+def _peer(res: dict | None, where: str, long_reasons: dict[str, list[str]], cells) -> object:
+    """A peer's cells in a row: ``cells(res)`` where it ran, else the n/a cell (see _skipped)."""
+    if res is None or "skipped" in res:
+        return _skipped(res, where, long_reasons)
+    return cells(res)
+
+
 def _err(rel: float) -> str:
     return f"{rel:.1e}" + (" !!" if not rel <= ERR_LIMIT else "")
 
@@ -130,14 +141,11 @@ def decode_table(records: list[dict]) -> str:
             mine.append(_err(r["attngen"]["contiguous_err"]) if "contiguous_err" in r["attngen"] else "-")
         row = [[r["spec"], str(r["seq"]), str(r["B"]), str(r["M"]), _layout(r)], mine]
         for p in peers:
-            res = r["peers"].get(p)
-            if res is None or "skipped" in res:
-                row.append(_skipped(res, f"{p} on {r['spec']} {r['seq']} {_layout(r)}", long_reasons))
-                continue
-            row.append([_ms(res["ms"]), _tbps(res["tbps"]), f"{res['ratio']:.2f}", _err(res["rel_err"])])
+            row.append(_peer(r["peers"].get(p), f"{p} on {r['spec']} {r['seq']} {_layout(r)}", long_reasons,
+                             lambda res: [_ms(res["ms"]), _tbps(res["tbps"]), f"{res['ratio']:.2f}",
+                                          _err(res["rel_err"])]))
         rows.append(row)
-    lines = _render(groups, rows)
-    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines = _rendered(groups, rows, long_reasons)
     lines += [
         "TB/s: bytes of the K and V rows the mask lets some query row of the group read "
         "(B·HK·keys·(D + DV)·element size; all N keys for causal decoding) / time; q, o and the block table not "
@@ -174,8 +182,7 @@ def varlen_table(records: list[dict]) -> str:
                             _err(res["rel_err"])])
         rows.append(row)
     lengths = records[0]["lengths"]
-    lines = _render(groups, rows)
-    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines = _rendered(groups, rows, long_reasons)
     lines += [
         f"{len(lengths)} packed sequences of lengths {', '.join(map(str, lengths))}: attngen with cu_seqlens; flex on "
         "their concatenation under a document mask.",
@@ -199,14 +206,11 @@ def block_table(records: list[dict]) -> str:
     for r in records:
         row = [[r["spec"], str(r["seq"]), str(r["B"])], [_ms(r["attngen"]["ms"]), _tflops(r["attngen"]["tflops"])]]
         if flex:
-            res = r["peers"].get("flex")
-            if res is None or "skipped" in res:
-                row.append(_skipped(res, f"flex on {r['spec']} {r['seq']}", long_reasons))
-            else:
-                row.append([_ms(res["ms"]), _tflops(res["tflops"]), f"{res['ratio']:.2f}", _err(res["rel_err"])])
+            row.append(_peer(r["peers"].get("flex"), f"flex on {r['spec']} {r['seq']}", long_reasons,
+                             lambda res: [_ms(res["ms"]), _tflops(res["tflops"]), f"{res['ratio']:.2f}",
+                                          _err(res["rel_err"])]))
         rows.append(row)
-    lines = _render(groups, rows)
-    lines += [f"n/a for {', '.join(where)}: {why}" for why, where in long_reasons.items()]
+    lines = _rendered(groups, rows, long_reasons)
     lines += [
         "step: torch.compile(fullgraph=True) of a block (qkv projection, attention, output projection) forward and "
         "backward, the same weights, x and inputs for both.",
