@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..codegen.plan import make_plan
 from ..codegen.render import module_key, render_module
 from ..ir import nodes as ir
 from .cache import load_module
@@ -21,10 +20,10 @@ class TritonAttention:
         self.attention = attention
         self.name = attention.name
         a = attention
-        make_plan(a)  # a spec the kernels cannot run fails here, at load time, not at the first call
         self.key = module_key([a], a.source, a.filename)
-        # generated, verified and imported now: under torch.compile a call must be the module's
-        # function alone, with no rendering or cache I/O for Dynamo to trace
+        # generated (the one path: optimized IR, kernel plan, module text; a spec the kernels cannot run
+        # fails here, at load time), verified and imported now: under torch.compile a call must be the
+        # module's function alone, with no rendering or cache I/O for Dynamo to trace
         self.module = load_module(self.key, lambda: render_module([a], a.source, a.filename, self.key), a.name)
         self.module._progress = _progress
         self._fn = getattr(self.module, self.name)
