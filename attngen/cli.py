@@ -123,9 +123,14 @@ def _show_mask(file: str, attns: list[ir.Attention], out: str, M: int, N: int) -
             grid = mask_grid(a, M, N)
         except ValueError as err:
             raise UserError(f"{file}: error: cannot draw the mask of '{a.name}': {err}") from None
-        note = None
+        notes = []
         if a.mask is not None and ir.uses(a.mask, *(d.name for d in a.inputs)):
-            note = "the mask reads inputs: they were drawn at random (seed 0)"
+            notes.append("the mask reads inputs: they were drawn at random (seed 0)")
+        if a.select is not None:
+            what = f"blocks of {a.select.block} keys" if a.select.block else "keys"
+            notes.append(f"the select stage keeps {a.select.k} {what} a row, chosen per call from the data: "
+                         f"drawn is the mask before it ({a.name}_selected gives the choice)")
+        note = "; ".join(notes) or None
         if out == "-":
             click.echo(maskplot.render_ascii(grid, a.name, note))
             continue

@@ -156,6 +156,13 @@ def test_show_mask_ascii(files):
     assert "attention win" not in r.stdout  # --mask alone shows only the mask
 
 
+def test_show_mask_of_a_selection_says_it_is_data_dependent():
+    r = run("show", "examples/moba.attn", "--mask", "-D", "BLOCK=4", "--M", "8", "--N", "8")
+    assert r.exit_code == 0, r.output
+    assert ("the select stage keeps 11 blocks of 4 keys a row, chosen per call from the data: drawn is the mask "
+            "before it (moba_selected gives the choice)") in r.stdout
+
+
 def test_show_mask_ascii_downsamples(files):
     pytest.importorskip("attngen.reference.masks")
     r = run("show", files / "good.attn", "--name", "causal", "--mask", "-", "--M", "200", "--N", "300")
