@@ -3,6 +3,8 @@ source line with a caret under the offending column; never a Python traceback.""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import attngen
@@ -312,3 +314,14 @@ def test_errors_are_attn_errors_not_tracebacks():
                 "attention a { score = (1.0 }", "attention { }", "}", "attention a { score = 1 +\n }",
                 "attention a { input x: f32[H]; score = x[h][h] }"]:
         assert isinstance(error(src), attngen.AttnError)
+
+
+@pytest.mark.parametrize("src, fragment", [
+    ("attention a { score = max(1.0) }", "max() of one argument reduces a row, got float"),
+    ("attention a { score = mean(dot(q, k)) }", "mean() of one argument reduces a row, got float"),
+    ("attention a { score = sum(dot(q, k)) }", "'sum' is only allowed as the whole value of the norm stage"),
+])
+def test_row_reductions_need_a_row(src, fragment):
+    """sum/mean/max/min of one argument reduce a row (language 1.1); of a number they are refused."""
+    with pytest.raises(attngen.AttnError, match=re.escape(fragment)):
+        compile_source(src)

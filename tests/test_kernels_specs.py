@@ -81,6 +81,15 @@ attention a {
     score = dot(q, k) * scale + 0.1 * ceil(dot(q, k) * scale * 2.0) + 0.05 * ceil((j - i) / 3.0)
     mask = causal and ceil(i / 4.0) - floor(j / 4.0) < 3
 }""",
+    # row reductions (language 1.1): sum, mean, max, min of a row, q-side, k-side and of an input's rows, where
+    # the tile's lanes past the row's length (D = 40 in a 64-lane tile) are left out
+    "row_reductions": """
+attention a {
+    input w: f32[B, N, 8]
+    score = (dot(q, k) * scale + 0.1 * sum(exp(q * 0.3)) + 0.05 * mean(k) + 0.2 * max(k) - 0.1 * min(q * q)
+             + 0.3 * max(w[b, j]) + 0.1 * mean(w[b, j]))
+    mask = causal
+}""",
     # a per-block scalar gate read by jb
     "block_gate_scalar": """
 attention a {
@@ -95,6 +104,7 @@ attention a {
 def test_regression(name):
     a = compile_source(REGRESSIONS[name], f"{name}.attn")[0]
     assert_close(compare(a, B=1, H=4, HK=2, M=64, N=64, D=16, DV=16))
+    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=40, DV=16, seed=1))
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

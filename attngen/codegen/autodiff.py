@@ -255,6 +255,16 @@ class Differentiator:
             return self._pair_rules(n, g, orient)
         if fn == "norm":
             return [(x, f"tl.where({y} > 0, {g} / {y}, 0.0) * {v(x)}", True)]
+        if fn in ("row_sum", "row_mean", "row_max", "row_min"):
+            # as a one-sided dot: g is [R, 1] (or scalar) against [R, L] rows
+            side = "k" if COL in axes(x) else orient
+            gk = reduce_to(g, "col", "kcol") if _shape(n, orient) == "col" else g
+            xv = em.f32(x, side)
+            if fn in ("row_sum", "row_mean"):
+                scale = f" / {x.ty.length}" if fn == "row_mean" else ""
+                return [(x, f"({gk}{scale} + tl.zeros_like({xv}))", True)]  # parenthesized: factors multiply it
+            yk = f"{em.row_reduction(n, side)}[:, None]"  # the extreme of each row, against its lanes
+            return [(x, f"tl.where({xv} == {yk}, {gk}, 0.0)", True)]
         if fn == "l2norm":
             nrm = em.row_norm(x, orient, level)
             gy = em.put(level, f"tl.sum({g} * {y}, axis=1)[:, None]", "gy")

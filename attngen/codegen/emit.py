@@ -109,6 +109,17 @@ class Emitter:
             self.memo[key] = self.put(level, code, hint)
         return self.memo[key]
 
+    def row_reduction(self, e: ir.Call, orient: str) -> str:
+        """sum, mean, max or min of each row of ``e``'s argument, [R]: the lanes past its length
+        (a power-of-two tile) are left out, as a derived row (exp(q)) is not 0 there."""
+        x, L = e.args[0], e.args[0].ty.length
+        lanes = f"dmask_{vec_offs(L, False).removeprefix('offs_')}[None, :]"
+        v = self.f32(x, self.orient_of(x, orient))
+        fill, op = {"row_sum": ("0.0", "sum"), "row_mean": ("0.0", "sum"), "row_max": ('-float("inf")', "max"),
+                    "row_min": ('float("inf")', "min")}[e.fn]
+        out = f"tl.{op}(tl.where({lanes}, {v}, {fill}), axis=1)"
+        return f"({out} / {L})" if e.fn == "row_mean" else out
+
     def row_sumsq(self, x: ir.Expr, orient: str, level: str) -> str:
         """sum(x * x) over each row [R, 1]; a column permutation does not change it, so the
         rotate-half copy of a row shares it."""
@@ -274,6 +285,8 @@ class Emitter:
             return self.put(lvl, f"tl.where({c}, {a}, {b})", note=note)
         if fn in ("dot", "sqdist"):
             return self._pairfn(e, orient, lvl, note)
+        if fn in ("row_sum", "row_mean", "row_max", "row_min"):
+            return self.put(lvl, self.layout(self.row_reduction(e, orient), e.args[0], orient), note=note)
         if fn == "norm":
             x = self.f32(e.args[0], orient)
             return self.put(lvl, self.layout(f"tl.sqrt(tl.sum({x} * {x}, axis=1))", e.args[0], orient), note=note)

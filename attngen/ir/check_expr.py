@@ -21,6 +21,9 @@ INDICES = ("b", "h", "hk", "i", "j", "m", "jb")
 BUILTIN_NAMES = set(SIZES) | set(INDICES) | {"q", "k", "v", "o", "kmean", "scale", "score", "p", "causal"}
 
 UNARY_FLOAT_FNS = tuple(UNARY)  # ir/builtins.py: float -> float, elementwise on rows
+#: one-argument reductions of a row (language 1.1) and their IR names (sum, max and min mean other things
+#: with another number of arguments, or as a norm)
+ROW_REDUCTIONS = {"sum": "row_sum", "mean": "row_mean", "max": "row_max", "min": "row_min"}
 NORMS = ("softmax", "sigmoid", "relu", "relu2", "none", "sum", "stickbreaking")
 FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "ceil", "min", "max", "clamp", "where", "dot", "sqdist",
                                     "norm", "rope", "l2norm", "rmsnorm", "window"}
@@ -246,6 +249,13 @@ class _ExprBuilder:
 
     def _call(self, n: ast.Call) -> ir.Expr:
         fn = n.func.id
+        if fn in ROW_REDUCTIONS and len(n.args) == 1 and not n.kwargs:
+            x = self.build(n.args[0])
+            if x.ty.is_vec:
+                return ir.Call(ROW_REDUCTIONS[fn], (x,), FLOAT, n.span)
+            if fn != "sum":
+                raise _err(f"{fn}() of one argument reduces a row, got {x.ty}", n.args[0].span,
+                           "two numbers: min(a, b) / max(a, b)" if fn != "mean" else None)
         if fn not in FUNCTIONS:
             if fn in NORMS or fn == "topk":
                 raise _err(f"'{fn}' is only allowed as the whole value of the "

@@ -38,7 +38,7 @@ def expr_str(e: ir.Expr) -> str:
         args = [expr_str(a) for a in e.args]
         if e.fn == "rope":
             args[2] = f"base={args[2]}"
-        return f"{e.fn}({', '.join(args)})"
+        return f"{e.fn.removeprefix('row_')}({', '.join(args)})"  # row_sum(x) is written sum(x)
     if isinstance(e, ir.Cast):
         return f"{e.ty.kind}({expr_str(e.x)})"
     raise TypeError(f"not an IR expression: {e!r}")

@@ -189,6 +189,9 @@ def _call(e: ir.Call, env: Env) -> torch.Tensor:
         return _sqdist(*args)
     if fn == "norm":
         return torch.linalg.vector_norm(args[0], dim=-1)
+    if fn in ("row_sum", "row_mean", "row_max", "row_min"):
+        return {"row_sum": torch.sum, "row_mean": torch.mean, "row_max": torch.amax, "row_min": torch.amin}[fn](
+            args[0], dim=-1)
     if fn == "l2norm":
         return args[0] / torch.linalg.vector_norm(args[0], dim=-1, keepdim=True).clamp_min(1e-6)
     if fn == "rmsnorm":
