@@ -90,6 +90,17 @@ attention a {
              + 0.3 * max(w[b, j]) + 0.1 * mean(w[b, j]))
     mask = causal
 }""",
+    # rows a prologue makes nonzero past their length (exp(0) = 1, 0 + 1 = 1) in a tile wider than D = 40:
+    # a dot, a distance and a norm over the whole tile added those lanes (o off by 3 % with elu_linear's
+    # norm = sum, silently; softmax alone hides it, the added constant being the same for every key)
+    "padded_lanes": """
+attention a {
+    q = exp(q * 0.5)
+    k = k + 1.0
+    score = dot(q, k) * scale * 0.1 + 0.1 * norm(q) - 0.01 * sqdist(q, k) - 2.0
+    mask = causal
+    norm = sigmoid
+}""",
     # a per-block scalar gate read by jb
     "block_gate_scalar": """
 attention a {

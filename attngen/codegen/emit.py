@@ -52,6 +52,39 @@ def vec_offs(length: str, perm: bool = False) -> str:
     return f"{'perm' if perm else 'offs'}_{base}"
 
 
+#: functions of one row that keep a lane's 0 at 0 (f(0) = 0)
+_ZERO_KEEPING = ("relu", "abs", "tanh", "sin", "sqrt", "erf", "rope", "l2norm")
+
+
+def zero_at_pad(e: ir.Expr) -> bool:
+    """Whether a row's lanes past its length (a tile is a power of two wide) are 0, as loads make them:
+    what a dot or a norm over the whole tile may add without a mask. Conservative: exp(q), q + 1.0 and
+    sigmoid(q) are not (they are 1, 1 and 0.5 there)."""
+    if isinstance(e, (ir.Row, ir.Load)):
+        return True
+    if isinstance(e, ir.Cast):
+        return zero_at_pad(e.x)
+    if isinstance(e, ir.Unary):
+        return e.op == "neg" and zero_at_pad(e.x)
+    if isinstance(e, ir.Binary):
+        a_zero = e.a.ty.is_vec and zero_at_pad(e.a)
+        b_zero = e.b.ty.is_vec and zero_at_pad(e.b)
+        if e.op == "mul":  # 0 * a finite number (a scalar factor, or another row's lane)
+            return (a_zero and (not e.b.ty.is_vec or b_zero)) or (b_zero and not e.a.ty.is_vec)
+        if e.op in ("add", "sub"):
+            return a_zero and b_zero
+        if e.op == "div":
+            return a_zero and not e.b.ty.is_vec
+        return False
+    if isinstance(e, ir.Call):
+        if e.fn in _ZERO_KEEPING:
+            return zero_at_pad(e.args[0])
+        if e.fn == "rmsnorm":
+            return zero_at_pad(e.args[0])
+        return False
+    return False
+
+
 def nonneg(e: ir.Expr) -> bool:
     """Statically non-negative integer (so C and Python division agree)."""
     if isinstance(e, ir.Const):
@@ -109,6 +142,16 @@ class Emitter:
             self.memo[key] = self.put(level, code, hint)
         return self.memo[key]
 
+    def lanes(self, x: ir.Expr, orient: str, perm: bool = False) -> str:
+        """Row ``x`` (float32) with the lanes past its length 0, for a reduction over the whole tile (a
+        dot, a norm): a mask only where they may not be 0 already (``zero_at_pad``)."""
+        v = self.f32(x, orient, perm)
+        if zero_at_pad(x):
+            return v
+        mask = f"dmask_{vec_offs(x.ty.length).removeprefix('offs_')}[None, :]"
+        return self.cached(("lanes", x, self.orient_of(x, orient), perm), self.level(x),
+                           f"tl.where({mask}, {v}, 0.0)", "lanes")
+
     def row_reduction(self, e: ir.Call, orient: str) -> str:
         """sum, mean, max or min of each row of ``e``'s argument, [R]: the lanes past its length
         (a power-of-two tile) are left out, as a derived row (exp(q)) is not 0 there."""
@@ -124,7 +167,7 @@ class Emitter:
         """sum(x * x) over each row [R, 1]; a column permutation does not change it, so the
         rotate-half copy of a row shares it."""
         orient = self.orient_of(x, orient)
-        v = self.f32(x, orient)
+        v = self.lanes(x, orient)
         return self.cached(("sumsq", x, orient), level, f"tl.sum({v} * {v}, axis=1)[:, None]", "sumsq")
 
     def level(self, e: ir.Expr) -> str:
@@ -288,7 +331,7 @@ class Emitter:
         if fn in ("row_sum", "row_mean", "row_max", "row_min"):
             return self.put(lvl, self.layout(self.row_reduction(e, orient), e.args[0], orient), note=note)
         if fn == "norm":
-            x = self.f32(e.args[0], orient)
+            x = self.lanes(e.args[0], orient)
             return self.put(lvl, self.layout(f"tl.sqrt(tl.sum({x} * {x}, axis=1))", e.args[0], orient), note=note)
         if fn == "l2norm":
             nrm = self.row_norm(e.args[0], orient, lvl)
@@ -335,8 +378,8 @@ class Emitter:
     def _pairfn(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
         a, b, pair = self.sides(e)
         if pair:
-            A = f"{self.value(a)}.to({self.env.dot_dtype})"
-            Bk = f"{self.value(b, 'k')}.to({self.env.dot_dtype})"
+            A = f"{self.lanes(a, 'pair') if not zero_at_pad(a) else self.value(a)}.to({self.env.dot_dtype})"
+            Bk = f"{self.lanes(b, 'k') if not zero_at_pad(b) else self.value(b, 'k')}.to({self.env.dot_dtype})"
             L = vec_block(a.ty.length)
             if orient == "t":
                 qk = self.put(lvl, f"tl.dot({Bk}, tl.trans({A}), input_precision=DOT_PRECISION)", "dot",
@@ -346,13 +389,13 @@ class Emitter:
                               f"[BLOCK_M, {L}] @ [{L}, BLOCK_N] -> [BLOCK_M, BLOCK_N]; {note}")
             if e.fn == "dot":
                 return qk
-            an = self.f32(a)
-            bn = self.f32(b, "k")
+            an = self.lanes(a, "pair")
+            bn = self.lanes(b, "k")
             q_sq, k_sq = f"tl.sum({an} * {an}, axis=1)", f"tl.sum({bn} * {bn}, axis=1)"
             sq = f"{k_sq}[:, None] + {q_sq}[None, :]" if orient == "t" else f"{q_sq}[:, None] + {k_sq}[None, :]"
             return self.put(lvl, f"{sq} - 2.0 * {qk}", "sqdist", note)
         side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
-        x, y = self.f32(a, side_orient), self.f32(b, side_orient)
+        x, y = self.lanes(a, side_orient), self.lanes(b, side_orient)
         body = f"({x} * {y})" if e.fn == "dot" else f"(({x} - {y}) * ({x} - {y}))"
         anchor = a if axes(a) & {ROW, COL} else b  # the side that varies by row (w[h] varies by head alone)
         return self.put(lvl, self.layout(f"tl.sum({body}, axis=1)", anchor, orient), e.fn, note)
