@@ -1,7 +1,7 @@
-"""Each attention as a pair of ``torch.library`` operators, so that models calling it compile with
-``torch.compile(fullgraph=True)``: Dynamo sees one opaque call with exact output shapes (the fake
-implementations below) and a registered backward, never the Triton launcher, the autotuner, the
-cache or a device query.
+"""Each attention as ``torch.library`` operators (forward, backward, paged forward), so that models
+calling it compile with ``torch.compile(fullgraph=True)``: Dynamo sees one opaque call with exact
+output shapes (the fake implementations below) and a registered backward, never the Triton
+launcher, the autotuner, the cache or a device query.
 
 - ``attngen::<name>_<key>_fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared)``
   returns ``(o, o_raw, lse, sel, extra)``: o [B, H, M, DV] (packed: [TQ, H, DV]) in q's dtype;
