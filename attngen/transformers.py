@@ -70,20 +70,17 @@ def _backend_of(fn) -> str:
 
 
 def _callable(a: ir.Attention, backend: str):
-    if backend == "reference":
-        from .reference.api import ReferenceAttention
-        return ReferenceAttention(a)
-    from .runtime.jit import TritonAttention
-    return TritonAttention(a)
+    from . import _make  # load/jit's own dispatch to a backend
+    return _make([a], None, backend, f"attention '{a.name}'")
 
 
 class _Layer:
     """The attention function transformers calls: ``(module, query [B, H, S, D], key [B, HK, T, D],
     value, attention_mask, scaling=..., dropout=..., **kwargs) -> (o [B, S, H, DV], None)``."""
 
-    def __init__(self, fn, inputs: Inputs, backend: str):
-        self.fn, self.inputs, self.backend = fn, inputs, backend
-        self.padded = None if fn is None else _callable(with_key_padding(fn.attention), backend)
+    def __init__(self, fn, inputs: Inputs):
+        self.fn, self.inputs = fn, inputs
+        self.padded = None if fn is None else _callable(with_key_padding(fn.attention), _backend_of(fn))
 
     def _pair(self, module, kwargs):
         """(plain, padded) callables for this layer."""
@@ -95,7 +92,7 @@ class _Layer:
                                      "register(None, name) for the model's own")
             return self.fn, self.padded
         causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
-        return _default(causal, kwargs.get("sliding_window"), kwargs.get("softcap"), self.backend)
+        return _default(causal, kwargs.get("sliding_window"), kwargs.get("softcap"))
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         if dropout:
@@ -119,11 +116,12 @@ class _Layer:
 _DEFAULTS: dict = {}
 
 
-def _default(causal: bool, window: int | None, softcap: float | None, backend: str = "triton"):
+def _default(causal: bool, window: int | None, softcap: float | None):
+    """The default attention's (plain, padded) callables for one layer's options: Triton's kernels."""
     key = (causal, window, softcap)
     if key not in _DEFAULTS:
         a = compile_source(model_spec(causal, window, softcap), "<attngen.transformers>")[0]
-        _DEFAULTS[key] = (_callable(a, backend), _callable(with_key_padding(a), backend))
+        _DEFAULTS[key] = (_callable(a, "triton"), _callable(with_key_padding(a), "triton"))
     return _DEFAULTS[key]
 
 
@@ -151,11 +149,10 @@ def register(fn_or_path=None, name: str = "attngen", inputs: Inputs = None, conf
     if isinstance(fn_or_path, (str, Path)):
         import attngen
         fn_or_path = attngen.load(fn_or_path)
-    backend = "triton" if fn_or_path is None else _backend_of(fn_or_path)
     if fn_or_path is None:
         window, softcap = (getattr(config, "sliding_window", None), getattr(config, "attn_logit_softcapping", None))
         for key in {(True, None, None), (True, window, softcap), (True, None, softcap)}:
             _default(*key)
-    AttentionInterface.register(name, _Layer(fn_or_path, inputs, backend))
+    AttentionInterface.register(name, _Layer(fn_or_path, inputs))
     AttentionMaskInterface.register(name, _key_padding_mask)
     return name

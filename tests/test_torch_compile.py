@@ -6,11 +6,14 @@ with Inductor."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import torch
 
 import attngen
+from attngen.bench.inputs import make_inputs
+from attngen.spec import compile_file
 
 pytestmark = pytest.mark.interpret
 
@@ -163,8 +166,7 @@ def test_backward_with_several_inputs_without_gradients():
     assert all(g is not None for g in _grads(o, (q, k, v)))
 
 
-ALL = [(p, a.name) for p in sorted(__import__("pathlib").Path("examples").glob("*.attn"))
-       for a in __import__("attngen.spec", fromlist=["compile_file"]).compile_file(p)]
+ALL = [(p, a.name) for p in sorted(Path("examples").glob("*.attn")) for a in compile_file(p)]
 SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN": 16, "LOCAL": 12, "TOPK": 2,
          "BLOCK": 16}
 
@@ -172,9 +174,6 @@ SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN
 @pytest.mark.parametrize("path, name", ALL, ids=[f"{p.stem}:{n}" for p, n in ALL])
 def test_every_example_traces_whole(path, name):
     """Each example's function under torch.compile(fullgraph=True): one graph (no break), and its backward."""
-    from attngen.bench.inputs import make_inputs
-    from attngen.spec import compile_file
-
     declared = dict(compile_file(path, name=name)[0].consts)
     consts = {k: v for k, v in SMALL.items() if k in declared}
     fn = attngen.load(path, name=name, consts=consts)

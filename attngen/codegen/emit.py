@@ -52,8 +52,13 @@ def vec_offs(length: str, perm: bool = False) -> str:
     return f"{'perm' if perm else 'offs'}_{base}"
 
 
-#: functions of one row that keep a lane's 0 at 0 (f(0) = 0)
-_ZERO_KEEPING = ("relu", "abs", "tanh", "sin", "sqrt", "erf", "rope", "l2norm")
+def lane_mask(length: str) -> str:
+    """[1, BLOCK_L]: the lanes of a row's tile inside its length (the prelude's ``dmask_``)."""
+    return f"dmask_{vec_offs(length).removeprefix('offs_')}[None, :]"
+
+
+#: functions that keep a lane's 0 at 0 when their (first) argument's is (f(0) = 0)
+_ZERO_KEEPING = ("relu", "abs", "tanh", "sin", "sqrt", "erf", "rope", "l2norm", "rmsnorm")
 
 
 def zero_at_pad(e: ir.Expr) -> bool:
@@ -77,11 +82,7 @@ def zero_at_pad(e: ir.Expr) -> bool:
             return a_zero and not e.b.ty.is_vec
         return False
     if isinstance(e, ir.Call):
-        if e.fn in _ZERO_KEEPING:
-            return zero_at_pad(e.args[0])
-        if e.fn == "rmsnorm":
-            return zero_at_pad(e.args[0])
-        return False
+        return e.fn in _ZERO_KEEPING and zero_at_pad(e.args[0])
     return False
 
 
@@ -148,19 +149,17 @@ class Emitter:
         v = self.f32(x, orient, perm)
         if zero_at_pad(x):
             return v
-        mask = f"dmask_{vec_offs(x.ty.length).removeprefix('offs_')}[None, :]"
         return self.cached(("lanes", x, self.orient_of(x, orient), perm), self.level(x),
-                           f"tl.where({mask}, {v}, 0.0)", "lanes")
+                           f"tl.where({lane_mask(x.ty.length)}, {v}, 0.0)", "lanes")
 
     def row_reduction(self, e: ir.Call, orient: str) -> str:
         """sum, mean, max or min of each row of ``e``'s argument, [R]: the lanes past its length
         (a power-of-two tile) are left out, as a derived row (exp(q)) is not 0 there."""
         x, L = e.args[0], e.args[0].ty.length
-        lanes = f"dmask_{vec_offs(L, False).removeprefix('offs_')}[None, :]"
         v = self.f32(x, self.orient_of(x, orient))
         fill, op = {"row_sum": ("0.0", "sum"), "row_mean": ("0.0", "sum"), "row_max": ('-float("inf")', "max"),
                     "row_min": ('float("inf")', "min")}[e.fn]
-        out = f"tl.{op}(tl.where({lanes}, {v}, {fill}), axis=1)"
+        out = f"tl.{op}(tl.where({lane_mask(L)}, {v}, {fill}), axis=1)"
         return f"({out} / {L})" if e.fn == "row_mean" else out
 
     def row_sumsq(self, x: ir.Expr, orient: str, level: str) -> str:

@@ -66,17 +66,7 @@ def names_in(e: ast.Expr) -> list[ast.Name]:
     """Every name ``e`` reads as a value (not function names, not indexed input names)."""
     if isinstance(e, ast.Name):
         return [e]
-    if isinstance(e, ast.Unary):
-        return names_in(e.operand)
-    if isinstance(e, ast.Binary):
-        return names_in(e.left) + names_in(e.right)
-    if isinstance(e, ast.Compare):
-        return [n for x in e.operands for n in names_in(x)]
-    if isinstance(e, ast.Call):
-        return [n for x in (*e.args, *(kw.value for kw in e.kwargs)) for n in names_in(x)]
-    if isinstance(e, ast.Index):
-        return [n for x in e.indices for n in names_in(x)]
-    return []
+    return [n for c in _children(e) for n in names_in(c)]
 
 
 def substitute(e: ast.Expr, lets: dict[str, ast.Expr]) -> ast.Expr:
@@ -121,14 +111,17 @@ class Lets:
     def apply(self, stage: str, e: ast.Expr, later: dict[str, int]) -> ast.Expr:
         """``e`` (of statement ``stage``) with the lets defined before it put in; ``later``: the lets
         defined after it (name -> line), which it may not use."""
-        for n in names_in(e):
+        names = names_in(e)
+        for n in names:
             if n.id in later:
                 raise AttnError(f"'{n.id}' is a let defined later (line {later[n.id]}); a let names a value for "
                                 "the statements after it", n.span)
             if stage in ("q", "k") and self.reads_rows.get(n.id):
                 raise AttnError(f"the {stage} prologue uses let '{n.id}', which reads q or k (in a let they are "
                                 "the rows after the prologue)", n.span)
+        used = [n for n in names if n.id in self.resolved]
+        if not used:
+            return e
         out = substitute(e, self.resolved)
-        if out is not e:
-            _check_size(out, names_in(e)[0] if names_in(e) else ast.Name(stage, e.span), f"the {stage} stage")
+        _check_size(out, used[0], f"the {stage} stage")
         return out
