@@ -42,6 +42,13 @@ def test_host_cpu_times_the_runtime_with_launches_stubbed():
     assert "us per call, launches stubbed (B=2 H=4 HK=2 D=16 N=64" in r.stdout and "run_forward" in r.stdout
 
 
+def test_host_cpu_times_training_calls():
+    r = _tool("host_cpu.py", "--train", "--calls", "5", "--batch", "1", "--heads", "2", "--kv-heads", "1", "--dim",
+              "16", "--cache", "32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "forward: " in r.stdout and "forward+backward: " in r.stdout and "M=32, bf16" in r.stdout
+
+
 @interpreted
 def test_kernel_profile_runs_forward_and_backward(tmp_path):
     r = _tool("kernel_profile.py", "examples/causal_gqa.attn", "--seq", "32", "--heads", "2", "--kv-heads", "2",

@@ -145,13 +145,18 @@ class _Ops:
         ctx.mark_non_differentiable(o_raw, sel, *extra, *(() if self.lse_grad else (lse,)))
 
     def _backward(self, ctx, do, do_raw, dlse, dsel, dextra):
+        return self.gradients(ctx, do, dlse, self.bwd)
+
+    def gradients(self, ctx, do, dlse, bwd):
+        """The forward's inputs' gradients from its outputs' (``bwd``: the backward operator, or its
+        work called directly)."""
         q, k, v, o, o_raw, lse, sel, *rest = ctx.saved_tensors
         extra, xs, cu = rest[:ctx.n_extra], rest[ctx.n_extra:ctx.n_extra + ctx.n_xs], rest[ctx.n_extra + ctx.n_xs:]
         cu_q, cu_k = cu if ctx.varlen else (None, None)
         if do is None:  # the loss reads lse alone
             do = torch.zeros_like(o)
         dlse = dlse if self.lse_grad else None
-        dq, dk, dv, dxs = self.bwd(do, dlse, q, k, v, o, o_raw, lse, sel, extra, ctx.scale, xs, ctx.fs, ctx.is_tensor,
+        dq, dk, dv, dxs = bwd(do, dlse, q, k, v, o, o_raw, lse, sel, extra, ctx.scale, xs, ctx.fs, ctx.is_tensor,
                                    ctx.wants, cu_q, cu_k, ctx.max_q, ctx.max_k, ctx.prepared)
         grads = [g if w else None for g, w in zip(dxs, ctx.wants)]
         # an entry per input of the forward: a list of numbers gets None, an empty list itself
@@ -172,9 +177,36 @@ class _Ops:
         """o and lse of a dense or packed call, through the operators (a node in autograd's graph)."""
         xs, fs, is_tensor = self._lists(inputs)
         cu_q, cu_k, max_q, max_k = (None, None, 0, 0) if seq is None else (seq.cu_q, seq.cu_k, seq.max_q, seq.max_k)
-        o, _, lse, _, _ = self.fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k,
-                                   _prepared_handle(prepared))
+        handle = _prepared_handle(prepared)
+        if torch.compiler.is_compiling():
+            o, _, lse, _, _ = self.fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, handle)
+        else:
+            meta = (scale, fs, is_tensor, cu_q, cu_k, max_q, max_k, handle)
+            o, _, lse, *_ = _Eager.apply(self, meta, q, k, v, *xs)
         return o, lse
+
+
+class _Eager(torch.autograd.Function):
+    """An eager call that needs gradients: the operators' work and autograd formula, called directly.
+    torch.library's autograd path runs in Python (argument pytrees, defaults, a Dynamo-disabled
+    wrapper): about 125 us of host time a forward and 90 more a backward (tools/host_cpu.py --train),
+    as long as a 4k-token layer's kernels; this path costs what the autograd.Function does."""
+
+    @staticmethod
+    def forward(ctx, ops, meta, q, k, v, *xs):
+        ctx.set_materialize_grads(False)  # an unused lse has no gradient (bwd_pre skips dlse)
+        scale, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared = meta
+        inputs = (q, k, v, scale, list(xs), fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared)
+        out = ops._fwd_impl(*inputs)
+        ops._setup_context(ctx, inputs, out)
+        ctx.ops = ops
+        o, o_raw, lse, sel, extra = out
+        return o, o_raw, lse, sel, *extra
+
+    @staticmethod
+    def backward(ctx, do, do_raw, dlse, dsel, *dextra):
+        dq, dk, dv, _, grads, *_ = ctx.ops.gradients(ctx, do, dlse, ctx.ops._bwd_impl)
+        return None, None, dq, dk, dv, *grads
 
 
 def _define(qualname, schema, impl, fake):
