@@ -196,6 +196,9 @@ def _check_vector_lengths(a: ir.Attention, sizes: Mapping[str, int]) -> None:
 
     for stage, e in a.exprs():
         for node in ir.walk(e):
+            if isinstance(node, ir.Slice) and value(node.x.ty.length) < node.hi:
+                raise ValueError(f"{stage} stage, {expr_str(node)}: the slice runs past its row's "
+                                 f"{show(node.x.ty.length)} lanes")
             if isinstance(node, ir.Call) and node.fn == "rope" and value(node.ty.length) % 2:
                 raise ValueError(f"{stage} stage, {expr_str(node)}: rotate-half RoPE needs an even row length, "
                                  f"got {show(node.ty.length)}")

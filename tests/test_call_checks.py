@@ -42,6 +42,17 @@ def test_zero_heads_or_head_dims(fn, dims, fragment):
         fn(*args, **xs)
 
 
+@pytest.mark.parametrize("backend, fragment", [
+    ("triton", r"slices rows of length D up to lane 24, but q's and k's last dim is D = 16"),
+    ("reference", r"q\[8:24\]: the slice runs past its row's D=16 lanes"),
+])
+def test_a_slice_past_the_rows(backend, fragment):
+    fn = attngen.jit("attention s { score = dot(q[8:24], k[8:24]) }", backend=backend)
+    (q, k, v), _ = _call()
+    with pytest.raises(ValueError, match=fragment):
+        fn(q, k, v)
+
+
 @pytest.mark.parametrize("kw, error, fragment", [
     (dict(scale="x"), TypeError, "scale must be a number"),
     (dict(scale=torch.ones(2)), TypeError, "scale must be a number"),

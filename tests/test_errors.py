@@ -172,8 +172,28 @@ def test_index_not_integer():
 def test_q_outside_a_vector_function():
     check("attention a {\n  score = q * 2\n}", 2, 11, "'q' is a row vector used outside a vector function",
           hint="dot()")
-    check("attention a { mask = k > 0 }", 1, 22, "'k' is a row vector", "cannot be compared")
+    # rows compare element by element (1.1); a row of booleans is still no mask
+    check("attention a { mask = k > 0 }", 1, 22, "'k' is a row vector used outside a vector function in the mask")
     check("attention a { score = dot(q, k) + exp(k) }", 1, 39, "'k' is a row vector")
+
+
+def test_rows_of_booleans_only_go_where_booleans_do():
+    check("attention a {\n q = (q > 0.0) * 2.0\n}", 2, 7, "must be a number, got a row of booleans",
+          hint="where(cond, a, b)")
+    check("attention a {\n score = dot(q > 0.0, k)\n}", 2, 14, "dot() needs a row vector", "bvec[D]")
+    check("attention a {\n q = q > 0.0\n}", 2, 6, "the q prologue must give a row vector, got bvec[D]")
+    check("attention a {\n input w: f32[D]\n input u: f32[DV]\n score = dot(where(w > u, q, k), k)\n}",
+          4, 20, "vector lengths differ")
+
+
+def test_slices_take_constant_lanes_of_a_float_row():
+    check("attention a {\n score = dot(q[0:i], k[0:8])\n}", 2, 18, "a slice bound must be a constant integer")
+    check("attention a {\n score = dot(q[8:8], k[0:8])\n}", 2, 14, "a slice needs 0 <= lo < hi, got [8:8]")
+    check("attention a {\n input w: f32[16]\n score = dot(w[8:24], k[0:16])\n}", 3, 14,
+          "the slice [8:24] runs past the row's 16 lanes")
+    check("attention a {\n score = dot(q, k)[0:4]\n}", 2, 10, "only a row can be sliced, got float")
+    check("attention a {\n score = dot((q > 0.0)[0:4], k[0:4])\n}", 2, 15, "only a row can be sliced, got bvec[D]")
+    check("attention a {\n score = dot(q[0:2000], k[0:2000])\n}", 2, 14, "longer than the 1024 a kernel row")
 
 
 def test_one_dim_tensor_used_as_a_scalar():

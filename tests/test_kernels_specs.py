@@ -15,6 +15,14 @@ from attngen.verify import assert_close, compare
 pytestmark = pytest.mark.interpret
 
 SPECS = {
+    # rows element by element (1.1): comparisons, and/or/not on rows of booleans, where with a scalar branch
+    "rows_elementwise": """
+attention a {
+    q = where(q > 0.0, q + 1.0, exp(q))
+    k = where(k > -1.0 and not (k > 1.5), k, 0.25)
+    score = dot(q, k) * scale
+    mask = causal
+}""",
     # floor semantics on negative operands, and x // 0 == x % 0 == 0 (off holds zeros)
     "int_division": """
 attention int_division {
@@ -61,6 +69,24 @@ attention padded_rows {
 
 
 # regressions of the language issue (each crashed or, the block gate, chose wrong blocks silently)
+# slices (1.1): of raw q and k (loaded at their offsets), of computed rows (q * 1.5, l2norm(k): a 0/1
+# product), of an input row with a gradient (w[h][4:12]), and rope within a slice (its permuted lanes)
+SLICES = """
+attention s {
+    input w: f32[H, 24]
+    q = q * 1.5
+    score = (dot(q[0:16], k[0:16]) * scale + dot(rope(q[16:24], i), rope(k[16:24], j)) * 0.1
+             + dot(w[h][4:12], l2norm(k)[0:8]))
+    mask = causal
+}"""
+
+
+def test_slices():
+    a = compile_source(SLICES, "slices.attn")[0]
+    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=40, DV=16, seed=1))
+    assert_close(compare(a, B=1, H=2, HK=2, M=5, N=67, D=24, DV=24))
+
+
 REGRESSIONS = {
     # D and DV are constexprs in the kernels: their int -> float conversion was `D.to(...)`
     "sizes_as_floats": "attention a { score = dot(q, k) / D + log(DV) * 0.01\n mask = causal }",

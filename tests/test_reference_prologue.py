@@ -38,6 +38,27 @@ def test_rope(M, N):
     check(ref(src)(q, k, v), expect, [q, k, v])
 
 
+def test_slices_mla_decoupled_rope():
+    """1.1 slices: MLA's score, the first 24 lanes as they are plus RoPE on the last 16 (rotated
+    within the slice, its length as D in theta), against the parts cut out in torch."""
+    src = """
+    attention mla {
+        score = (dot(q[0:24], k[0:24]) + dot(rope(q[24:40], i), rope(k[24:40], j))) * 0.2
+        mask = causal
+    }"""
+    q, k, v = qkv()
+    i, j = positions(67, 67)
+    qq = torch.cat([q[..., :24], rope_loop(q[..., 24:], i[:, 0], 10000.0)], -1)
+    kk = torch.cat([k[..., :24], rope_loop(k[..., 24:], j[0], 10000.0)], -1)
+    check(ref(src)(q, k, v), attend(qq, kk, v, j <= i, scale=0.2), [q, k, v])
+
+
+def test_a_slice_past_the_row_is_an_error_at_call_time():
+    q, k, v = qkv(M=3, N=3, D=32)
+    with pytest.raises(ValueError, match=r"score stage, q\[24:40\]: the slice runs past its row's D=32 lanes"):
+        ref("attention r { score = dot(q[24:40], k[24:40]) }")(q, k, v)
+
+
 def test_rope_odd_length_is_an_error():
     q, k, v = qkv(M=3, N=3, D=7)
     msg = r"q stage, rope\(q, float\(i\), base=10000.0\): .* even row length, got D=7"
@@ -51,6 +72,22 @@ def l2(x):
 
 def rms(x, w):
     return x / torch.sqrt(x.square().mean(-1, keepdim=True) + 1e-6) * w
+
+
+def test_rows_element_by_element():
+    """1.1: comparisons, and/not and where on rows (elu + 1 on q; k clipped to a band, a scalar branch)."""
+    src = """
+    attention a {
+        q = where(q > 0.0, q + 1.0, exp(q))
+        k = where(k > -1.0 and not (k > 1.5), k, 0.25)
+        score = dot(q, k) * 0.5
+        mask = causal
+    }"""
+    q, k, v = qkv()
+    i, j = positions(67, 67)
+    kk = torch.where((k > -1.0) & (k <= 1.5), k, torch.full_like(k, 0.25))
+    expect = attend(torch.nn.functional.elu(q) + 1.0, kk, v, j <= i, scale=0.5)
+    check(ref(src)(q, k, v), expect, [q, k, v])
 
 
 def test_l2norm_with_temperature():

@@ -190,6 +190,8 @@ class Differentiator:
         v = lambda x: em.f32(x, orient)  # noqa: E731 - forward value of a child
         if isinstance(n, ir.Cast):
             return [(n.x, g)]
+        if isinstance(n, ir.Slice):  # the lanes go back to the slice's offset of the whole row
+            return [(n.x, em.scatter(n, g), True)]
         if isinstance(n, ir.Unary):
             return [(n.x, f"-{g}")]
         if isinstance(n, ir.Binary):

@@ -82,7 +82,7 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
     tile_note = _TILE_NOTES[kind]
     bounds = tiles.band(a.mask) if kind == "static" else None
     if bounds is not None:
-        tile_note += f"; the band {bounds[0]} <= i - j <= {bounds[1]} gives each program its ranges directly"
+        tile_note += f"; the band {tiles.band_text(*bounds)} gives each program its ranges directly"
     notes = [f"tiles: {tile_note}", "forward: one program per query tile and head"]
     if splittable:
         notes.append("decoding (M <= 16): split-KV, each row's keys over several programs, partial results merged "
@@ -196,7 +196,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                      splittable=splittable, packable=packable, scaled_dot=kernels.scaled_dot(a) is not None,
                      tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
                      literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
-                     selection=host_sel)
+                     sliced=plan.sliced_sizes, selection=host_sel)
     for x in inputs:
         d = a.input(x["name"])
         x["decl"] = d.dtype + ("" if d.dims is None else f"[{', '.join(map(str, d.dims))}]")

@@ -61,11 +61,16 @@ def lane_mask(length: str) -> str:
 _ZERO_KEEPING = ("relu", "abs", "tanh", "sin", "sqrt", "erf", "rope", "l2norm", "rmsnorm")
 
 
+def _loads_lanes(e: ir.Slice) -> bool:
+    """A slice the kernels load at its offset (of q, k or an input row), not take from a computed row."""
+    return isinstance(e.x, ir.Load) or (isinstance(e.x, ir.Row) and e.x.name in ("q_raw", "k_raw"))
+
+
 def zero_at_pad(e: ir.Expr) -> bool:
     """Whether a row's lanes past its length (a tile is a power of two wide) are 0, as loads make them:
     what a dot or a norm over the whole tile may add without a mask. Conservative: exp(q), q + 1.0 and
     sigmoid(q) are not (they are 1, 1 and 0.5 there)."""
-    if isinstance(e, (ir.Row, ir.Load)):
+    if isinstance(e, (ir.Row, ir.Load, ir.Slice)):  # a slice: masked loads, or the 0/1 product's empty rows
         return True
     if isinstance(e, ir.Cast):
         return zero_at_pad(e.x)
@@ -203,7 +208,9 @@ class Emitter:
 
     def f32(self, e: ir.Expr, orient: str = "pair", perm: bool = False) -> str:
         v = self.value(e, orient, perm)
-        if isinstance(e, ir.Row) and e.name in ("q_raw", "k_raw") or (isinstance(e, ir.Load) and e.ty.is_vec):
+        loaded = e.x if isinstance(e, ir.Slice) and _loads_lanes(e) else e  # a slice loaded at its offset
+        if isinstance(loaded, ir.Row) and loaded.name in ("q_raw", "k_raw") or \
+                (isinstance(loaded, ir.Load) and loaded.ty.is_vec):
             return f"{v}.to(tl.float32)"
         return v
 
@@ -218,6 +225,8 @@ class Emitter:
             return self._row(e, perm)
         if isinstance(e, ir.Load):
             return self._load(e, orient, perm)
+        if isinstance(e, ir.Slice):
+            return self._slice(e, orient, perm)
         lvl, note = self.level(e), self.provenance(e)
         if isinstance(e, ir.Cast):
             if e.ty.is_vec:
@@ -245,6 +254,34 @@ class Emitter:
             return f"{n}_c" if orient == "t" else f"{n}_r"
         return n  # b h hk, sizes, scale: kernel scalars
 
+    def _slice(self, e: ir.Slice, orient: str, perm: bool) -> str:
+        """x[lo:hi] as a [rows, BLOCK_L] tile: q, k and input rows loaded at the slice's offset (no copy of
+        the row), a computed row through a 0/1 product (exact in float32)."""
+        L = e.ty.length
+        lanes = f"({e.lo} + {vec_offs(L, perm)})"
+        if isinstance(e.x, ir.Row) and e.x.name in ("q_raw", "k_raw"):
+            side, rows, mask = ("q", "m_r * stride_qm", "rmask") if e.x.name == "q_raw" else \
+                ("k", "k_rows", "cmask_k")
+            return self.put(self.level(e), f"tl.load({side}_base + {rows} + {lanes}[None, :] * stride_{side}d, "
+                            f"mask={mask} & {lane_mask(L)}, other=0.0)", f"{side}_{e.lo}_{e.hi}",
+                            f"[{'BLOCK_M' if side == 'q' else 'BLOCK_N'}, {vec_block(L)}]")
+        if isinstance(e.x, ir.Load):
+            off, mask = self.load_address(e.x, orient, strides=None, lanes=(lanes, L))
+            return self.put(self.level(e), f"tl.load({e.x.name}_ptr + {off}, mask={mask}, other=0)", e.x.name,
+                            self.provenance(e))
+        x = self.f32(e.x, orient)
+        pick = f"_lanes_of({lanes}, dmask_{vec_offs(L).removeprefix('offs_')}, {vec_block(e.x.ty.length)})"
+        return self.put(self.level(e), f"tl.dot({x}, tl.trans({pick}), input_precision=\"ieee\")",
+                        "sl", self.provenance(e))
+
+    def scatter(self, e: ir.Slice, g: str) -> str:
+        """The gradient of x from the gradient ``g`` [rows, BLOCK_L] of x[lo:hi]: its lanes put back at the
+        slice's offset ([rows, BLOCK_X]; a 0/1 product, exact in float32)."""
+        L = e.ty.length
+        pick = f"_lanes_of({e.lo} + {vec_offs(L)}, dmask_{vec_offs(L).removeprefix('offs_')}, " \
+               f"{vec_block(e.x.ty.length)})"
+        return f"tl.dot({g}, {pick}, input_precision=\"ieee\")"
+
     def _row(self, e: ir.Row, perm: bool) -> str:
         if e.name in self.env.binds and not perm:
             return self.env.binds[e.name]
@@ -260,11 +297,12 @@ class Emitter:
                             "[BLOCK_N, BLOCK_D]")
         raise CodegenError(f"row '{e.name}' is not available in this kernel")
 
-    def load_address(self, e: ir.Load, orient: str, perm: bool = False, strides: str | None = None
-                     ) -> tuple[str, str]:
+    def load_address(self, e: ir.Load, orient: str, perm: bool = False, strides: str | None = None,
+                     lanes: tuple[str, str] | None = None) -> tuple[str, str]:
         """(pointer offset code, validity mask code) of a load: bounds-checked, so never out of range.
 
-        ``strides`` names another stride set (a gradient buffer's) for the same indices.
+        ``strides`` names another stride set (a gradient buffer's) for the same indices; ``lanes``
+        (offsets code, length) loads a slice of a row instead of the whole row.
         """
         d = self.decls[e.name]
         orient = self.orient_of(e, orient)
@@ -282,9 +320,9 @@ class Emitter:
         if COL in ax:
             checks.append("cmask_k" if orient in ("k", "t") else "cmask")
         if e.ty.is_vec:
-            L = e.ty.length
-            terms.append(f"{vec_offs(L, perm)}[None, :] * {strides}{len(e.indices)}")
-            checks.append(f"dmask_{L if not L.isdigit() else 'L' + L}[None, :]")
+            offs, L = lanes or (vec_offs(e.ty.length, perm), e.ty.length)
+            terms.append(f"{offs}[None, :] * {strides}{len(e.indices)}")
+            checks.append(lane_mask(L))
         return " + ".join(terms) if terms else "0", " & ".join(checks) if checks else ""
 
     def _load(self, e: ir.Load, orient: str, perm: bool) -> str:

@@ -106,6 +106,16 @@ class Plan:
         return out
 
     @property
+    def sliced_sizes(self) -> dict[str, int]:
+        """The least D or DV a call needs: the end of the furthest slice of a row of that length."""
+        out: dict[str, int] = {}
+        for e in self._exprs():
+            for n in ir.walk(e):
+                if isinstance(n, ir.Slice) and not n.x.ty.length.isdigit():
+                    out[n.x.ty.length] = max(out.get(n.x.ty.length, 0), n.hi)
+        return out
+
+    @property
     def rope_lengths(self) -> list[str]:
         out = []
         for e in self._exprs():

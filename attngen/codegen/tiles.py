@@ -48,6 +48,45 @@ class TileCode:
     band: tuple[int | None, int | None] | None = None
 
     @property
+    def key_band(self) -> str:
+        """A query-tile program's key ranges from the band (ti_lo, ti_hi: its first and last row in key
+        coordinates); the operands of every ``//`` are non-negative."""
+        lo, hi = self.band
+        first = "0" if hi is None else f"tl.maximum({_minus('ti_lo', hi)}, 0)"
+        last = "N - 1" if lo is None else f"tl.minimum({_minus('ti_hi', lo)}, N - 1)"
+        f_lo = "0" if hi is None else f"(tl.maximum({_minus('ti_hi', hi)}, 0) + BLOCK_N - 1) // BLOCK_N"
+        f_hi = "N // BLOCK_N" if lo is None else \
+            f"tl.minimum(tl.maximum({_minus('ti_lo', lo - 1)}, 0) // BLOCK_N, N // BLOCK_N)"
+        return "\n".join([
+            f"# band {band_text(lo, hi)}: key ranges in closed form (non-negative operands of every //)",
+            f"j_first = {first}  # the first key any row allows",
+            f"j_last = {last}",
+            "lo = j_first // BLOCK_N",
+            "hi = tl.where(j_last >= j_first, tl.maximum(j_last, 0) // BLOCK_N + 1, lo)",
+            f"f_lo = {f_lo}  # keys every row allows",
+            f"f_hi = {f_hi}"])
+
+    @property
+    def query_band(self) -> str:
+        """A key-tile program's query-tile ranges from the band (tj_lo, tj_hi: its first and last key;
+        rows m = i - (N - M))."""
+        lo, hi = self.band
+        first = "0" if lo is None else f"tl.maximum({_minus('tj_lo', -lo)} - (N - M), 0)"
+        last = "M - 1" if hi is None else f"tl.minimum({_minus('tj_hi', -hi)} - (N - M), M - 1)"
+        f_lo = "0" if lo is None else f"(tl.maximum({_minus('tj_hi', -lo)} - (N - M), 0) + BLOCK_M - 1) // BLOCK_M"
+        f_hi = "M // BLOCK_M" if hi is None else \
+            f"tl.minimum(tl.maximum({_minus('tj_lo', -hi)} - (N - M) + 1, 0) // BLOCK_M, M // BLOCK_M)"
+        return "\n".join([
+            f"# band {band_text(lo, hi)}: query ranges in closed form (rows m = i - (N - M); non-negative "
+            "operands of every //)",
+            f"m_first = {first}  # the first row any key allows",
+            f"m_last = {last}",
+            "lo = m_first // BLOCK_M",
+            "hi = tl.where(m_last >= m_first, tl.maximum(m_last, 0) // BLOCK_M + 1, lo)",
+            f"f_lo = {f_lo}  # rows every key allows",
+            f"f_hi = {f_hi}"])
+
+    @property
     def heavy_last(self) -> bool:
         """Keys bounded above by the row and not below (causal): the last query tiles see the most
         key tiles, so the query-tile kernels start them first and the short ones fill the tail."""
@@ -63,6 +102,17 @@ def static_code(a: ir.Attention) -> TileCode:
     em = Emitter(env, "z")
     any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
     return TileCode(kind, statements(lines), any_, all_, band(a.mask))
+
+
+def _minus(x: str, k: int) -> str:
+    """``x - k`` as code, without a ``- 0`` or a ``- -k``."""
+    return x if k == 0 else f"{x} - {k}" if k > 0 else f"{x} + {-k}"
+
+
+def band_text(lo: int | None, hi: int | None) -> str:
+    """The band as a reader writes it: ``0 <= i - j``, ``0 <= i - j <= 1023``."""
+    return " ".join(x for x in (f"{lo} <=" if lo is not None else "", "i - j", f"<= {hi}" if hi is not None else "")
+                    if x)
 
 
 def band(mask: ir.Expr) -> tuple[int | None, int | None] | None:

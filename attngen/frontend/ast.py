@@ -72,7 +72,17 @@ class Index:
     span: Span
 
 
-Expr = Union[Name, Literal, Unary, Binary, Compare, Call, Index]
+@dataclass(frozen=True)
+class Slice:
+    """``base[lo:hi]``: lanes lo .. hi - 1 of a row (language 1.1)."""
+
+    base: "Expr"
+    lo: "Expr"
+    hi: "Expr"
+    span: Span
+
+
+Expr = Union[Name, Literal, Unary, Binary, Compare, Call, Index, Slice]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38
 
 # the parse-tree rules that nest expressions; a ``(...)`` alone adds no level
-_NESTING = {"or_op", "and_op", "not_op", "compare", "binop", "unary", "call", "index"}
+_NESTING = {"or_op", "and_op", "not_op", "compare", "binop", "unary", "call", "index", "slice"}
 
 
 def offset_span(source: str, filename: str, offset: int) -> Span:

@@ -164,6 +164,11 @@ class _ToAst(Transformer):
                 raise AttnError("keyword inside an index", a.span)
         return ast.Index(base, tuple(args), self._span(meta))
 
+    @v_args(meta=True)
+    def slice(self, meta, items):
+        base, lo, hi = items
+        return ast.Slice(base, lo, hi, self._span(meta))
+
     def args(self, items):
         return list(items)
 

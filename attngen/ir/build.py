@@ -100,7 +100,7 @@ def build_attention(node: ast.Attention, filename: str, source: str,
     if "out" in stages:
         st = stages["out"]
         out = scope("out").build(st.value)
-        if not out.ty.is_vec:
+        if not out.ty.is_vec or out.ty.is_bool:
             raise AttnError(f"out must be a row vector (a transform of o), got {out.ty}", st.value.span)
         out = _cast_vec(out, "DV", st.value.span, "out")
     return ir.Attention(
@@ -139,7 +139,7 @@ def _prologue(st: ast.Assign | None, b: _ExprBuilder) -> ir.Expr | None:
     if st is None:
         return None
     e = b.build(st.value)
-    if not e.ty.is_vec:
+    if not e.ty.is_vec or e.ty.is_bool:
         raise AttnError(f"the {st.target.id} prologue must give a row vector, got {e.ty}", st.value.span)
     return _cast_vec(e, "D", st.value.span, st.target.id)
 

@@ -16,6 +16,9 @@ from . import nodes as ir
 from .builtins import UNARY
 from .types import BOOL, DTYPES, FLOAT, INT, Ty, vec
 
+#: the most lanes a slice may take: a kernel holds a row as one [rows, lanes] tile
+MAX_ROW = 1024
+
 SIZES = ("B", "H", "HK", "M", "N", "D", "DV")
 INDICES = ("b", "h", "hk", "i", "j", "m", "jb")
 BUILTIN_NAMES = set(SIZES) | set(INDICES) | {"q", "k", "v", "o", "kmean", "scale", "score", "p", "causal"}
@@ -85,8 +88,9 @@ class _ExprBuilder:
 
     # ---- helpers
     def numeric(self, e: ir.Expr, what: str, span: Span) -> ir.Expr:
-        if e.ty.kind == "bool":
-            raise _err(f"{what} must be a number, got a boolean", span, "use where(cond, a, b)")
+        if e.ty.is_bool:
+            raise _err(f"{what} must be a number, got {'a row of booleans' if e.ty.is_vec else 'a boolean'}",
+                       span, "use where(cond, a, b)")
         return e
 
     def to_float(self, e: ir.Expr) -> ir.Expr:
@@ -108,9 +112,18 @@ class _ExprBuilder:
         return a, b, INT
 
     def need_bool(self, e: ir.Expr, what: str, span: Span) -> ir.Expr:
-        if e.ty.kind != "bool":
+        """A boolean or a row of booleans (1.1: comparisons of rows work element by element)."""
+        if not e.ty.is_bool:
             raise _err(f"{what} must be boolean, got {e.ty}", span)
         return e
+
+    def bool_result(self, parts: list[ir.Expr], span: Span) -> Ty:
+        """The type of a boolean operation of ``parts``: a row of booleans if any is a row."""
+        rows = [x for x in parts if x.ty.is_vec]
+        for r in rows[1:]:
+            if not _same_len(rows[0].ty, r.ty):
+                raise _err(f"vector lengths differ: {rows[0].ty} and {r.ty}", span)
+        return vec(rows[0].ty.length, "bool") if rows else BOOL
 
     # ---- dispatch
     def build(self, node: ast.Expr) -> ir.Expr:
@@ -174,7 +187,7 @@ class _ExprBuilder:
     def _unary(self, n: ast.Unary) -> ir.Expr:
         x = self.build(n.operand)
         if n.op == "not":
-            return ir.Unary("not", self.need_bool(x, "the operand of 'not'", n.operand.span), BOOL, n.span)
+            return ir.Unary("not", self.need_bool(x, "the operand of 'not'", n.operand.span), x.ty, n.span)
         self.numeric(x, f"the operand of unary '{n.op}'", n.operand.span)
         if n.op == "+":
             return x
@@ -187,7 +200,7 @@ class _ExprBuilder:
         if n.op in ("and", "or"):
             self.need_bool(a, f"the left operand of '{n.op}'", n.left.span)
             self.need_bool(b, f"the right operand of '{n.op}'", n.right.span)
-            return ir.Binary(n.op, a, b, BOOL, n.span)
+            return ir.Binary(n.op, a, b, self.bool_result([a, b], n.span), n.span)
         self.numeric(a, f"the left operand of '{n.op}'", n.left.span)
         self.numeric(b, f"the right operand of '{n.op}'", n.right.span)
         op = ir.ARITH_OPS[n.op]
@@ -209,18 +222,41 @@ class _ExprBuilder:
         vals = [self.build(x) for x in n.operands]
         out = None
         for op, (a, b), (sa, sb) in zip(n.ops, zip(vals, vals[1:]), zip(n.operands, n.operands[1:])):
-            for x, sx in ((a, sa), (b, sb)):
-                if x.ty.is_vec:
-                    r = first_row(x)
-                    raise _err(f"'{r.name}' is a row vector; vectors cannot be compared", r.span or sx.span,
-                               _row_hint(r))
-            if (a.ty.kind == "bool") != (b.ty.kind == "bool") or (a.ty.kind == "bool" and op not in ("==", "!=")):
+            # rows compare element by element (language 1.1), giving a row of booleans
+            if a.ty.is_bool != b.ty.is_bool or (a.ty.is_bool and op not in ("==", "!=")):
                 raise _err(f"cannot compare {a.ty} with {b.ty} using '{op}'", n.span)
-            if a.ty.kind != "bool":
+            ty = self.bool_result([a, b], n.span)
+            if not a.ty.is_bool:
                 a, b, _ = self.promote(a, b, n.span)
-            c = ir.Binary(ir.COMPARE_OPS[op], a, b, BOOL, n.span)
-            out = c if out is None else ir.Binary("and", out, c, BOOL, n.span)
+            c = ir.Binary(ir.COMPARE_OPS[op], a, b, ty, n.span)
+            out = c if out is None else ir.Binary("and", out, c, self.bool_result([out, c], n.span), n.span)
         return out
+
+    def _slice(self, n: ast.Slice) -> ir.Expr:
+        """``x[lo:hi]`` (1.1): constant integer bounds 0 <= lo < hi <= len(x) on a float row; against a
+        size (D, DV) the length is checked at call time."""
+        x = self.build(n.base)
+        if not x.ty.is_vec or x.ty.is_bool:
+            raise _err(f"only a row can be sliced, got {x.ty}", n.base.span,
+                       "slice q, k, a prologue's value or a row of an input: q[0:64]")
+        lo, hi = (self._bound(b) for b in (n.lo, n.hi))
+        if not 0 <= lo < hi:
+            raise _err(f"a slice needs 0 <= lo < hi, got [{lo}:{hi}]", n.span)
+        L = x.ty.length
+        if L.isdigit() and hi > int(L):
+            raise _err(f"the slice [{lo}:{hi}] runs past the row's {L} lanes", n.span)
+        if not L.isdigit() and L not in ("D", "DV"):
+            raise _err(f"a row of length {L} cannot be sliced (only rows of length D, DV or an integer)",
+                       n.base.span)
+        if hi - lo > MAX_ROW:
+            raise _err(f"a slice of {hi - lo} lanes is longer than the {MAX_ROW} a kernel row holds", n.span)
+        return ir.Slice(x, lo, hi, vec(hi - lo), n.span)
+
+    def _bound(self, node: ast.Expr) -> int:
+        value = _int_value(self.build(node))
+        if value is None:
+            raise _err("a slice bound must be a constant integer (literals, consts, + - *)", node.span)
+        return value
 
     def _index(self, n: ast.Index) -> ir.Expr:
         name = n.base.id
@@ -321,15 +357,20 @@ class _ExprBuilder:
     def _fn_where(self, fn, args, spans, kwargs, span):
         c, a, b = args
         self.need_bool(c, "the condition of where()", spans[0])
-        if a.ty.kind == "bool" or b.ty.kind == "bool":
-            if a.ty != b.ty:
+        if a.ty.is_bool or b.ty.is_bool:
+            if not (a.ty.is_bool and b.ty.is_bool):
                 raise _err(f"where() branches differ: {a.ty} and {b.ty}", span)
-            return ir.Call("where", (c, a, b), BOOL, span)
+            return ir.Call("where", (c, a, b), self.bool_result([c, a, b], span), span)
         a, b, ty = self.promote(a, b, span)
+        if c.ty.is_vec:  # a row condition makes a row; a scalar branch is broadcast onto it
+            if ty.is_vec and not _same_len(c.ty, ty):
+                raise _err(f"vector lengths differ: {c.ty} and {ty}", span)
+            if not ty.is_vec:
+                a, b, ty = self.to_float(a), self.to_float(b), vec(c.ty.length)
         return ir.Call("where", (c, a, b), ty, span)
 
     def _vec_arg(self, fn, e, s):
-        if not e.ty.is_vec:
+        if not e.ty.is_vec or e.ty.is_bool:
             raise _err(f"{fn}() needs a row vector (q, k, kmean, o or a row of an input), got {e.ty}", s)
         return e
 
@@ -374,6 +415,21 @@ class _ExprBuilder:
         if any(isinstance(n, ir.Call) and n.fn == "rope" for n in ir.walk(x)):
             raise _err("rope() cannot be nested inside rope()", spans[0])
         return ir.Call("rope", (x, pos, base), x.ty, span)
+
+
+def _int_value(e: ir.Expr) -> int | None:
+    """The value of an integer expression of literals and consts (``NOPE + ROPE``), else None."""
+    if isinstance(e, ir.Const):
+        return e.value if e.ty == INT else None
+    if isinstance(e, ir.Unary) and e.op == "neg":
+        x = _int_value(e.x)
+        return None if x is None else -x
+    if isinstance(e, ir.Binary) and e.op in ("add", "sub", "mul"):
+        a, b = _int_value(e.a), _int_value(e.b)
+        if a is None or b is None:
+            return None
+        return a + b if e.op == "add" else a - b if e.op == "sub" else a * b
+    return None
 
 
 def _same_len(a: Ty, b: Ty) -> bool:

@@ -36,6 +36,8 @@ def _children(e: ast.Expr) -> tuple[ast.Expr, ...]:
         return (*e.args, *(kw.value for kw in e.kwargs))
     if isinstance(e, ast.Index):
         return e.indices
+    if isinstance(e, ast.Slice):
+        return (e.base, e.lo, e.hi)
     return ()
 
 
@@ -84,6 +86,8 @@ def substitute(e: ast.Expr, lets: dict[str, ast.Expr]) -> ast.Expr:
                        kwargs=tuple(replace(kw, value=substitute(kw.value, lets)) for kw in e.kwargs))
     if isinstance(e, ast.Index):
         return replace(e, indices=tuple(substitute(x, lets) for x in e.indices))
+    if isinstance(e, ast.Slice):
+        return replace(e, base=substitute(e.base, lets))
     return e
 
 

@@ -103,7 +103,20 @@ class Cast:
     span: Span | None = _span_field()
 
 
-Expr = Union[Const, Sym, Row, Param, Load, Unary, Binary, Call, Cast]
+@dataclass(frozen=True)
+class Slice:
+    """``x[lo:hi]`` (language 1.1): lanes lo .. hi - 1 of the row x, a row of length hi - lo. The
+    kernels load a slice of q, k or an input row at its offset, and take one of a computed row by
+    a product with a 0/1 matrix."""
+
+    x: "Expr"
+    lo: int
+    hi: int
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+Expr = Union[Const, Sym, Row, Param, Load, Unary, Binary, Call, Cast, Slice]
 
 ARITH_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow"}
 COMPARE_OPS = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
@@ -114,7 +127,7 @@ OP_TEXT = {v: k for k, v in {**ARITH_OPS, **COMPARE_OPS}.items()} | {"and": "and
 def children(e: Expr) -> tuple[Expr, ...]:
     if isinstance(e, Load):
         return e.indices
-    if isinstance(e, (Unary, Cast)):
+    if isinstance(e, (Unary, Cast, Slice)):
         return (e.x,)
     if isinstance(e, Binary):
         return (e.a, e.b)
@@ -127,7 +140,7 @@ def with_children(e: Expr, new: tuple[Expr, ...]) -> Expr:
     """``e`` with its children replaced (same order as :func:`children`)."""
     if isinstance(e, Load):
         return replace(e, indices=tuple(new))
-    if isinstance(e, (Unary, Cast)):
+    if isinstance(e, (Unary, Cast, Slice)):
         return replace(e, x=new[0])
     if isinstance(e, Binary):
         return replace(e, a=new[0], b=new[1])

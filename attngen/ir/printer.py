@@ -41,6 +41,8 @@ def expr_str(e: ir.Expr) -> str:
         return f"{e.fn.removeprefix('row_')}({', '.join(args)})"  # row_sum(x) is written sum(x)
     if isinstance(e, ir.Cast):
         return f"{e.ty.kind}({expr_str(e.x)})"
+    if isinstance(e, ir.Slice):
+        return f"{expr_str(e.x)}[{e.lo}:{e.hi}]"
     raise TypeError(f"not an IR expression: {e!r}")
 
 

@@ -1,7 +1,9 @@
 """IR value types: integers, floats, booleans and row vectors.
 
 A row vector has a symbolic length: ``"D"`` for q/k rows, ``"DV"`` for the output
-row, or the last dim of an input tensor (a size name or an integer, as text).
+row, or the last dim of an input tensor (a size name or an integer, as text). Its
+elements are floats, or booleans for a comparison of rows (``q > 0.0``, language 1.1),
+which only ``and``, ``or``, ``not`` and ``where``'s condition take.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ from dataclasses import dataclass
 class Ty:
     kind: str  # 'int' | 'float' | 'bool' | 'vec'
     length: str | None = None  # vec only
+    elem: str = "float"  # vec only: 'float' or 'bool'
 
     def __str__(self) -> str:
-        return f"vec[{self.length}]" if self.kind == "vec" else self.kind
+        if self.kind == "vec":
+            return f"{'b' if self.elem == 'bool' else ''}vec[{self.length}]"
+        return self.kind
+
+    @property
+    def is_bool(self) -> bool:
+        """A boolean, or a row of them."""
+        return self.kind == "bool" or (self.kind == "vec" and self.elem == "bool")
 
     @property
     def is_numeric(self) -> bool:
@@ -31,8 +41,8 @@ FLOAT = Ty("float")
 BOOL = Ty("bool")
 
 
-def vec(length: str | int) -> Ty:
-    return Ty("vec", str(length))
+def vec(length: str | int, elem: str = "float") -> Ty:
+    return Ty("vec", str(length), elem)
 
 
 #: element kind of each input dtype

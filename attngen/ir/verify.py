@@ -42,19 +42,25 @@ def _check_node(stage: str, e: ir.Expr, a: ir.Attention, names: set[str]) -> Non
             if e.ty.is_vec != (len(e.indices) < len(d.dims)):
                 _fail(stage, e, "load type does not match its index count")
     if isinstance(e, ir.Binary):
-        if e.op in ("and", "or") and not (e.a.ty == e.b.ty == e.ty == BOOL):
+        rows = e.a.ty.is_vec or e.b.ty.is_vec  # rows combine element by element (1.1)
+        if e.op in ("and", "or") and not (e.a.ty.is_bool and e.b.ty.is_bool and e.ty.is_bool):
             _fail(stage, e, "boolean op on non-booleans")
         elif e.op in ("eq", "ne", "lt", "le", "gt", "ge"):
-            if e.ty != BOOL or e.a.ty != e.b.ty:
+            if not e.ty.is_bool or e.ty.is_vec != rows or e.a.ty.is_bool != e.b.ty.is_bool \
+                    or (not rows and e.a.ty != e.b.ty):
                 _fail(stage, e, "comparison operands differ in type")
         elif e.op not in ("and", "or"):
-            if e.a.ty.kind == "bool" or e.b.ty.kind == "bool":
+            if e.a.ty.is_bool or e.b.ty.is_bool:
                 _fail(stage, e, "arithmetic on booleans")
             kinds = {e.a.ty.kind, e.b.ty.kind} - {"vec"}
             if len(kinds) > 1:
                 _fail(stage, e, "mixed int/float operands without a cast")
     if isinstance(e, ir.Cast) and e.x.ty == e.ty:
         _fail(stage, e, "no-op cast")
+    if isinstance(e, ir.Slice) and (not e.x.ty.is_vec or e.x.ty.is_bool or not 0 <= e.lo < e.hi
+                                    or e.ty.length != str(e.hi - e.lo)
+                                    or (e.x.ty.length.isdigit() and e.hi > int(e.x.ty.length))):
+        _fail(stage, e, "a slice must take lanes 0 <= lo < hi <= length of a float row")
     if isinstance(e, ir.Call) and e.fn in _FLOAT_FNS and e.args[0].ty == INT:
         _fail(stage, e, "float function of an int without a cast")
 

@@ -115,6 +115,8 @@ def _eval(e: ir.Expr, env: Env) -> torch.Tensor:
     if isinstance(e, ir.Cast):
         x = evaluate(e.x, env)
         return x if e.ty.is_vec else x.to(env.dtype)
+    if isinstance(e, ir.Slice):
+        return evaluate(e.x, env)[..., e.lo:e.hi]
     if isinstance(e, ir.Unary):
         x = evaluate(e.x, env)
         return torch.logical_not(x) if e.op == "not" else torch.neg(x)

@@ -37,6 +37,7 @@ class _Attention:
         self.heads_per_tile = plan["tile_heads"] == "H"
         self.literal_blocks = {block: _blocks(length) for block, length in plan["literal_blocks"].items()}
         self.float_inputs = [n for n, _, is_float in inputs if is_float and n != sel_name]
+        self.sliced = plan["sliced"]  # {"D": 192}: the spec slices rows of length D up to lane 192
         gathered = bool(self.sel and self.sel["gather"] and self.sel["gather_bwd"])
         self.ops = _Ops(name, key, self.public, self.op_forward, self.op_backward, self.paged, _Varlen,
                         sel_name if self.sel else None, sel_shape, has_out=plan["has_out"], gathered=gathered,
@@ -295,8 +296,17 @@ class _Attention:
     def selected(self, q, k, scale, inputs):
         """The selection the kernels make for these q, k and inputs (see NAME_selected)."""
         sizes = dict(_check_call(self.name, self.decls, q, k, k, inputs), TQ=q.shape[2])
+        self.check_lanes(sizes, which=("D",))
         scale = _check_scale(self.name, scale, sizes["D"])
         return _choose(self, q, k, inputs, sizes, _config(sizes["D"], sizes["D"], q)[2], scale)
+
+    def check_lanes(self, sizes, which=("D", "DV")):
+        """A slice of a row of length D or DV (``q[128:192]``) must lie inside the call's rows."""
+        for size, end in self.sliced.items():
+            if size in which and sizes[size] < end:
+                rows = "q's and k's" if size == "D" else "v's"
+                raise ValueError(f"{self.name}: the spec slices rows of length {size} up to lane {end}, but "
+                                 f"{rows} last dim is {size} = {sizes[size]}")
 
     def __call__(self, q, k, v, inputs, scale, return_lse, prepared, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                  max_seqlen_k, block_table, seqlens_k, validate):
@@ -315,6 +325,7 @@ class _Attention:
                 raise ValueError(f"{name}: selection (select) runs on dense batches, not a paged cache")
             sizes, block_table, seqlens_k = _check_paged(name, self.decls, q, k, v, inputs, block_table, seqlens_k,
                                                          validate)
+            self.check_lanes(sizes)
             scale = _check_scale(name, scale, sizes["D"])
             if sizes["M"] == 0:
                 o, lse = _empty_result((*q.shape[:3], v.shape[3]), q.shape[:3], q, ())
@@ -335,6 +346,7 @@ class _Attention:
             sizes = _check_call(name, self.decls, q, k, v, inputs)
         if prepared is not None:
             prepared.check(name, sizes)
+        self.check_lanes(sizes)
         scale = _check_scale(name, scale, sizes["D"])
         if q.numel() == 0:  # no query rows (B, M or the packed TQ = 0): nothing to launch
             o_shape = (*q.shape[:-1], v.shape[-1])

@@ -99,6 +99,13 @@ def _rope_rot(x, offs, L):
 
 
 @triton.jit
+def _lanes_of(offs, valid, BLOCK_X: tl.constexpr):
+    # [BLOCK_S, BLOCK_X] of 0/1: row t picks lane offs[t] of a BLOCK_X-wide row, none where not valid. A
+    # slice of a computed row is x @ trans(this) and a slice's gradient g @ this: exact in float32
+    return tl.where((tl.arange(0, BLOCK_X)[None, :] == offs[:, None]) & valid[:, None], 1.0, 0.0)
+
+
+@triton.jit
 def _merge_splits(OP, MP, LP, O, LSE, stride_ob, stride_oh, stride_om, stride_od, H, M, SPLITS,
                   NORM: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
     # program: one (b, h): combine the SPLITS partial results of the split-KV forward exactly, by the
