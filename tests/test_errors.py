@@ -194,6 +194,9 @@ def test_slices_take_constant_lanes_of_a_float_row():
     check("attention a {\n score = dot(q, k)[0:4]\n}", 2, 10, "only a row can be sliced, got float")
     check("attention a {\n score = dot((q > 0.0)[0:4], k[0:4])\n}", 2, 15, "only a row can be sliced, got bvec[D]")
     check("attention a {\n score = dot(q[0:2000], k[0:2000])\n}", 2, 14, "longer than the 1024 a kernel row")
+    check("attention a {\n score = dot(concat(q, q[0:4]), k[0:4])\n}", 2, 21, "concat() joins rows of integer lengths",
+          hint="slice a row of length D or DV first")
+    check("attention a {\n score = dot(concat(q[0:4], 1.0), k[0:4])\n}", 2, 29, "concat() needs a row vector")
 
 
 def test_one_dim_tensor_used_as_a_scalar():

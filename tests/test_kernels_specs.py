@@ -81,10 +81,21 @@ attention s {
 }"""
 
 
-def test_slices():
-    a = compile_source(SLICES, "slices.attn")[0]
+# concat (1.1): joined slices (MLA in one dot), and rope over a joined input row and q slice
+CONCAT = """
+attention c {
+    input w: f32[H, 8]
+    score = (dot(concat(q[0:8], rope(q[8:24], i)), concat(k[0:8], rope(k[8:24], j))) * scale
+             + dot(rope(concat(w[h], q[24:32]), i), k[0:16]) * 0.1)
+    mask = causal
+}"""
+
+
+@pytest.mark.parametrize("src", [SLICES, CONCAT], ids=["slices", "concat"])
+def test_slices(src):
+    a = compile_source(src, "slices.attn")[0]
     assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=40, DV=16, seed=1))
-    assert_close(compare(a, B=1, H=2, HK=2, M=5, N=67, D=24, DV=24))
+    assert_close(compare(a, B=1, H=2, HK=2, M=5, N=67, D=32, DV=24))
 
 
 REGRESSIONS = {

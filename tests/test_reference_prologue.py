@@ -53,6 +53,20 @@ def test_slices_mla_decoupled_rope():
     check(ref(src)(q, k, v), attend(qq, kk, v, j <= i, scale=0.2), [q, k, v])
 
 
+def test_concat_joins_rows():
+    """concat(x, y) (1.1): MLA's score written as one dot of joined rows equals the sum of the parts'."""
+    src = """
+    attention mla {
+        score = dot(concat(q[0:24], rope(q[24:40], i)), concat(k[0:24], rope(k[24:40], j))) * 0.2
+        mask = causal
+    }"""
+    q, k, v = qkv()
+    i, j = positions(67, 67)
+    qq = torch.cat([q[..., :24], rope_loop(q[..., 24:], i[:, 0], 10000.0)], -1)
+    kk = torch.cat([k[..., :24], rope_loop(k[..., 24:], j[0], 10000.0)], -1)
+    check(ref(src)(q, k, v), attend(qq, kk, v, j <= i, scale=0.2), [q, k, v])
+
+
 def test_a_slice_past_the_row_is_an_error_at_call_time():
     q, k, v = qkv(M=3, N=3, D=32)
     with pytest.raises(ValueError, match=r"score stage, q\[24:40\]: the slice runs past its row's D=32 lanes"):

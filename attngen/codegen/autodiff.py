@@ -255,6 +255,9 @@ class Differentiator:
             return [(args[1], f"tl.where({c}, {g}, 0.0)"), (args[2], f"tl.where({c}, 0.0, {g})")]
         if fn in ("dot", "sqdist"):
             return self._pair_rules(n, g, orient)
+        if fn == "concat":  # each part's lanes of g
+            return [(a, f"tl.dot({g}, tl.trans({em.concat_part(n, w)}), input_precision=\"ieee\")", True)
+                    for w, a in enumerate(args)]
         if fn == "norm":
             return [(x, f"tl.where({y} > 0, {g} / {y}, 0.0) * {v(x)}", True)]
         if fn in ("row_sum", "row_mean", "row_max", "row_min"):

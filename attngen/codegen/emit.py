@@ -72,6 +72,8 @@ def zero_at_pad(e: ir.Expr) -> bool:
     sigmoid(q) are not (they are 1, 1 and 0.5 there)."""
     if isinstance(e, (ir.Row, ir.Load, ir.Slice)):  # a slice: masked loads, or the 0/1 product's empty rows
         return True
+    if isinstance(e, ir.Call) and e.fn == "concat":  # placed by 0/1 products: nothing past its lanes
+        return True
     if isinstance(e, ir.Cast):
         return zero_at_pad(e.x)
     if isinstance(e, ir.Unary):
@@ -274,6 +276,25 @@ class Emitter:
         return self.put(self.level(e), f"tl.dot({x}, tl.trans({pick}), input_precision=\"ieee\")",
                         "sl", self.provenance(e))
 
+    def concat_part(self, e: ir.Call, which: int) -> str:
+        """[BLOCK_part, BLOCK_out] of 0/1 placing part ``which`` of concat(x, y) in its lanes."""
+        x, y = e.args
+        part, lo = (x, 0) if which == 0 else (y, int(x.ty.length))
+        L = part.ty.length
+        lanes = vec_offs(L) if lo == 0 else f"({lo} + {vec_offs(L)})"
+        return f"_lanes_of({lanes}, dmask_{vec_offs(L).removeprefix('offs_')}, {vec_block(e.ty.length)})"
+
+    def _concat(self, e: ir.Call, orient: str, perm: bool, lvl: str, note: str) -> str:
+        """x's lanes then y's, by two exact 0/1 products; rope's permuted copy picks lanes of that."""
+        if perm:
+            L = e.ty.length
+            pick = f"_lanes_of({vec_offs(L, True)}, dmask_{vec_offs(L).removeprefix('offs_')}, {vec_block(L)})"
+            return self.put(lvl, f"tl.dot({self.value(e, orient)}, tl.trans({pick}), input_precision=\"ieee\")",
+                            "cat", note=note)
+        x, y = (self.f32(a, orient) for a in e.args)
+        return self.put(lvl, f"tl.dot({x}, {self.concat_part(e, 0)}, input_precision=\"ieee\") + "
+                             f"tl.dot({y}, {self.concat_part(e, 1)}, input_precision=\"ieee\")", "cat", note=note)
+
     def scatter(self, e: ir.Slice, g: str) -> str:
         """The gradient of x from the gradient ``g`` [rows, BLOCK_L] of x[lo:hi]: its lanes put back at the
         slice's offset ([rows, BLOCK_X]; a 0/1 product, exact in float32)."""
@@ -365,6 +386,8 @@ class Emitter:
             return self.put(lvl, f"tl.where({c}, {a}, {b})", note=note)
         if fn in ("dot", "sqdist"):
             return self._pairfn(e, orient, lvl, note)
+        if fn == "concat":
+            return self._concat(e, orient, perm, lvl, note)
         if fn in ("row_sum", "row_mean", "row_max", "row_min"):
             return self.put(lvl, self.layout(self.row_reduction(e, orient), e.args[0], orient), note=note)
         if fn == "norm":

@@ -29,7 +29,7 @@ UNARY_FLOAT_FNS = tuple(UNARY)  # ir/builtins.py: float -> float, elementwise on
 ROW_REDUCTIONS = {"sum": "row_sum", "mean": "row_mean", "max": "row_max", "min": "row_min"}
 NORMS = ("softmax", "sigmoid", "relu", "relu2", "none", "sum", "stickbreaking")
 FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "ceil", "min", "max", "clamp", "where", "dot", "sqdist",
-                                    "norm", "rope", "l2norm", "rmsnorm", "window"}
+                                    "norm", "rope", "l2norm", "rmsnorm", "window", "concat"}
 
 # names visible in each stage, beyond sizes, b/h/hk, scale, inputs and consts
 _STAGE_NAMES = {
@@ -305,7 +305,7 @@ class _ExprBuilder:
             if k.name not in allowed_kw:
                 raise _err(f"{fn}() takes no keyword '{k.name}'", k.span,
                            suggest(k.name, allowed_kw) if allowed_kw else None)
-        arity = {"min": 2, "max": 2, "clamp": 3, "where": 3, "dot": 2, "sqdist": 2, "rmsnorm": 2, "window": 1,
+        arity = {"min": 2, "max": 2, "clamp": 3, "where": 3, "dot": 2, "sqdist": 2, "rmsnorm": 2, "window": 1, "concat": 2,
                  "rope": (2, 3)}.get(fn, 1)
         lo, hi = arity if isinstance(arity, tuple) else (arity, arity)
         if not lo <= len(n.args) <= hi:
@@ -381,6 +381,18 @@ class _ExprBuilder:
         return ir.Call(fn, (a, b), FLOAT, span)
 
     _fn_sqdist = _fn_dot
+
+    def _fn_concat(self, fn, args, spans, kwargs, span):
+        """concat(x, y) (1.1): the row of x's lanes then y's; both of integer length (a slice, an input row)."""
+        x, y = (self._vec_arg(fn, a, s) for a, s in zip(args, spans))
+        for r, s in ((x, spans[0]), (y, spans[1])):
+            if not r.ty.length.isdigit():
+                raise _err(f"concat() joins rows of integer lengths, got {r.ty}", s,
+                           "slice a row of length D or DV first: q[0:64]")
+        n = int(x.ty.length) + int(y.ty.length)
+        if n > MAX_ROW:
+            raise _err(f"concat() of {n} lanes is longer than the {MAX_ROW} a kernel row holds", span)
+        return ir.Call("concat", (x, y), vec(n), span)
 
     def _fn_norm(self, fn, args, spans, kwargs, span):
         return ir.Call("norm", (self._vec_arg(fn, args[0], spans[0]),), FLOAT, span)

@@ -63,6 +63,10 @@ def _check_node(stage: str, e: ir.Expr, a: ir.Attention, names: set[str]) -> Non
         _fail(stage, e, "a slice must take lanes 0 <= lo < hi <= length of a float row")
     if isinstance(e, ir.Call) and e.fn in _FLOAT_FNS and e.args[0].ty == INT:
         _fail(stage, e, "float function of an int without a cast")
+    if isinstance(e, ir.Call) and e.fn == "concat" and (
+            not all(x.ty.is_vec and not x.ty.is_bool and x.ty.length.isdigit() for x in e.args)
+            or e.ty.length != str(sum(int(x.ty.length) for x in e.args))):
+        _fail(stage, e, "concat() joins float rows of integer lengths into a row of their total length")
 
 
 def verify(a: ir.Attention) -> ir.Attention:

@@ -196,6 +196,9 @@ def _call(e: ir.Call, env: Env) -> torch.Tensor:
             args[0], dim=-1)
     if fn == "l2norm":
         return args[0] / torch.linalg.vector_norm(args[0], dim=-1, keepdim=True).clamp_min(1e-6)
+    if fn == "concat":
+        lead = torch.broadcast_shapes(args[0].shape[:-1], args[1].shape[:-1])
+        return torch.cat([x.expand(*lead, x.shape[-1]) for x in args], -1)
     if fn == "rmsnorm":
         x, w = args
         return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * w
