@@ -19,7 +19,8 @@ from seqcases import packed_case, packed_errors, paged_case, paged_errors
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-SMALL = {"WINDOW": 256, "W": 256, "CHUNK": 128, "TOPK": 64, "NOPE": 32, "ROPE": 32}  # MLA's slices fit D = 64
+SMALL = {"WINDOW": 256, "W": 256, "CHUNK": 128, "TOPK": 64, "NOPE": 32, "ROPE": 32, "HALF": 32,  # slices fit D = 64
+         "BLOCK": 256}
 
 # (dtype, D, M, N, B, H, HK): the grid, plus decode-like and M != N shapes
 SHAPES = {

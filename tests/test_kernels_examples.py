@@ -16,7 +16,7 @@ pytestmark = pytest.mark.interpret
 
 # consts shrunk so windows, chunks, strides and top-k selections matter at 67 keys
 SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN": 16, "LOCAL": 12, "TOPK": 7,
-         "NOPE": 16, "ROPE": 16}  # MLA's slices inside the test rows (D = 32 and 40)
+         "NOPE": 16, "ROPE": 16, "HALF": 16, "BLOCK": 16}  # slices inside the test rows (D = 32 and 40)
 
 
 @pytest.mark.parametrize("path,name", DENSE, ids=DENSE_IDS)

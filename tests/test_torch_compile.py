@@ -168,7 +168,7 @@ def test_backward_with_several_inputs_without_gradients():
 
 ALL = [(p, a.name) for p in sorted(Path("examples").glob("*.attn")) for a in compile_file(p)]
 SMALL = {"W": 20, "WINDOW": 20, "CHUNK": 16, "STRIDE": 8, "SINKS": 4, "TRAIN_LEN": 16, "LOCAL": 12, "TOPK": 2,
-         "BLOCK": 16, "NOPE": 8, "ROPE": 8}
+         "BLOCK": 16, "NOPE": 8, "ROPE": 8, "HALF": 8}
 
 
 @pytest.mark.parametrize("path, name", ALL, ids=[f"{p.stem}:{n}" for p, n in ALL])
