@@ -13,13 +13,15 @@ from typing import Mapping
 
 from .frontend.errors import AttnError
 from .ir.build import ConstValue
+from .context_parallel import context_parallel, shard_sequence, unshard_sequence
 from .merge import merge_by_lse
 from .runtime.cache import CacheError
 
 __version__ = "0.1.0"
 BACKENDS = ("triton", "reference")
 
-__all__ = ["AttnError", "CacheError", "load", "jit", "merge_by_lse", "prepare", "__version__"]
+__all__ = ["AttnError", "CacheError", "context_parallel", "load", "jit", "merge_by_lse", "prepare", "shard_sequence",
+           "unshard_sequence", "__version__"]
 
 
 def _make(attns, name: str | None, backend: str, origin: str):

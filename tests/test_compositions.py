@@ -37,7 +37,8 @@ def test_differential_attention_trains_through_both_calls():
     lam32 = lam64.detach().float().requires_grad_()
     outs = {}
     for backend, xs, lam in (("reference", x64, lam64), ("triton", x32, lam32)):
-        first, second = (attngen.load(path, name=n, consts=consts, backend=backend) for n in ("diff_first", "diff_second"))
+        first, second = (attngen.load(path, name=n, consts=consts, backend=backend)
+                         for n in ("diff_first", "diff_second"))
         o = first(*xs, scale=16 ** -0.5) - lam * second(*xs, scale=16 ** -0.5)
         outs[backend] = (o, _grads(o, [*xs, lam]))
     (o_ref, g_ref), (o, g) = outs["reference"], outs["triton"]

@@ -38,28 +38,14 @@ def test_rope(M, N):
     check(ref(src)(q, k, v), expect, [q, k, v])
 
 
-def test_slices_mla_decoupled_rope():
-    """1.1 slices: MLA's score, the first 24 lanes as they are plus RoPE on the last 16 (rotated
-    within the slice, its length as D in theta), against the parts cut out in torch."""
-    src = """
-    attention mla {
-        score = (dot(q[0:24], k[0:24]) + dot(rope(q[24:40], i), rope(k[24:40], j))) * 0.2
-        mask = causal
-    }"""
-    q, k, v = qkv()
-    i, j = positions(67, 67)
-    qq = torch.cat([q[..., :24], rope_loop(q[..., 24:], i[:, 0], 10000.0)], -1)
-    kk = torch.cat([k[..., :24], rope_loop(k[..., 24:], j[0], 10000.0)], -1)
-    check(ref(src)(q, k, v), attend(qq, kk, v, j <= i, scale=0.2), [q, k, v])
-
-
-def test_concat_joins_rows():
-    """concat(x, y) (1.1): MLA's score written as one dot of joined rows equals the sum of the parts'."""
-    src = """
-    attention mla {
-        score = dot(concat(q[0:24], rope(q[24:40], i)), concat(k[0:24], rope(k[24:40], j))) * 0.2
-        mask = causal
-    }"""
+@pytest.mark.parametrize("score", [
+    "(dot(q[0:24], k[0:24]) + dot(rope(q[24:40], i), rope(k[24:40], j))) * 0.2",  # slices
+    "dot(concat(q[0:24], rope(q[24:40], i)), concat(k[0:24], rope(k[24:40], j))) * 0.2",  # one dot of joined rows
+], ids=["slices", "concat"])
+def test_mla_decoupled_rope(score):
+    """1.1 slices and concat: MLA's score, the first 24 lanes as they are plus RoPE on the last 16
+    (rotated within the slice, its length as D in theta), against the parts cut out in torch."""
+    src = f"attention mla {{\n score = {score}\n mask = causal\n}}"
     q, k, v = qkv()
     i, j = positions(67, 67)
     qq = torch.cat([q[..., :24], rope_loop(q[..., 24:], i[:, 0], 10000.0)], -1)

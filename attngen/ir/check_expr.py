@@ -305,8 +305,8 @@ class _ExprBuilder:
             if k.name not in allowed_kw:
                 raise _err(f"{fn}() takes no keyword '{k.name}'", k.span,
                            suggest(k.name, allowed_kw) if allowed_kw else None)
-        arity = {"min": 2, "max": 2, "clamp": 3, "where": 3, "dot": 2, "sqdist": 2, "rmsnorm": 2, "window": 1, "concat": 2,
-                 "rope": (2, 3)}.get(fn, 1)
+        arity = {"min": 2, "max": 2, "clamp": 3, "where": 3, "dot": 2, "sqdist": 2, "rmsnorm": 2, "window": 1,
+                 "concat": 2, "rope": (2, 3)}.get(fn, 1)
         lo, hi = arity if isinstance(arity, tuple) else (arity, arity)
         if not lo <= len(n.args) <= hi:
             want = f"{lo}" if lo == hi else f"{lo} to {hi}"

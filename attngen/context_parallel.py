@@ -1,0 +1,248 @@
+"""Context parallelism: one attention's sequence split over the ranks of a ``torch.distributed`` group
+(NCCL on GPUs, gloo on CPU), each rank holding a shard of q, k and v along dim 2.
+
+Ring attention: every rank attends its query shard to each rank's key/value shard in turn, the shards
+passing around the ring (send to the next rank, receive from the previous one), and merges the
+partial results by their lse (:func:`attngen.merge_by_lse`). The positions ``i``, ``j`` and ``m`` stay
+global, so masks, biases and RoPE mean what they mean on one device: each call reads its rows' and
+keys' global positions from inputs the variant adds (:func:`global_positions`), and a mask's tile
+classes come from them per call (a pair of shards with no allowed pair visits no tile). Inputs along
+the sequence (``doc: i32[B, N]``) are passed whole; each call takes its rows' and keys' entries.
+
+Layouts (P ranks, sequence of S = P * S_local tokens): ``contiguous`` gives rank r tokens
+r * S_local .. (r + 1) * S_local - 1; ``zigzag`` cuts the sequence into 2P chunks and gives rank r
+chunks r and 2P - 1 - r, which balances causal work across ranks.
+
+The backward runs through autograd: each partial call's own backward, the gradient of a received
+key/value shard sent back around the ring. Every softmax spec runs, a sink counted once (in the
+rank's own shard step); a select stage (its top-k is over all keys), other norms and a weights or out
+stage (they need the whole row's statistics) are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from .ir import nodes as ir
+from .ir.printer import expr_str
+from .ir.types import INT
+from .merge import merge_by_lse
+
+LAYOUTS = ("contiguous", "zigzag")
+#: the inputs a global-positions variant adds: rows' and keys' positions, and the whole sequence's M, N
+POSITION_INPUTS = ("_qpos", "_kpos", "_sizes")
+
+
+def positional_inputs(a: ir.Attention) -> dict[str, int]:
+    """The inputs with a dim along the sequence (M or N), by name: that dim's axis."""
+    return {d.name: d.dims.index("M" if "M" in d.dims else "N") for d in a.inputs
+            if d.dims is not None and ("M" in d.dims or "N" in d.dims)}
+
+
+def global_positions(a: ir.Attention) -> ir.Attention:
+    """``a`` (checked IR, before the passes) on one pair of shards: it reads its rows' and keys' global
+    positions from inputs the variant adds, ``_qpos: i32[M]`` (each query row's m), ``_kpos: i32[N]``
+    (each key's j) and ``_sizes: i32[2]`` (the whole sequence's M and N), with i = m + N - M as on one
+    device. An input along the sequence (``doc: i32[B, N]``) comes sharded: its reads at a query
+    position (``doc[b, i]``) from a twin ``doc__q`` [.., M] holding the query rows' entries, those at a
+    key position (``doc[b, j]``) from ``doc`` holding the keys'. Named ``<name>_cp``, so its module and
+    operators are its own."""
+    if a.select is not None:
+        raise ValueError(f"{a.name}: a select stage chooses among all keys, which no rank holds; context "
+                         "parallelism runs specs without one")
+    if not a.is_softmax or a.weights is not None or a.out is not None:
+        raise ValueError(f"{a.name}: context parallelism merges partial results by their lse, which needs a "
+                         "softmax norm and no weights or out stage (they read the whole row's statistics)")
+
+    def load(name: str, index: ir.Expr) -> ir.Expr:
+        return ir.Load(name, (index,), INT)
+
+    m = load("_qpos", ir.Sym("m", INT))
+    M, N = (load("_sizes", ir.Const(n, INT)) for n in (0, 1))
+    glob = {"m": m, "j": load("_kpos", ir.Sym("j", INT)), "M": M, "N": N,
+            "i": ir.Binary("add", m, ir.Binary("sub", N, M, INT), INT)}
+    along = positional_inputs(a)
+    twins: set[str] = set()
+
+    def sharded(e: ir.Load) -> ir.Load:
+        """A read of an input along the sequence: from the query rows' or the keys' shard of it."""
+        axis = along[e.name]
+        at = e.indices[axis]
+        side = at.name if isinstance(at, ir.Sym) and at.name in ("i", "m", "j") else None
+        if side is None:
+            raise ValueError(f"{a.name}: context parallelism shards '{e.name}' along the sequence, so its "
+                             f"dim {axis} must be indexed by i, m or j, got {expr_str(at)}")
+        idx = [x if n == axis else rewrite(x) for n, x in enumerate(e.indices)]
+        if side == "j":
+            return ir.Load(e.name, tuple(idx), e.ty, e.span)
+        twins.add(e.name)
+        idx[axis] = ir.Sym("m", INT)  # the query shard's row
+        return ir.Load(f"{e.name}__q", tuple(idx), e.ty, e.span)
+
+    def rewrite(e: ir.Expr) -> ir.Expr:
+        if isinstance(e, ir.Load) and e.name in along:
+            return sharded(e)
+        if isinstance(e, ir.Sym):
+            return glob.get(e.name, e)
+        kids = ir.children(e)
+        return ir.with_children(e, tuple(rewrite(c) for c in kids)) if kids else e
+
+    out = replace(a, name=f"{a.name}_cp").replace_exprs(lambda stage, e: rewrite(e))
+    decls = []
+    for d in a.inputs:
+        if d.name in along:  # the keys' shard: its sequence dim is N; the twin's, M
+            dims = list(d.dims)
+            dims[along[d.name]] = "N"
+            decls.append(replace(d, dims=tuple(dims)))
+            if d.name in twins:
+                dims[along[d.name]] = "M"
+                decls.append(replace(d, name=f"{d.name}__q", dims=tuple(dims)))
+        else:
+            decls.append(d)
+    decls += [ir.InputDecl("_qpos", "i32", ("M",)), ir.InputDecl("_kpos", "i32", ("N",)),
+              ir.InputDecl("_sizes", "i32", (2,))]
+    return replace(out, inputs=tuple(decls))
+
+
+def shard_calls(fn) -> tuple[Callable, Callable]:
+    """The global-positions variants of ``fn`` (same backend) that a ring calls: the first for a rank's
+    own key shard, the second for the others' (without the sink, which a row counts once)."""
+    a, make = fn.attention, type(fn)
+    first = make(global_positions(a))
+    if a.norm.sink is None:
+        return first, first
+    return first, make(global_positions(replace(a, name=f"{a.name}_nosink", norm=replace(a.norm, sink=None))))
+
+
+def positions(length: int, world: int, rank: int, layout: str, device=None) -> torch.Tensor:
+    """The global positions [length] of rank ``rank``'s shard of ``length`` tokens (see the layouts)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "contiguous":
+        return torch.arange(rank * length, (rank + 1) * length, device=device)
+    if length % 2:
+        raise ValueError(f"the zigzag layout holds two chunks a rank: a shard of {length} tokens is odd")
+    c = length // 2
+    return torch.cat([torch.arange(rank * c, (rank + 1) * c, device=device),
+                      torch.arange((2 * world - 1 - rank) * c, (2 * world - rank) * c, device=device)])
+
+
+def _world(group) -> tuple[int, int]:
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("context parallelism needs torch.distributed initialized "
+                           "(torch.distributed.init_process_group, e.g. under torchrun)")
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _peer(group, rank: int) -> int:
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+def _pass_on(x: torch.Tensor, step: int, group) -> torch.Tensor:
+    """x sent ``step`` ranks on around the ring (+1: to the next rank), the previous one's received."""
+    world, rank = _world(group)
+    x = x.contiguous()
+    got = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x, _peer(group, (rank + step) % world), group),
+           dist.P2POp(dist.irecv, got, _peer(group, (rank - step) % world), group)]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return got
+
+
+class _Shift(torch.autograd.Function):
+    """One ring step: this rank gets the previous rank's tensor; the gradient goes back the other way."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _pass_on(x, 1, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _pass_on(g, -1, ctx.group), None
+
+
+class _Gather(torch.autograd.Function):
+    """Every rank's x, concatenated along dim 2 in rank order; the gradient of one's own shard is the sum
+    of every rank's gradient there."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        world, rank = _world(group)
+        ctx.group, ctx.rank, ctx.n = group, rank, x.shape[2]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=2)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous()
+        dist.all_reduce(g, group=ctx.group)
+        return g[:, :, ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None
+
+
+def shard_sequence(x: torch.Tensor, group=None, layout: str = "zigzag") -> torch.Tensor:
+    """This rank's shard of a whole tensor x [B, heads, S, ...] along dim 2 (differentiable)."""
+    world, rank = _world(group)
+    if x.shape[2] % world:
+        raise ValueError(f"a sequence of {x.shape[2]} tokens does not split over {world} ranks")
+    return x.index_select(2, positions(x.shape[2] // world, world, rank, layout, x.device))
+
+
+def unshard_sequence(x: torch.Tensor, group=None, layout: str = "zigzag") -> torch.Tensor:
+    """The whole tensor from every rank's shard x [B, heads, S_local, ...] (differentiable)."""
+    world, _ = _world(group)
+    whole = _Gather.apply(x, group)
+    order = torch.cat([positions(x.shape[2], world, r, layout) for r in range(world)])
+    return whole.index_select(2, torch.argsort(order).to(x.device))
+
+
+def on_shards(part, q, k, v, qpos, kpos, total, scale, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse) of a query shard at global positions ``qpos`` [M] against a key shard at ``kpos`` [N], in
+    a sequence of ``total`` tokens; ``part``: one of :func:`shard_calls`; inputs along the sequence are
+    given whole and cut here (the keys' entries, and the query rows' for a ``__q`` twin)."""
+    names = {d.name for d in part.attention.inputs}
+    xs = dict(inputs)
+    for n, axis in positional_inputs(part.attention).items():
+        base = n.removesuffix("__q")
+        if n in names and base in inputs:
+            xs[n] = inputs[base].index_select(axis, qpos if n.endswith("__q") else kpos)
+    ints = {"_qpos": qpos.to(torch.int32), "_kpos": kpos.to(torch.int32),
+            "_sizes": torch.tensor([total, total], dtype=torch.int32, device=q.device)}
+    return part(q, k, v, scale=scale, return_lse=True, **ints, **xs)
+
+
+def context_parallel(fn, group=None, layout: str = "zigzag") -> Callable:
+    """``fn`` (what :func:`attngen.load` returns, either backend) over a sequence split across the ranks
+    of ``group``: the callable takes this rank's shards of q [B, H, S_local, D], k and v (as
+    :func:`shard_sequence` cuts them) and the keyword inputs whole, and returns this rank's shard of o
+    (and of lse with ``return_lse=True``)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    a = fn.attention
+    own, others = shard_calls(fn)
+
+    def call(q, k, v, *, scale=None, return_lse=False, **inputs):
+        world, rank = _world(group)
+        S = q.shape[2]
+        if k.shape[2] != S or v.shape[2] != S:
+            raise ValueError(f"{a.name}: context parallelism splits one sequence: q, k and v shards need the "
+                             f"same length, got {S}, {k.shape[2]}, {v.shape[2]}")
+        clash = set(inputs) & set(POSITION_INPUTS)
+        if clash:
+            raise ValueError(f"{a.name}: {sorted(clash)} are set by context parallelism")
+        qpos = positions(S, world, rank, layout, q.device)
+        parts, kk, vv = [], k, v
+        for step in range(world):
+            kpos = positions(S, world, (rank - step) % world, layout, q.device)
+            parts.append(on_shards(own if step == 0 else others, q, kk, vv, qpos, kpos, world * S, scale, inputs))
+            if step < world - 1:
+                kk, vv = _Shift.apply(kk, group), _Shift.apply(vv, group)
+        o, lse = merge_by_lse(parts)
+        return (o, lse) if return_lse else o
+    return call

@@ -1,0 +1,80 @@
+"""Ring attention over torch.distributed: one sequence split across the ranks, each holding a shard of
+q, k and v (attngen.context_parallel), checked against one process's call over the whole sequence,
+outputs and every gradient. On CPU (gloo, kernels under the Triton interpreter):
+
+    TRITON_INTERPRET=1 torchrun --standalone --nproc-per-node 2 examples/run_context_parallel.py
+
+On GPUs (NCCL), one per rank: torchrun --standalone --nproc-per-node 2 examples/run_context_parallel.py
+"""
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+
+import attngen
+from attngen.bench.inputs import make_inputs
+
+#: (file, attention, consts): causal, ALiBi, a sliding window, a document mask and a sink
+SPECS = [("causal_gqa.attn", None, {}), ("alibi.attn", None, {}), ("sliding_window.attn", None, {"W": 6}),
+         ("document_mask.attn", None, {}), ("sink_softmax.attn", "sink_softmax", {})]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seq", type=int, default=0, help="tokens of the whole sequence (default: 8 per rank)")
+    ap.add_argument("--layouts", default="contiguous,zigzag")
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    here = os.path.dirname(os.path.abspath(__file__))
+    B, H, HK, D, S = 1, 4, 2, 16, args.seq or 8 * world
+    for path, name, consts in SPECS:
+        fn = attngen.load(os.path.join(here, path), name=name, consts=consts)
+        ref = attngen.load(os.path.join(here, path), name=name, consts=consts, backend="reference")
+        gen = torch.Generator(device="cpu").manual_seed(0)  # the same whole tensors on every rank
+        q, k, v = (torch.randn(B, h, S, D, generator=gen) for h in (H, HK, HK))
+        g = torch.randn(B, H, S, D, generator=gen)
+        xs = make_inputs(fn.attention, dict(B=B, H=H, HK=HK, M=S, N=S, D=D, DV=D), "cpu", gen)
+        want = _whole(ref, q, k, v, g, xs)
+        names = ["o", "dq", "dk", "dv", *(f"d{n}" for n, x in xs.items() if x.is_floating_point())]
+        for layout in args.layouts.split(","):
+            got = _sharded(attngen.context_parallel(fn, layout=layout), q, k, v, g, xs, layout, device)
+            for what, a, b in zip(names, got, want, strict=True):
+                err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+                if err > 1e-4:
+                    raise AssertionError(f"rank {rank}: {fn.name} {layout}: {what} off by {err:.2e}")
+            if rank == 0:
+                print(f"{fn.name:>14} {layout:>10}: o and gradients match one process ({world} ranks, {S} tokens)")
+    dist.destroy_process_group()
+
+
+def _whole(ref, q, k, v, g, xs):
+    """o and the gradients (q, k, v, then each float input) of one float64 call over the whole sequence."""
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    fxs = {n: x.detach().double().requires_grad_() if x.is_floating_point() else x for n, x in xs.items()}
+    o = ref(*leaves, **fxs)
+    return (o.detach(), *torch.autograd.grad((o * g.double()).sum(), leaves + [x for x in fxs.values()
+                                                                                if x.requires_grad]))
+
+
+def _sharded(cp, q, k, v, g, xs, layout, device):
+    """This rank's shards through the ring, then o and the gradients gathered whole."""
+    leaves = [attngen.shard_sequence(t.to(device), layout=layout).detach().requires_grad_() for t in (q, k, v)]
+    fxs = {n: x.detach().to(device).requires_grad_() if x.is_floating_point() else x.to(device)
+           for n, x in xs.items()}
+    o = cp(*leaves, **fxs)
+    floats = [x for x in fxs.values() if x.requires_grad]
+    grads = torch.autograd.grad((o * attngen.shard_sequence(g.to(device), layout=layout)).sum(), leaves + floats)
+    whole = [attngen.unshard_sequence(t.detach(), layout=layout).cpu() for t in (o, *grads[:3])]
+    for t in grads[3:]:  # an input passed whole gets a share of its gradient on every rank
+        dist.all_reduce(t)
+    return (*whole, *(t.cpu() for t in grads[3:]))
+
+
+if __name__ == "__main__":
+    main()
