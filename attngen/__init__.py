@@ -13,7 +13,7 @@ from typing import Mapping
 
 from .frontend.errors import AttnError
 from .ir.build import ConstValue
-from .context_parallel import context_parallel, shard_sequence, unshard_sequence
+from .distributed import context_parallel, shard_sequence, star_context, star_query, unshard_sequence
 from .merge import merge_by_lse
 from .runtime.cache import CacheError
 
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 BACKENDS = ("triton", "reference")
 
 __all__ = ["AttnError", "CacheError", "context_parallel", "load", "jit", "merge_by_lse", "prepare", "shard_sequence",
-           "unshard_sequence", "__version__"]
+           "star_context", "star_query", "unshard_sequence", "__version__"]
 
 
 def _make(attns, name: str | None, backend: str, origin: str):

@@ -1,6 +1,7 @@
 """Ring attention over torch.distributed: one sequence split across the ranks, each holding a shard of
 q, k and v (attngen.context_parallel), checked against one process's call over the whole sequence,
-outputs and every gradient. On CPU (gloo, kernels under the Triton interpreter):
+outputs and every gradient; then Star Attention's two phases (attngen.star_context and
+attngen.star_query, inference) against one process. On CPU (gloo, kernels under the Triton interpreter):
 
     TRITON_INTERPRET=1 torchrun --standalone --nproc-per-node 2 examples/run_context_parallel.py
 
@@ -50,7 +51,36 @@ def main():
                     raise AssertionError(f"rank {rank}: {fn.name} {layout}: {what} off by {err:.2e}")
             if rank == 0:
                 print(f"{fn.name:>14} {layout:>10}: o and gradients match one process ({world} ranks, {S} tokens)")
+        if name is None and path == "causal_gqa.attn" or name == "sink_softmax":
+            _star(fn, ref, q, k, v, xs, device, here)
     dist.destroy_process_group()
+
+
+def _star(fn, ref, q, k, v, xs, device, here):
+    """Star Attention: phase 1 (causal specs) against examples/star_context.attn on one process, phase 2
+    (3 query tokens after the context) against the last rows of one call over context and query."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    S = q.shape[2] // world
+    block = slice(rank * S, (rank + 1) * S)
+    dev = {n: x.to(device) for n, x in xs.items()}
+    checks = []
+    if not fn.attention.inputs:  # plain causal: phase 1's mask is star_context's
+        one = attngen.load(os.path.join(here, "star_context.attn"), consts={"BLOCK": S}, backend="reference")
+        got = attngen.star_context(fn, *(t[:, :, block].to(device) for t in (q, k, v)))
+        checks.append(("phase 1", got, one(q.double(), k.double(), v.double())[:, :, block]))
+    gen = torch.Generator().manual_seed(1)
+    qq, kq, vq = (torch.randn(t.shape[0], t.shape[1], 3, t.shape[3], generator=gen) for t in (q, k, v))
+    got = attngen.star_query(fn, *(t.to(device) for t in (qq, kq, vq)), *(t[:, :, block].to(device) for t in (k, v)),
+                        **dev)
+    whole = ref(torch.cat([q, qq], 2).double(), torch.cat([k, kq], 2).double(), torch.cat([v, vq], 2).double(),
+                **{n: x.double() if x.is_floating_point() else x for n, x in xs.items()})
+    checks.append(("phase 2", got, whole[:, :, -3:]))
+    for what, a, b in checks:
+        err = ((a.cpu().double() - b).norm() / b.norm()).item()
+        if err > 1e-4:
+            raise AssertionError(f"rank {rank}: Star {what} of {fn.name} off by {err:.2e}")
+        if rank == 0:
+            print(f"{fn.name:>14}       star: {what} matches one process")
 
 
 def _whole(ref, q, k, v, g, xs):

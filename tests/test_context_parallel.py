@@ -13,7 +13,7 @@ import torch
 
 import attngen
 from attngen.bench.inputs import make_inputs
-from attngen.context_parallel import global_positions, on_shards, positions, shard_calls
+from attngen.distributed import global_positions, on_shards, positions, shard_calls
 from attngen.ir.printer import expr_str
 from attngen.spec import compile_source
 
@@ -87,7 +87,8 @@ def test_shards_merged_by_lse_are_the_whole_call(path, name, layout):
 @pytest.mark.parametrize("world", [2, 4])
 def test_ring_across_gloo_processes(world):
     """examples/run_context_parallel.py under torchrun: causal, ALiBi, a sliding window, a document mask
-    and a sink, both layouts; every rank checks o and every gradient against one process's call."""
+    and a sink, both layouts; every rank checks o and every gradient against one process's call; then
+    Star Attention's phases."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
@@ -95,3 +96,4 @@ def test_ring_across_gloo_processes(world):
                        timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert r.stdout.count("match one process") == 10, r.stdout
+    assert r.stdout.count("matches one process") == 3, r.stdout  # Star: causal phases 1 and 2, the sink's phase 2

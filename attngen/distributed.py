@@ -14,7 +14,8 @@ r * S_local .. (r + 1) * S_local - 1; ``zigzag`` cuts the sequence into 2P chunk
 chunks r and 2P - 1 - r, which balances causal work across ranks.
 
 The backward runs through autograd: each partial call's own backward, the gradient of a received
-key/value shard sent back around the ring. Every softmax spec runs, a sink counted once (in the
+key/value shard sent back around the ring. Star Attention's two phases (inference) are
+:func:`star_context` and :func:`star_query`. Every softmax spec runs, a sink counted once (in the
 rank's own shard step); a select stage (its top-k is over all keys), other norms and a weights or out
 stage (they need the whole row's statistics) are refused.
 """
@@ -246,3 +247,42 @@ def context_parallel(fn, group=None, layout: str = "zigzag") -> Callable:
         o, lse = merge_by_lse(parts)
         return (o, lse) if return_lse else o
     return call
+
+
+def star_context(fn, q, k, v, *, group=None, scale=None, **inputs) -> torch.Tensor:
+    """Star Attention's phase 1 (context encoding, inference): rank r holds context block r (tokens
+    r * S .. (r + 1) * S - 1 of q, k, v [.., S, ..]) and attends it to itself and to the anchor block,
+    rank 0's, which every rank gets by one broadcast; blocks are otherwise independent. ``fn`` is the
+    spec as on one device (a causal one, typically). Returns this rank's o."""
+    world, rank = _world(group)
+    S = q.shape[2]
+    qpos = positions(S, world, rank, "contiguous", q.device)
+    kk, vv = k.contiguous().clone(), v.contiguous().clone()
+    for t in (kk, vv):
+        dist.broadcast(t, src=_peer(group, 0), group=group)
+    if rank:
+        kk, vv = torch.cat([kk, k], dim=2), torch.cat([vv, v], dim=2)
+        kpos = torch.cat([positions(S, world, 0, "contiguous", q.device), qpos])
+    else:
+        kpos = qpos
+    return on_shards(shard_calls(fn)[0], q, kk, vv, qpos, kpos, world * S, scale, inputs)[0]
+
+
+def star_query(fn, q, k_query, v_query, k, v, *, group=None, scale=None, **inputs) -> torch.Tensor:
+    """Star Attention's phase 2 (inference): query tokens q [B, H, Mq, D] with their own k_query,
+    v_query (the same on every rank), placed after the whole context, against every rank's context
+    block k, v [B, HK, S, D] (the contiguous layout) and themselves (on the last rank); the partial
+    results merged by lse after one all-gather of o and lse. Every rank returns o [B, H, Mq, DV]."""
+    world, rank = _world(group)
+    S, Mq = k.shape[2], q.shape[2]
+    total = world * S + Mq
+    qpos = torch.arange(world * S, total, device=q.device)
+    kpos = positions(S, world, rank, "contiguous", q.device)
+    if rank == world - 1:
+        k, v, kpos = torch.cat([k, k_query], dim=2), torch.cat([v, v_query], dim=2), torch.cat([kpos, qpos])
+    own, others = shard_calls(fn)
+    o, lse = on_shards(own if rank == world - 1 else others, q, k, v, qpos, kpos, total, scale, inputs)
+    os_, lses = [torch.empty_like(o) for _ in range(world)], [torch.empty_like(lse) for _ in range(world)]
+    dist.all_gather(os_, o.contiguous(), group=group)
+    dist.all_gather(lses, lse.contiguous(), group=group)
+    return merge_by_lse(list(zip(os_, lses)))[0]
