@@ -56,3 +56,14 @@ def test_kernel_profile_runs_forward_and_backward(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     log = (tmp_path / "kernel_prof.txt").read_text()
     assert "B=1 S=32 H=2 HK=2 D=16: forward" in log and ": backward" in log
+
+
+@interpreted
+def test_cp_bench_under_torchrun():
+    """tools/cp_bench.py with two gloo processes at tiny sizes: one rank against the ring, both passes."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                        "tools/cp_bench.py", "--tokens", "16", "--heads", "2", "--dim", "16", "--reps", "1"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "2 ranks x 16 tokens" in r.stdout and "fwd+bwd: one rank" in r.stdout and "transfers hidden" in r.stdout
