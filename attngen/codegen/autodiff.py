@@ -30,6 +30,18 @@ _DOT_NOTES = {"vrow": "[BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_L] -> [BLOCK_M, BLOC
               "vcol": "[BLOCK_N, BLOCK_M] @ [BLOCK_M, BLOCK_L] -> [BLOCK_N, BLOCK_L]"}
 
 
+def _dot_note(code: str, shape: str) -> str:
+    """The shape comment of an adjoint's products: pair tiles against rows, or 0/1 lane products (a slice's
+    or concat's lanes put back)."""
+    notes = []
+    lane_dots = code.count("_lanes_of(")  # each 0/1 lane product is one tl.dot
+    if code.count("tl.dot(") > lane_dots and shape in _DOT_NOTES:
+        notes.append(_DOT_NOTES[shape])
+    if lane_dots:
+        notes.append("0/1 lane products: [rows, BLOCK_L] @ [BLOCK_L, BLOCK_X]")
+    return "; ".join(notes)
+
+
 def _shape(e: ir.Expr, orient: str) -> str:
     """Layout class of a value: pair, row, col (pair layout), kcol ([BN, 1]), none, v* for vectors;
     in the transposed orientation tpair ([BN, BM]), trow ([1, BM]) and kcol."""
@@ -131,7 +143,7 @@ class Differentiator:
             shape = _shape(n, orient)
             factor = terms[0][3] if all(t[3] == terms[0][3] for t in terms) else None
             total = " + ".join(f"({self._term(t, shape, pair_guard, factor)})" for t in terms)
-            g = self.em.put(level, total, "g", _DOT_NOTES.get(shape, "") if "tl.dot(" in total else "")
+            g = self.em.put(level, total, "g", _dot_note(total, shape))
             if stop(n):
                 on_stop(n, g, shape, factor)
                 continue

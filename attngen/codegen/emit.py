@@ -61,6 +61,24 @@ def lane_mask(length: str) -> str:
 _ZERO_KEEPING = ("relu", "abs", "tanh", "sin", "sqrt", "erf", "rope", "l2norm", "rmsnorm")
 
 
+def _lanes(lo: int, length: str, perm: bool = False) -> str:
+    """[BLOCK_L] lane offsets of a row of ``length`` lanes starting at lane ``lo`` of a longer one."""
+    offs = vec_offs(length, perm)
+    return offs if lo == 0 else f"({lo} + {offs})"
+
+
+def _pick(lanes: str, length: str, width: str) -> str:
+    """[BLOCK_L, BLOCK_W] of 0/1 (``_lanes_of``): row t picks lane ``lanes[t]`` of a row of ``width``
+    lanes; x @ trans(it) takes those lanes of x, g @ it puts g's lanes back there."""
+    return f"_lanes_of({lanes}, {lane_mask(length).removesuffix('[None, :]')}, {vec_block(width)})"
+
+
+def pick_note(length: str, width: str, back: bool = False) -> str:
+    """The shape comment of a 0/1 lane product (taking lanes, or putting them back)."""
+    a, b = (vec_block(length), vec_block(width))
+    return f"[rows, {a}] @ [{a}, {b}] -> [rows, {b}]" if back else f"[rows, {b}] @ [{b}, {a}] -> [rows, {a}]"
+
+
 def _loads_lanes(e: ir.Slice) -> bool:
     """A slice the kernels load at its offset (of q, k or an input row), not take from a computed row."""
     return isinstance(e.x, ir.Load) or (isinstance(e.x, ir.Row) and e.x.name in ("q_raw", "k_raw"))
@@ -260,7 +278,7 @@ class Emitter:
         """x[lo:hi] as a [rows, BLOCK_L] tile: q, k and input rows loaded at the slice's offset (no copy of
         the row), a computed row through a 0/1 product (exact in float32)."""
         L = e.ty.length
-        lanes = f"({e.lo} + {vec_offs(L, perm)})"
+        lanes = _lanes(e.lo, L, perm)
         if isinstance(e.x, ir.Row) and e.x.name in ("q_raw", "k_raw"):
             side, rows, mask = ("q", "m_r * stride_qm", "rmask") if e.x.name == "q_raw" else \
                 ("k", "k_rows", "cmask_k")
@@ -272,36 +290,33 @@ class Emitter:
             return self.put(self.level(e), f"tl.load({e.x.name}_ptr + {off}, mask={mask}, other=0)", e.x.name,
                             self.provenance(e))
         x = self.f32(e.x, orient)
-        pick = f"_lanes_of({lanes}, dmask_{vec_offs(L).removeprefix('offs_')}, {vec_block(e.x.ty.length)})"
-        return self.put(self.level(e), f"tl.dot({x}, tl.trans({pick}), input_precision=\"ieee\")",
-                        "sl", self.provenance(e))
+        return self.put(self.level(e), f"tl.dot({x}, tl.trans({_pick(lanes, L, e.x.ty.length)}), "
+                        f"input_precision=\"ieee\")", "sl",
+                        f"{pick_note(L, e.x.ty.length)}; {self.provenance(e)}".rstrip("; "))
 
-    def concat_part(self, e: ir.Call, which: int) -> str:
+    @staticmethod
+    def concat_part(e: ir.Call, which: int) -> str:
         """[BLOCK_part, BLOCK_out] of 0/1 placing part ``which`` of concat(x, y) in its lanes."""
         x, y = e.args
         part, lo = (x, 0) if which == 0 else (y, int(x.ty.length))
-        L = part.ty.length
-        lanes = vec_offs(L) if lo == 0 else f"({lo} + {vec_offs(L)})"
-        return f"_lanes_of({lanes}, dmask_{vec_offs(L).removeprefix('offs_')}, {vec_block(e.ty.length)})"
+        return _pick(_lanes(lo, part.ty.length), part.ty.length, e.ty.length)
 
     def _concat(self, e: ir.Call, orient: str, perm: bool, lvl: str, note: str) -> str:
         """x's lanes then y's, by two exact 0/1 products; rope's permuted copy picks lanes of that."""
+        L = e.ty.length
         if perm:
-            L = e.ty.length
-            pick = f"_lanes_of({vec_offs(L, True)}, dmask_{vec_offs(L).removeprefix('offs_')}, {vec_block(L)})"
-            return self.put(lvl, f"tl.dot({self.value(e, orient)}, tl.trans({pick}), input_precision=\"ieee\")",
-                            "cat", note=note)
+            return self.put(lvl, f"tl.dot({self.value(e, orient)}, tl.trans({_pick(_lanes(0, L, True), L, L)}), "
+                            f"input_precision=\"ieee\")", "cat", f"{pick_note(L, L)}; {note}".rstrip("; "))
         x, y = (self.f32(a, orient) for a in e.args)
         return self.put(lvl, f"tl.dot({x}, {self.concat_part(e, 0)}, input_precision=\"ieee\") + "
-                             f"tl.dot({y}, {self.concat_part(e, 1)}, input_precision=\"ieee\")", "cat", note=note)
+                             f"tl.dot({y}, {self.concat_part(e, 1)}, input_precision=\"ieee\")", "cat",
+                        f"lanes placed: [rows, BLOCK_part] @ [BLOCK_part, {vec_block(L)}]; {note}".rstrip("; "))
 
-    def scatter(self, e: ir.Slice, g: str) -> str:
+    @staticmethod
+    def scatter(e: ir.Slice, g: str) -> str:
         """The gradient of x from the gradient ``g`` [rows, BLOCK_L] of x[lo:hi]: its lanes put back at the
         slice's offset ([rows, BLOCK_X]; a 0/1 product, exact in float32)."""
-        L = e.ty.length
-        pick = f"_lanes_of({e.lo} + {vec_offs(L)}, dmask_{vec_offs(L).removeprefix('offs_')}, " \
-               f"{vec_block(e.x.ty.length)})"
-        return f"tl.dot({g}, {pick}, input_precision=\"ieee\")"
+        return f"tl.dot({g}, {_pick(_lanes(e.lo, e.ty.length), e.ty.length, e.x.ty.length)}, input_precision=\"ieee\")"
 
     def _row(self, e: ir.Row, perm: bool) -> str:
         if e.name in self.env.binds and not perm:
