@@ -13,8 +13,11 @@ Layouts (P ranks, sequence of S = P * S_local tokens): ``contiguous`` gives rank
 r * S_local .. (r + 1) * S_local - 1; ``zigzag`` cuts the sequence into 2P chunks and gives rank r
 chunks r and 2P - 1 - r, which balances causal work across ranks.
 
-The backward runs through autograd: each partial call's own backward, the gradient of a received
-key/value shard sent back around the ring. Star Attention's two phases (inference) are
+The backward (Triton backend) is the ring's own: at each step the kernels' backward of the rank's rows
+against the key shard in hand, given the whole row's o and lse, and the shard's dk and dv travel with
+it until they reach its owner; a rank keeps only its own shards, o and lse for it. The reference
+backend, and inputs along the sequence that need gradients, go through autograd instead (every
+step's received shards kept). Star Attention's two phases (inference) are
 :func:`star_context` and :func:`star_query`. Every softmax spec runs, a sink counted once (in the
 rank's own shard step); a select stage (its top-k is over all keys), other norms and a weights or out
 stage (they need the whole row's statistics) are refused.
@@ -203,19 +206,104 @@ def unshard_sequence(x: torch.Tensor, group=None, layout: str = "zigzag") -> tor
     return whole.index_select(2, torch.argsort(order).to(x.device))
 
 
-def on_shards(part, q, k, v, qpos, kpos, total, scale, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o, lse) of a query shard at global positions ``qpos`` [M] against a key shard at ``kpos`` [N], in
-    a sequence of ``total`` tokens; ``part``: one of :func:`shard_calls`; inputs along the sequence are
-    given whole and cut here (the keys' entries, and the query rows' for a ``__q`` twin)."""
-    names = {d.name for d in part.attention.inputs}
+def shard_inputs(part, qpos, kpos, total, inputs) -> dict:
+    """Every input of ``part`` (one of :func:`shard_calls`) for a query shard at global positions
+    ``qpos`` [M] against a key shard at ``kpos`` [N] of a sequence of ``total`` tokens: inputs along the
+    sequence given whole are cut here (the keys' entries, and the query rows' for a ``__q`` twin)."""
     xs = dict(inputs)
     for n, axis in positional_inputs(part.attention).items():
         base = n.removesuffix("__q")
-        if n in names and base in inputs:
+        if base in inputs:
             xs[n] = inputs[base].index_select(axis, qpos if n.endswith("__q") else kpos)
-    ints = {"_qpos": qpos.to(torch.int32), "_kpos": kpos.to(torch.int32),
-            "_sizes": torch.tensor([total, total], dtype=torch.int32, device=q.device)}
-    return part(q, k, v, scale=scale, return_lse=True, **ints, **xs)
+    xs.update(_qpos=qpos.to(torch.int32), _kpos=kpos.to(torch.int32),
+              _sizes=torch.tensor([total, total], dtype=torch.int32, device=qpos.device))
+    return xs
+
+
+def on_shards(part, q, k, v, qpos, kpos, total, scale, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse) of a query shard at global positions ``qpos`` against a key shard at ``kpos`` (see
+    :func:`shard_inputs`)."""
+    return part(q, k, v, scale=scale, return_lse=True, **shard_inputs(part, qpos, kpos, total, inputs))
+
+
+class _Ring:
+    """One ring call's plan: the variants, the group, the positions and the inputs that are not tensors
+    needing gradients (``lean`` below takes those as autograd inputs)."""
+
+    def __init__(self, own, others, group, layout, S, scale, inputs, grad_names):
+        self.own, self.others, self.group, self.layout, self.S = own, others, group, layout, S
+        self.scale, self.inputs, self.grad_names = scale, inputs, grad_names
+        self.world, self.rank = _world(group)
+
+    def step(self, step, device):
+        """The variant and the inputs of ring step ``step`` (this rank's rows against rank r - step's keys)."""
+        world, rank = self.world, self.rank
+        part = self.own if step == 0 else self.others
+        qpos = positions(self.S, world, rank, self.layout, device)
+        kpos = positions(self.S, world, (rank - step) % world, self.layout, device)
+        return part, qpos, kpos
+
+    def forward(self, q, k, v, grads):
+        inputs = {**self.inputs, **dict(zip(self.grad_names, grads))}
+        o = lse = None
+        kk, vv = k, v
+        for step in range(self.world):
+            part, qpos, kpos = self.step(step, q.device)
+            pair = on_shards(part, q, kk, vv, qpos, kpos, self.world * self.S, self.scale, inputs)
+            o, lse = pair if o is None else merge_by_lse([(o, lse), pair])
+            if step < self.world - 1:
+                kk, vv = _pass_on(kk, 1, self.group), _pass_on(vv, 1, self.group)
+        return o, lse
+
+    def backward(self, q, k, v, o, lse, grads, do, dlse):
+        """dq, dk, dv and the inputs' gradients: at each step the kernels' backward of this rank's rows
+        against the key shard in hand, with the whole row's o and lse (so each step's p is final); the
+        shard's dk, dv travel with it and reach its owner after the last step."""
+        inputs = {**self.inputs, **dict(zip(self.grad_names, grads))}
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dk, dv = (torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v))
+        dxs = [torch.zeros(g.shape, dtype=torch.float32, device=g.device) for g in grads]
+        do = do.contiguous() if do is not None else torch.zeros_like(o)
+        no_sel = q.new_empty((0,), dtype=torch.int32)
+        kk, vv = k, v
+        for step in range(self.world):
+            part, qpos, kpos = self.step(step, q.device)
+            ops = getattr(part.module, f"_attention_{part.name}").ops
+            xs, fs, is_tensor = ops._lists(shard_inputs(part, qpos, kpos, self.world * self.S, inputs))
+            which = [next((n for n, g in enumerate(grads) if x is g), None) for x in xs]  # a gradient's slot
+            g_q, g_k, g_v, g_xs = ops._bwd_impl(do, dlse, q, kk, vv, o, o, lse, no_sel, [], scale, xs, fs, is_tensor,
+                                                [w is not None for w in which], None, None, 0, 0, 0)
+            dq += g_q
+            dk += g_k
+            dv += g_v
+            for w, g in zip(which, g_xs):
+                if w is not None:
+                    dxs[w] += g
+            if step < self.world - 1:
+                kk, vv = _pass_on(kk, 1, self.group), _pass_on(vv, 1, self.group)
+            dk, dv = _pass_on(dk, 1, self.group), _pass_on(dv, 1, self.group)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), [d.to(g.dtype) for d, g in zip(dxs, grads)]
+
+
+class _LeanRing(torch.autograd.Function):
+    """The ring with its own backward (Triton backend): autograd keeps this rank's shards, o and lse,
+    not every step's received shards; the backward sends dk, dv around with the key shards."""
+
+    @staticmethod
+    def forward(ctx, ring, q, k, v, *grads):
+        ctx.set_materialize_grads(False)
+        with torch.no_grad():
+            o, lse = ring.forward(q, k, v, grads)
+        ctx.save_for_backward(q, k, v, o, lse, *grads)
+        ctx.ring = ring
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, *grads = ctx.saved_tensors
+        dq, dk, dv, dxs = ctx.ring.backward(q, k, v, o, lse, grads, do, dlse)
+        return None, dq, dk, dv, *dxs
 
 
 def context_parallel(fn, group=None, layout: str = "zigzag") -> Callable:
@@ -227,6 +315,7 @@ def context_parallel(fn, group=None, layout: str = "zigzag") -> Callable:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     a = fn.attention
     own, others = shard_calls(fn)
+    lean = hasattr(own, "module")  # the Triton backend: its operators' backward takes the whole row's o, lse
 
     def call(q, k, v, *, scale=None, return_lse=False, **inputs):
         world, rank = _world(group)
@@ -237,6 +326,13 @@ def context_parallel(fn, group=None, layout: str = "zigzag") -> Callable:
         clash = set(inputs) & set(POSITION_INPUTS)
         if clash:
             raise ValueError(f"{a.name}: {sorted(clash)} are set by context parallelism")
+        grad_names = [n for n, x in inputs.items() if isinstance(x, torch.Tensor) and x.requires_grad]
+        if lean and not set(grad_names) & set(positional_inputs(a)):
+            ring = _Ring(own, others, group, layout, S, scale,
+                         {n: x for n, x in inputs.items() if n not in grad_names}, grad_names)
+            o, lse = _LeanRing.apply(ring, q, k, v, *(inputs[n] for n in grad_names))
+            return (o, lse) if return_lse else o
+        # autograd through every step (the reference backend; float inputs along the sequence)
         qpos = positions(S, world, rank, layout, q.device)
         parts, kk, vv = [], k, v
         for step in range(world):

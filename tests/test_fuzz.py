@@ -36,7 +36,9 @@ PIECES = ["(", ")", "[", "]", ",", "=", "-", "not ", "**", "//", "\n", ";", "{",
           "topk(", "rope(", "where(", "dot(q, k)", "inf", "0", "0.0", "1e39", "9" * 40, "2147483648", "** 2000000000", "** 99",
           "\x0c", "\x85", "\u2028", "\ud800", "é", "\0", "class", "lambda", "torch", "tl", "ctx", "self",
           "return_lse", "prepared", "scale", "_x", "input ", "const ", "attention ", "score", "mask", "weights",
-          "let ", "let x = ", " x ", "\nlet y = x + x\n"]
+          "let ", "let x = ", " x ", "\nlet y = x + x\n",
+          # language 1.1: slices, concat, rows of booleans
+          ":", "[0:4]", "[4:2]", "[0:99999]", "concat(", "concat(q[0:4], k[0:4])", "q > 0.0", "where(q > 0.0, q, 1.0)"]
 NESTERS = [("-", ""), ("not ", ""), ("abs(", ")"), ("(", ")"), ("sigmoid(", ")"), ("1.0 + ", "")]
 
 
