@@ -249,11 +249,12 @@ class _Ring:
         kk, vv = k, v
         for step in range(self.world):
             part, qpos, kpos = self.step(step, q.device)
-            pair = on_shards(part, q, kk, vv, qpos, kpos, self.world * self.S, self.scale, inputs)
-            o, lse = pair if o is None else merge_by_lse([(o, lse), pair])
+            o_s, lse_s = on_shards(part, q, kk, vv, qpos, kpos, self.world * self.S, self.scale, inputs)
+            # the running o stays in float32: rounding it to bf16 at every step would add P roundings
+            o, lse = (o_s.float(), lse_s) if o is None else merge_by_lse([(o, lse), (o_s, lse_s)])
             if step < self.world - 1:
                 kk, vv = _pass_on(kk, 1, self.group), _pass_on(vv, 1, self.group)
-        return o, lse
+        return o.to(q.dtype), lse
 
     def backward(self, q, k, v, o, lse, grads, do, dlse):
         """dq, dk, dv and the inputs' gradients: at each step the kernels' backward of this rank's rows
