@@ -25,6 +25,7 @@ stage (they need the whole row's statistics) are refused.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Callable
 
@@ -133,6 +134,18 @@ def positions(length: int, world: int, rank: int, layout: str, device=None) -> t
     c = length // 2
     return torch.cat([torch.arange(rank * c, (rank + 1) * c, device=device),
                       torch.arange((2 * world - 1 - rank) * c, (2 * world - rank) * c, device=device)])
+
+
+def init_from_env() -> torch.device:
+    """``init_process_group`` for a process torchrun started: NCCL with one GPU a rank (LOCAL_RANK), or
+    gloo on CPU and under the Triton interpreter. Returns this rank's device."""
+    cuda = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if not cuda:
+        return torch.device("cpu")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    torch.cuda.set_device(device)
+    return device
 
 
 def _world(group) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 import attngen
 from attngen.bench.inputs import make_inputs
+from attngen.distributed import init_from_env
 
 #: (file, attention, consts): causal, ALiBi, a sliding window, a document mask and a sink
 SPECS = [("causal_gqa.attn", None, {}), ("alibi.attn", None, {}), ("sliding_window.attn", None, {"W": 6}),
@@ -26,12 +27,8 @@ def main():
     ap.add_argument("--seq", type=int, default=0, help="tokens of the whole sequence (default: 8 per rank)")
     ap.add_argument("--layouts", default="contiguous,zigzag")
     args = ap.parse_args()
-    cuda = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-    dist.init_process_group("nccl" if cuda else "gloo")
+    device = init_from_env()
     world, rank = dist.get_world_size(), dist.get_rank()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
     here = os.path.dirname(os.path.abspath(__file__))
     B, H, HK, D, S = 1, 4, 2, 16, args.seq or 8 * world
     for path, name, consts in SPECS:

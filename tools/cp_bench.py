@@ -12,7 +12,6 @@ the rank's own shard in every step), clamped to [0, 1]. Times are the slowest ra
       --dim 16 --reps 1                                                              # CPU smoke run
 """
 import argparse
-import os
 import statistics
 import time
 
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 import attngen
-from attngen.distributed import _Shift, on_shards, positions, shard_calls
+from attngen.distributed import _Shift, init_from_env, on_shards, positions, shard_calls
 
 
 def main():
@@ -32,12 +31,9 @@ def main():
     ap.add_argument("--layout", default="zigzag")
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
-    cuda = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-    dist.init_process_group("nccl" if cuda else "gloo")
+    device = init_from_env()
+    cuda = device.type == "cuda"
     world, rank = dist.get_world_size(), dist.get_rank()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
     dtype = torch.bfloat16 if cuda else torch.float32
     S, H, D = args.tokens, args.heads, args.dim
     fn = attngen.load(args.spec)
