@@ -280,11 +280,7 @@ class Emitter:
         L = e.ty.length
         lanes = _lanes(e.lo, L, perm)
         if isinstance(e.x, ir.Row) and e.x.name in ("q_raw", "k_raw"):
-            side, rows, mask = ("q", "m_r * stride_qm", "rmask") if e.x.name == "q_raw" else \
-                ("k", "k_rows", "cmask_k")
-            return self.put(self.level(e), f"tl.load({side}_base + {rows} + {lanes}[None, :] * stride_{side}d, "
-                            f"mask={mask} & {lane_mask(L)}, other=0.0)", f"{side}_{e.lo}_{e.hi}",
-                            f"[{'BLOCK_M' if side == 'q' else 'BLOCK_N'}, {vec_block(L)}]")
+            return self._raw_row(e.x, lanes, L, f"_{e.lo}_{e.hi}")
         if isinstance(e.x, ir.Load):
             off, mask = self.load_address(e.x, orient, strides=None, lanes=(lanes, L))
             return self.put(self.level(e), f"tl.load({e.x.name}_ptr + {off}, mask={mask}, other=0)", e.x.name,
@@ -321,17 +317,18 @@ class Emitter:
     def _row(self, e: ir.Row, perm: bool) -> str:
         if e.name in self.env.binds and not perm:
             return self.env.binds[e.name]
-        if e.name == "q_raw":
-            offs = vec_offs("D", perm)
-            return self.put(self.level(e), f"tl.load(q_base + m_r * stride_qm + {offs}[None, :] * stride_qd, "
-                            f"mask=rmask & dmask_D[None, :], other=0.0)", "q" + ("_perm" if perm else ""),
-                            "[BLOCK_M, BLOCK_D]")
-        if e.name == "k_raw":
-            offs = vec_offs("D", perm)
-            return self.put(self.level(e), f"tl.load(k_base + k_rows + {offs}[None, :] * stride_kd, "
-                            f"mask=cmask_k & dmask_D[None, :], other=0.0)", "k" + ("_perm" if perm else ""),
-                            "[BLOCK_N, BLOCK_D]")
+        if e.name in ("q_raw", "k_raw"):
+            return self._raw_row(e, vec_offs("D", perm), "D", "_perm" if perm else "")
         raise CodegenError(f"row '{e.name}' is not available in this kernel")
+
+    def _raw_row(self, e: ir.Row, lanes: str, length: str, suffix: str) -> str:
+        """The loaded q or k row at lane offsets ``lanes`` ([BLOCK_L]: the whole row's, its rotate-half
+        permutation's, or a slice's), [BLOCK_M or BLOCK_N, BLOCK_L]."""
+        side, rows, mask, block = ("q", "m_r * stride_qm", "rmask", "BLOCK_M") if e.name == "q_raw" else \
+            ("k", "k_rows", "cmask_k", "BLOCK_N")
+        return self.put(self.level(e), f"tl.load({side}_base + {rows} + {lanes}[None, :] * stride_{side}d, "
+                        f"mask={mask} & {lane_mask(length)}, other=0.0)", side + suffix,
+                        f"[{block}, {vec_block(length)}]")
 
     def load_address(self, e: ir.Load, orient: str, perm: bool = False, strides: str | None = None,
                      lanes: tuple[str, str] | None = None) -> tuple[str, str]:

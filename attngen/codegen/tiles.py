@@ -50,41 +50,30 @@ class TileCode:
     @property
     def key_band(self) -> str:
         """A query-tile program's key ranges from the band (ti_lo, ti_hi: its first and last row in key
-        coordinates); the operands of every ``//`` are non-negative."""
+        coordinates)."""
         lo, hi = self.band
-        first = "0" if hi is None else f"tl.maximum({_minus('ti_lo', hi)}, 0)"
-        last = "N - 1" if lo is None else f"tl.minimum({_minus('ti_hi', lo)}, N - 1)"
-        f_lo = "0" if hi is None else f"(tl.maximum({_minus('ti_hi', hi)}, 0) + BLOCK_N - 1) // BLOCK_N"
-        f_hi = "N // BLOCK_N" if lo is None else \
-            f"tl.minimum(tl.maximum({_minus('ti_lo', lo - 1)}, 0) // BLOCK_N, N // BLOCK_N)"
-        return "\n".join([
-            f"# band {band_text(lo, hi)}: key ranges in closed form (non-negative operands of every //)",
-            f"j_first = {first}  # the first key any row allows",
-            f"j_last = {last}",
-            "lo = j_first // BLOCK_N",
-            "hi = tl.where(j_last >= j_first, tl.maximum(j_last, 0) // BLOCK_N + 1, lo)",
-            f"f_lo = {f_lo}  # keys every row allows",
-            f"f_hi = {f_hi}"])
+        return _closed_ranges(
+            f"band {band_text(lo, hi)}: key ranges in closed form (non-negative operands of every //)",
+            "j", "key", "row", "BLOCK_N",
+            first="0" if hi is None else f"tl.maximum({_minus('ti_lo', hi)}, 0)",
+            last="N - 1" if lo is None else f"tl.minimum({_minus('ti_hi', lo)}, N - 1)",
+            f_lo="0" if hi is None else f"(tl.maximum({_minus('ti_hi', hi)}, 0) + BLOCK_N - 1) // BLOCK_N",
+            f_hi="N // BLOCK_N" if lo is None else
+            f"tl.minimum(tl.maximum({_minus('ti_lo', lo - 1)}, 0) // BLOCK_N, N // BLOCK_N)")
 
     @property
     def query_band(self) -> str:
         """A key-tile program's query-tile ranges from the band (tj_lo, tj_hi: its first and last key;
         rows m = i - (N - M))."""
         lo, hi = self.band
-        first = "0" if lo is None else f"tl.maximum({_minus('tj_lo', -lo)} - (N - M), 0)"
-        last = "M - 1" if hi is None else f"tl.minimum({_minus('tj_hi', -hi)} - (N - M), M - 1)"
-        f_lo = "0" if lo is None else f"(tl.maximum({_minus('tj_hi', -lo)} - (N - M), 0) + BLOCK_M - 1) // BLOCK_M"
-        f_hi = "M // BLOCK_M" if hi is None else \
-            f"tl.minimum(tl.maximum({_minus('tj_lo', -hi)} - (N - M) + 1, 0) // BLOCK_M, M // BLOCK_M)"
-        return "\n".join([
-            f"# band {band_text(lo, hi)}: query ranges in closed form (rows m = i - (N - M); non-negative "
-            "operands of every //)",
-            f"m_first = {first}  # the first row any key allows",
-            f"m_last = {last}",
-            "lo = m_first // BLOCK_M",
-            "hi = tl.where(m_last >= m_first, tl.maximum(m_last, 0) // BLOCK_M + 1, lo)",
-            f"f_lo = {f_lo}  # rows every key allows",
-            f"f_hi = {f_hi}"])
+        return _closed_ranges(
+            f"band {band_text(lo, hi)}: query ranges in closed form (rows m = i - (N - M); non-negative operands "
+            "of every //)", "m", "row", "key", "BLOCK_M",
+            first="0" if lo is None else f"tl.maximum({_minus('tj_lo', -lo)} - (N - M), 0)",
+            last="M - 1" if hi is None else f"tl.minimum({_minus('tj_hi', -hi)} - (N - M), M - 1)",
+            f_lo="0" if lo is None else f"(tl.maximum({_minus('tj_hi', -lo)} - (N - M), 0) + BLOCK_M - 1) // BLOCK_M",
+            f_hi="M // BLOCK_M" if hi is None else
+            f"tl.minimum(tl.maximum({_minus('tj_lo', -hi)} - (N - M) + 1, 0) // BLOCK_M, M // BLOCK_M)")
 
     @property
     def heavy_last(self) -> bool:
@@ -102,6 +91,20 @@ def static_code(a: ir.Attention) -> TileCode:
     em = Emitter(env, "z")
     any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
     return TileCode(kind, statements(lines), any_, all_, band(a.mask))
+
+
+def _closed_ranges(comment: str, v: str, thing: str, other: str, block: str, *, first: str, last: str, f_lo: str,
+                   f_hi: str) -> str:
+    """The statements of a program's tile ranges from a band: ``{v}_first`` .. ``{v}_last``, the positions
+    (keys or rows) some ``other`` allows; tiles [lo, hi) visited and [f_lo, f_hi) full."""
+    return "\n".join([
+        f"# {comment}",
+        f"{v}_first = {first}  # the first {thing} any {other} allows",
+        f"{v}_last = {last}",
+        f"lo = {v}_first // {block}",
+        f"hi = tl.where({v}_last >= {v}_first, tl.maximum({v}_last, 0) // {block} + 1, lo)",
+        f"f_lo = {f_lo}  # {thing}s every {other} allows",
+        f"f_hi = {f_hi}"])
 
 
 def _minus(x: str, k: int) -> str:
