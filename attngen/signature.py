@@ -132,7 +132,9 @@ def _check_scale(scale, D: int) -> float:
 
 def _check_inputs(a: ir.Attention, given: dict, sizes: Mapping[str, int], device: torch.device,
                   allow_float64: bool) -> dict[str, Union[torch.Tensor, float]]:
-    declared = {d.name: d for d in a.inputs}
+    # the internal selection of a lowered IR (passes/lower_select.py) is made during the call, not given
+    public = [d for d in a.inputs if d.name != ir.SEL]
+    declared = {d.name: d for d in public}
     for name in given:
         if name not in declared:
             if not declared:
@@ -142,7 +144,7 @@ def _check_inputs(a: ir.Attention, given: dict, sizes: Mapping[str, int], device
                 f"; attention '{a.name}' declares {', '.join(sorted(declared))}"
             raise TypeError(f"unexpected keyword input '{name}'{hint}")
     out: dict[str, Union[torch.Tensor, float]] = {}
-    for d in a.inputs:
+    for d in public:
         if d.name not in given:
             raise TypeError(f"missing keyword input '{d.name}' (declared {declaration(d)})")
         x = given[d.name]

@@ -145,7 +145,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     r, c = _backward_blocks(plan)
     # the public inputs; the kernels' argument list also has the internal selection (_args)
     all_inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
-    inputs = [x for x in all_inputs if x["name"] != select.SEL]
+    inputs = [x for x in all_inputs if x["name"] != ir.SEL]
     dynamic = tiles.tiles_kind(a) == "dynamic"
     # split-KV decoding: partial results must merge by the row statistics alone, and the key range
     # must be closed-form (no per-call lists)
@@ -159,7 +159,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         if plan.norm == "stickbreaking":
             k.all = "False"  # its keys are visited in order: one list of partial tiles
         classify = render_kernel("classify.py.jinja", k=k, **base)
-    decls = {d.name: (d.dtype, d.dims) for d in a.inputs if d.name != select.SEL}
+    decls = {d.name: (d.dtype, d.dims) for d in a.inputs if d.name != ir.SEL}
     sel = plan.select
     selection = None
     if sel is not None:
@@ -239,7 +239,7 @@ def _sel_shape(selection: dict | None) -> str:
 def _gather_kernels(plan: Plan, base: dict, render_kernel) -> str:
     """The block-sparse kernels, on the attention before lowering: a gathered row always chose the
     block it meets, so the selection's term of the mask (a load per pair) is left out."""
-    own = gather.unlowered(plan)
+    own = gather.own(plan)
     r, c = _backward_blocks(own) if gather.backward_too(plan) else ({}, {})
     assert not gather.dq_factor(plan) or c["k_tile"], "a scaled dot(q, k) loads the raw key tile"
     return render_kernel("gather.py.jinja", f=_blocks(kernels.forward(own, split_scale=False), _VAR_KEYS), r=r, c=c,
@@ -250,14 +250,14 @@ def _listed_kernel(plan: Plan, base: dict, render_kernel) -> str:
     """The listed forward of a token selection, on the attention before lowering (a listed key is one
     the row chose: the membership test of the lowered mask is left out)."""
     heads = plan.select_code.heads
-    return render_kernel("listed.py.jinja", f=_blocks(kernels.forward(gather.unlowered(plan), split_scale=False),
+    return render_kernel("listed.py.jinja", f=_blocks(kernels.forward(gather.own(plan), split_scale=False),
                                                       _VAR_KEYS),
                          k=plan.select.k, per_head=heads == "H", list_head={"1": "0", "HK": "hk", "H": "h0"}[heads],
                          **base)
 
 
 def module_context(plans: list[Plan], source: str, filename: str, cache_key: str, render_kernel) -> dict:
-    consts = {k: v for p in plans for k, v in p.source.consts}
+    consts = {k: v for p in plans for k, v in p.attn.consts}
     names = ", ".join(p.attn.name for p in plans)
     return dict(
         module_doc=f"Fused attention kernels for {names}.",
@@ -266,7 +266,7 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         # the parser's line breaks are \n and \r\n; any other control character is escaped
         source=inert(source.rstrip().replace("\r\n", "\n"), lines=True),
         attentions=[attention_context(p, render_kernel) for p in plans],
-        sel_name=select.SEL,
+        sel_name=ir.SEL,
         runtime=shipped.embedded(),
         gathered=any(gather.eligible(p) for p in plans),
     )

@@ -27,8 +27,7 @@ from .embed import inert
 _FN1 = {**{n: u.triton for n, u in UNARY.items()}, "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)"}
 #: the internal input holding a call's selection, and the lowered token top-k mask's membership test
 #: (codegen/select.py)
-SEL = "_sel"
-IN_LIST = "_in_list"
+SEL, IN_LIST = ir.SEL, ir.IN_LIST
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
         "gt": ">", "ge": ">=", "and": "&", "or": "|"}
 

@@ -1,7 +1,7 @@
 """Block-sparse kernels for block top-k selection: only the chosen key blocks are visited. (And
 ``listed``: which token selections run the listed forward, listed.py.jinja.)
 
-The dense kernels with the choice folded into the mask (``select.lower``) visit every key tile the
+The dense kernels with the choice folded into the mask (passes/lower_select.py) visit every key tile the
 mask allows and discard the blocks a row did not choose. Here the forward goes key block by key
 block instead (as MoBA's own implementation does):
 
@@ -36,7 +36,7 @@ The backward goes block by block too (``backward_too``), over the forward's entr
                  the rows' dq from the block into DQA too, so attend_dq is not needed
 
 Both run the dense kernels' per-tile code (``bwd_tiles``). Every kernel here takes the attention
-before lowering: its mask without the selection's term, which holds for every gathered row.
+with its own mask (``own``): the mask without the selection's term, which holds for every gathered row.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dataclasses import replace
 
 from ..ir import nodes as ir
 from ..passes.exp2_scores import LOG2E
-from . import kernels, tiles
+from . import kernels, select, tiles
 from .plan import Plan
 
 
@@ -76,10 +76,10 @@ def backward_too(plan: Plan) -> bool:
     return eligible(plan) and not plan.float_inputs and plan.select.block % 16 == 0
 
 
-def unlowered(plan: Plan) -> Plan:
-    """``plan`` on the attention before lowering (its own mask, no ``_sel`` term) with the lowered
-    one's inputs, so that its kernels take the module's argument list."""
-    return replace(plan, attn=replace(plan.unlowered, inputs=plan.attn.inputs))
+def own(plan: Plan) -> Plan:
+    """``plan`` with the spec's own mask (``select.unselected``: no ``_sel`` term) and the module's
+    inputs, so that its kernels take the module's argument list."""
+    return replace(plan, attn=select.unselected(plan.attn))
 
 
 def dq_factor(plan: Plan) -> str:
@@ -88,7 +88,7 @@ def dq_factor(plan: Plan) -> str:
     writes dq: blocks of 16, 32 or 64 keys, so that its key tile is the whole block. "" otherwise."""
     if not backward_too(plan) or plan.select.block not in (16, 32, 64):
         return ""
-    found = kernels.scaled_dot(plan.unlowered)
+    found = kernels.scaled_dot(select.unselected(plan.attn))
     if found is None or not (isinstance(found[0].args[1], ir.Row) and found[0].args[1].name == "k_raw"):
         return ""
     literal = found[1].b.value / LOG2E  # scaled_dot's factor is scale * literal, in base 2

@@ -154,7 +154,7 @@ def scaled_dot(a: ir.Attention) -> tuple[ir.Expr, ir.Expr] | None:
     Then the forward keeps the raw dot per pair, takes the tile's running max before scaling and
     exponentiates ``dot * factor - m`` as one FMA: a multiply per pair fewer. That needs a positive
     factor; the module passes -q and -scale for a negative scale, which give the same scores."""
-    if (a.score2 is None or a.select is not None or a.weights is not None
+    if (a.score2 is None or (a.select is not None and not a.select.lowered) or a.weights is not None
             or any(ir.uses(x, "q", "q_raw", "scale") for x in (a.mask, a.out, a.norm.sink))):
         return None
     factors, stack = [], [a.score2]

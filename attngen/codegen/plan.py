@@ -1,53 +1,23 @@
-"""The kernel plan of one attention: prologue substitution and the flags templates use.
-
-After substitution the IR has raw rows only: ``q_raw`` / ``k_raw`` are the loaded rows,
-and every other stage sees the prologue expression in place of ``q`` / ``k``.
-"""
+"""The kernel plan of one attention: the pipeline's IR (prologue substituted, a selection lowered
+into the mask), the selection kernels' statements, and the flags templates use."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..ir import nodes as ir
-from ..ir.types import vec
 from . import select
 from .analysis import CodegenError, check_vector_sides
 
 
-def _substitute(a: ir.Attention) -> ir.Attention:
-    q_raw, k_raw = ir.Row("q_raw", vec("D")), ir.Row("k_raw", vec("D"))
-    to_raw = {"q": q_raw, "k": k_raw}
-
-    def raw(e):
-        return to_raw.get(e.name, e) if isinstance(e, ir.Row) else e
-
-    q = ir.transform(a.q, raw) if a.q is not None else q_raw
-    k = ir.transform(a.k, raw) if a.k is not None else k_raw
-    rows = {"q": q, "k": k}
-
-    def use(e):
-        return rows.get(e.name, e) if isinstance(e, ir.Row) else e
-
-    out = replace(a, q=None, k=None)
-    out = out.replace_exprs(lambda stage, e: ir.transform(e, use))
-    # the mask and the selection name the score's value: the kernels compute it there in place
-    score = out.score
-
-    def with_score(stage, e):
-        if stage not in ("mask", "select.by", "select.keep"):
-            return e
-        return ir.transform(e, lambda n: score if isinstance(n, ir.Sym) and n.name == "score" else n)
-
-    return out.replace_exprs(with_score)
-
-
 @dataclass(frozen=True)
 class Plan:
-    attn: ir.Attention  # substituted IR (a block selection folded into the mask)
-    source: ir.Attention  # as given to the code generator
+    attn: ir.Attention  # after the whole pipeline
     select_code: "select.SelectCode | select.TopkCode | None" = None  # the selection kernels' statements
-    select: ir.Select | None = None
-    unlowered: ir.Attention | None = None  # a selection: the substituted IR before lowering, without select
+
+    @property
+    def select(self) -> ir.Select | None:
+        return self.attn.select
 
     @property
     def norm(self) -> str:
@@ -86,11 +56,8 @@ class Plan:
         return False
 
     def _exprs(self):
-        """Every expression some kernel evaluates: the attention's, and the selection's (which
-        lowering took out of the attention)."""
+        """Every expression some kernel evaluates (the selection's among them)."""
         yield from (e for _, e in self.attn.exprs())
-        if self.select is not None:
-            yield from (e for e in (self.select.by, self.select.keep) if e is not None)
 
     @property
     def vec_lengths(self) -> list[str]:
@@ -126,13 +93,10 @@ class Plan:
 
 
 def make_plan(a: ir.Attention) -> Plan:
-    sub = _substitute(a)
-    for stage, e in sub.exprs():
+    """``a``: the pipeline's output (passes/pipeline.py)."""
+    for stage, e in a.exprs():
         check_vector_sides(stage, e)
-    if sub.select is None:
-        return Plan(sub, a)
-    if sub.select.block is None:
-        return Plan(select.lower(sub), a, select.topk_code(sub), sub.select, replace(sub, select=None))
-    k_row = ir.transform(a.k, lambda e: ir.Row("k_raw", vec("D")) if isinstance(e, ir.Row) else e) \
-        if a.k is not None else ir.Row("k_raw", vec("D"))
-    return Plan(select.lower(sub), a, select.select_code(sub, k_row), sub.select, replace(sub, select=None))
+    if a.select is None:
+        return Plan(a)
+    own = select.unselected(a)
+    return Plan(a, select.topk_code(own) if a.select.block is None else select.select_code(own))

@@ -16,7 +16,7 @@ Block top-k:
             on its order-preserving 32-bit key (up to 32 count passes, until every row of the tile is
             decided), ties to the smaller block
             -> SEL [B, H or HK, M, NB] bool
-    lowered mask: ``mask and _sel[b, h or hk, m, j // BS]``
+    lowered mask (passes/lower_select.py): ``mask and _sel[b, h or hk, m, j // BS]``
 Rows hold all NB blocks at once ([BLOCK_M, NBP] registers), so NB is capped: at ``MAX_BLOCKS``
 when ``by`` is any expression (the kmean tile is loaded whole, [NBP, BLOCK_D] float32), at
 ``MAX_BLOCKS_DOT`` when it is ``dot(q, kmean)`` (the dot runs over slices of D, so only a
@@ -51,39 +51,21 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..ir import nodes as ir
-from ..ir.types import BOOL, INT
+from ..passes.lower_select import own_mask, token_heads
+from ..passes.mask_tiles import tiles_of
 from . import tiles
-from .analysis import COL, HEAD, CodegenError, axes
-from .emit import IN_LIST, SEL, Emitter, KernelEnv, statements
+from .analysis import COL
+from .emit import Emitter, KernelEnv, statements
 
 MAX_BLOCKS = 256  # the kmean tile of a row block is held whole ([NBP, BLOCK_D] float32)
 MAX_BLOCKS_DOT = 1024  # by = dot(q, kmean): by, the keys and the flags, [BLOCK_M, NBP] each, stay in registers
 
 
-def lower(a: ir.Attention) -> ir.Attention:
-    """``a`` (prologue substituted) with its selection folded into the mask."""
-    s = a.select
-    heads = "HK" if s.share else "H"
-    b, m, j = (ir.Sym(n, INT) for n in "bmj")
-    hs = ir.Sym("hk" if s.share else "h", INT)
-    if s.block is None:
-        if s.share and s.keep is not None and HEAD in axes(s.keep):
-            raise CodegenError(f"attention '{a.name}': with share = group, keep= must not depend on the "
-                               "head (h, q or score) in the kernels; use backend='reference'")
-        if token_heads(a) == "1":
-            heads, hs = 1, ir.Const(0, INT)
-        decl = ir.InputDecl(SEL, "i32", ("B", heads, "M", s.k))
-        chosen = ir.Call(IN_LIST, (b, hs, m, j, ir.Const(s.k, INT)), BOOL)
-        if s.keep is not None:
-            chosen = ir.Binary("or", s.keep, chosen, BOOL)
-    else:
-        decl = ir.InputDecl(SEL, "bool", ("B", heads, "M", "N"))
-        jb = ir.Binary("floordiv", j, ir.Const(s.block, INT), INT)
-        chosen = ir.Load(SEL, (b, hs, m, jb), BOOL)
-    mask = chosen if a.mask is None else ir.Binary("and", a.mask, chosen, BOOL)
-    # a tile full under the mask need not be full under the selection: keep only "any"
-    bounds = None if a.tiles is None else ir.Tiles(a.tiles.any, ir.Const(False, BOOL))
-    return replace(a, mask=mask, select=None, tiles=bounds, inputs=(*a.inputs, decl))
+def unselected(a: ir.Attention) -> ir.Attention:
+    """``a`` (lowered) as the selection's own kernels see it: the spec's own mask and its tiles (the
+    ``_sel`` term holds for every pair they visit), the inputs (``_sel`` among them) unchanged."""
+    mask = own_mask(a)
+    return replace(a, mask=mask, tiles=tiles_of(mask))
 
 
 @dataclass
@@ -102,12 +84,12 @@ class SelectCode:
     any_closed: str  # "some key of block jb is allowed" over [BLOCK_M, NBP] in closed form; "": key by key
 
 
-def select_code(a: ir.Attention, k_row: ir.Expr) -> SelectCode:
-    """``a``: the prologue-substituted attention, before lowering; ``k_row``: the k prologue."""
+def select_code(a: ir.Attention) -> SelectCode:
+    """``a``: the attention with its own mask (``unselected``)."""
     s = a.select
     km_lines: list[str] = []
     km = Emitter(KernelEnv(a, lambda ax: "inner", {"inner": km_lines}), "w")
-    k_code = km.f32(k_row, "k")
+    k_code = km.f32(s.kmean_of, "k")
 
     by_dot = (isinstance(s.by, ir.Call) and s.by.fn == "dot"
               and [(x.name if isinstance(x, ir.Row) else None) for x in s.by.args] == ["q_raw", "kmean"])
@@ -150,18 +132,6 @@ def _any_closed(a: ir.Attention) -> str:
     return " & ".join(terms)
 
 
-def token_heads(a: ir.Attention) -> str:
-    """The heads a token selection is made for: "HK" (one per GQA group: share = group), "H" (one
-    per head), or "1" when by, the mask and keep= are the same for every head (DeepSeek's indexer):
-    one selection serves all heads of a batch row, for 1/H of the memory and of the search."""
-    s = a.select
-    if s.share:
-        return "HK"
-    # key rows differ by KV head, so they count as the head too
-    per_head = any(HEAD in axes(e) or ir.uses(e, "hk", "k_raw") for e in (s.by, s.keep, a.mask) if e is not None)
-    return "H" if per_head else "1"
-
-
 @dataclass
 class TopkCode:
     """Statements of the token top-k kernel and the names of its [BLOCK_M, BLOCK_N] values."""
@@ -177,7 +147,7 @@ class TopkCode:
 
 
 def topk_code(a: ir.Attention) -> TopkCode:
-    """``a``: the prologue-substituted attention, before lowering."""
+    """``a``: the attention with its own mask (``unselected``)."""
     s = a.select
     lines: dict[str, list[str]] = {"rows": [], "tile": []}
     level = (lambda ax: "tile") if s.share else (lambda ax: "tile" if COL in ax else "rows")

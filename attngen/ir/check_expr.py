@@ -41,6 +41,7 @@ _STAGE_NAMES = {
     "select.by.block": {"q", "i", "m", "kmean", "jb"},
     "select.keep": {"i", "j", "m"},
     "select.keep.block": {"i", "m", "jb"},
+    "select.kmean.block": {"k_raw", "j"},  # set by substitute_prologue: k's prologue of the loaded key row
     "norm.sink": {"i", "m"},
     "weights": {"i", "j", "m", "score", "p"},
     "out": {"i", "m", "o"},

@@ -185,14 +185,26 @@ class InputDecl:
         return self.dtype in ("f32", "f16", "bf16")
 
 
+#: the internal input a lowered selection writes and the mask reads (block: bool [B, HS, M, NB]; token:
+#: the chosen keys, int32 [B, HS, M, K], ascending, -1 after the last), and the token membership test
+SEL, IN_LIST = "_sel", "_in_list"
+
+
 @dataclass(frozen=True)
 class Select:
+    """``topk(k, by=..., block=..., keep=..., share=group)``. After the ``lower_select`` pass the
+    attention's mask holds the choice (``lowered``): the selection kernels compute ``by`` and ``keep``
+    into the internal input ``_sel`` that the mask reads. ``kmean_of``, set by ``substitute_prologue``
+    for a block selection: the key row whose block means ``kmean`` is (k's prologue of ``k_raw``)."""
+
     k: int
     by: Expr
     block: int | None
     keep: Expr | None
     share: bool
     span: Span | None = _span_field()
+    lowered: bool = False
+    kmean_of: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +277,8 @@ class Attention:
             yield "select.by", self.select.by
             if self.select.keep is not None:
                 yield "select.keep", self.select.keep
+            if self.select.kmean_of is not None:
+                yield "select.kmean", self.select.kmean_of
         if self.norm.sink is not None:
             yield "norm.sink", self.norm.sink
         if self.score2 is not None:
@@ -284,7 +298,8 @@ class Attention:
         if self.select is not None:
             s = self.select
             kw["select"] = replace(s, by=fn("select.by", s.by),
-                                   keep=fn("select.keep", s.keep) if s.keep is not None else None)
+                                   keep=fn("select.keep", s.keep) if s.keep is not None else None,
+                                   kmean_of=fn("select.kmean", s.kmean_of) if s.kmean_of is not None else None)
         if self.norm.sink is not None:
             kw["norm"] = replace(self.norm, sink=fn("norm.sink", self.norm.sink))
         if self.tiles is not None:

@@ -67,6 +67,10 @@ def attention_str(a: ir.Attention) -> str:
         if s.share:
             parts.append("share=group")
         lines.append(f"  select = topk({', '.join(parts)})")
+        if s.kmean_of is not None:
+            lines.append(f"  select.kmean = block mean of {expr_str(s.kmean_of)}")
+        if s.lowered:
+            lines.append("  select.lowered = the selection kernels write _sel; the mask reads it")
     sink = f"(sink={expr_str(a.norm.sink)})" if a.norm.sink is not None else ""
     lines.append(f"  norm = {a.norm.kind}{sink}")
     for st in ("weights", "out"):

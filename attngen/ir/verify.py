@@ -74,6 +74,8 @@ def verify(a: ir.Attention) -> ir.Attention:
     for stage, e in a.exprs():
         key = stage + (".block" if stage.startswith("select") and a.select.block else "")
         names = set(_STAGE_NAMES[key])
+        # after substitute_prologue a stage reads the loaded rows, with the prologue inlined
+        names |= {raw for row, raw in (("q", "q_raw"), ("k", "k_raw")) if row in names}
         for n in ir.walk(e):
             _check_node(stage, n, a, names)
     expect = {"score": FLOAT, "mask": BOOL, "weights": FLOAT, "select.by": FLOAT,

@@ -162,10 +162,15 @@ def _compare(op: str, ra: Range, rb: Range) -> tuple[ir.Expr, ir.Expr]:
     return (overlap, same) if op == "eq" else (_not(same), _not(overlap))
 
 
-def run(a: ir.Attention) -> ir.Attention:
-    if a.mask is None:
-        return a
-    any_, all_ = classify(a.mask)
+def tiles_of(mask: ir.Expr | None) -> ir.Tiles | None:
+    """The classification of ``mask``, or None when nothing is known (every tile runs with the mask)."""
+    if mask is None:
+        return None
+    any_, all_ = classify(mask)
     if isinstance(any_, ir.Const) and any_.value and isinstance(all_, ir.Const) and not all_.value:
-        return a  # nothing known: every tile runs with the mask
-    return replace(a, tiles=ir.Tiles(any_, all_))
+        return None
+    return ir.Tiles(any_, all_)
+
+
+def run(a: ir.Attention) -> ir.Attention:
+    return replace(a, tiles=tiles_of(a.mask))

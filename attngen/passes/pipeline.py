@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.verify import verify
-from . import exp2_scores, fold_constants, mask_tiles
+from . import exp2_scores, fold_constants, lower_select, mask_tiles, substitute_prologue
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class Pass:
 PASSES: list[Pass] = [
     Pass("fold_constants", fold_constants.run, "consts are inlined: fold literal arithmetic once, not per tile"),
     Pass("exp2_scores", exp2_scores.run, "softmax in base 2 with log2(e) folded into the score's factors"),
+    Pass("substitute_prologue", substitute_prologue.run,
+         "kernels load raw rows: inline the prologue where stages read q and k, the score where masks name it"),
+    Pass("lower_select", lower_select.run, "the selection kernels' choice becomes a mask term, so every kernel runs it"),
     Pass("mask_tiles", mask_tiles.run, "bound the mask per tile so kernels skip empty tiles and unmask full ones"),
 ]
 

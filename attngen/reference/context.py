@@ -31,6 +31,8 @@ class Context:
     syms: dict[str, torch.Tensor]
     q_rows: torch.Tensor | None = None
     k_rows: torch.Tensor | None = None
+    q_raw: torch.Tensor | None = None  # the loaded rows, before the prologue (k expanded to the query heads)
+    k_raw: torch.Tensor | None = None
 
     @classmethod
     def make(cls, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -59,5 +61,7 @@ class Context:
                    self.device, live)
 
     def pair_rows(self) -> dict[str, torch.Tensor]:
-        """q' as [B, H, M, 1, D] and k' as [B, H, 1, N, D], for pair stages."""
-        return {"q": self.q_rows[:, :, :, None, :], "k": self.k_rows[:, :, None, :, :]}
+        """q' as [B, H, M, 1, D] and k' as [B, H, 1, N, D] for pair stages, and the loaded rows as
+        ``q_raw`` / ``k_raw`` (what stages read after substitute_prologue)."""
+        return {"q": self.q_rows[:, :, :, None, :], "k": self.k_rows[:, :, None, :, :],
+                "q_raw": self.q_raw[:, :, :, None, :], "k_raw": self.k_raw[:, :, None, :, :]}

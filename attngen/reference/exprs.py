@@ -199,6 +199,10 @@ def _call(e: ir.Call, env: Env) -> torch.Tensor:
     if fn == "concat":
         lead = torch.broadcast_shapes(args[0].shape[:-1], args[1].shape[:-1])
         return torch.cat([x.expand(*lead, x.shape[-1]) for x in args], -1)
+    if fn == ir.IN_LIST:  # a lowered token selection: j among the row's listed keys (_sel [B, HS, M, K])
+        b, hs, m, j = torch.broadcast_tensors(*args[:4])
+        listed = env.inputs[ir.SEL][b, hs, m]  # [..., K]
+        return (listed == j[..., None]).any(-1)
     if fn == "rmsnorm":
         x, w = args
         return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * w

@@ -24,11 +24,12 @@ from dataclasses import replace
 import torch
 
 from ..ir import nodes as ir
+from ..passes.lower_select import own_mask
 from ..signature import Bound, bind
 from .context import Context
 from .exprs import as_grid, evaluate, prepare_inputs
 from .norms import normalize
-from .select import selected
+from .select import lowered_input, selected
 
 
 def reference_attention(a: ir.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None,
@@ -121,6 +122,7 @@ def apply_prologue(a: ir.Attention, ctx: Context, q: torch.Tensor, k: torch.Tens
     B, H, M, D = q.shape
     N = k.shape[2]
     k = k.index_select(1, ctx.syms["hk"].flatten())
+    ctx.q_raw, ctx.k_raw = q, k
     if a.q is not None:
         q = as_grid(evaluate(a.q, ctx.env({"q": q[:, :, :, None, :]})), (B, H, M, 1, D)).squeeze(3)
     if a.k is not None:
@@ -130,15 +132,24 @@ def apply_prologue(a: ir.Attention, ctx: Context, q: torch.Tensor, k: torch.Tens
 
 @torch.no_grad()
 def _kept(a: ir.Attention, ctx: Context) -> torch.Tensor:
-    """allowed ∧ selected, bool [B, H, M, N]."""
+    """allowed ∧ selected, bool [B, H, M, N]. A lowered selection (passes/lower_select.py) is made
+    into its ``_sel`` input, which the mask then reads, as in the kernels."""
     shape = ctx.pair_shape
     rows = ctx.pair_rows()
     extra = {}
-    if ir.uses(a.mask, "score") or (a.select is not None and ir.uses(a.select.by, "score")):
+    own = own_mask(a)
+    if ir.uses(own, "score") or (a.select is not None and ir.uses(a.select.by, "score")):
         extra["score"] = as_grid(evaluate(a.score, ctx.env(rows)), shape)
-    allowed = torch.ones(shape, dtype=torch.bool, device=ctx.device)
-    if a.mask is not None:
-        allowed = allowed & as_grid(evaluate(a.mask, ctx.env(rows, **extra)), shape)
-    if a.select is not None:
-        allowed = allowed & selected(a.select, ctx, allowed, extra)
-    return allowed
+
+    def mask(e):
+        everywhere = torch.ones(shape, dtype=torch.bool, device=ctx.device)
+        return everywhere if e is None else everywhere & as_grid(evaluate(e, ctx.env(rows, **extra)), shape)
+
+    allowed = mask(own)
+    if a.select is None:
+        return allowed
+    if not a.select.lowered:
+        return allowed & selected(a.select, ctx, allowed, extra)
+    heads = a.input(ir.SEL).dims[1]
+    ctx.inputs[ir.SEL] = lowered_input(a.select, heads, ctx, allowed, extra)
+    return mask(a.mask)

@@ -32,32 +32,71 @@ def selected(sel: ir.Select, ctx: Context, allowed: torch.Tensor,
     ``allowed``: the mask stage [B, H, M, N]; ``extra``: further names for ``by``
     (the score).
     """
+    keep, top, group = _choice(sel, ctx, allowed, extra)
+    chosen = keep | top
+    chosen = chosen.repeat_interleave(group, dim=1) if group > 1 else chosen
+    if sel.block is None:
+        return chosen
+    return chosen.repeat_interleave(sel.block, dim=-1)[..., :ctx.pair_shape[3]]
+
+
+@torch.no_grad()
+def lowered_input(sel: ir.Select, heads: int | str, ctx: Context, allowed: torch.Tensor,
+                  extra: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The selection as the kernels hand it to a lowered mask (passes/lower_select.py), ``_sel``:
+    block top-k, the chosen blocks bool [B, HS, M, NB]; token top-k, the top-K keys beside keep=,
+    int32 [B, HS, M, K], ascending, -1 after the last. HS: a group's (``share``), a head's, or one
+    for all heads (``heads`` 1: the choice is the same for every head)."""
+    keep, top, _ = _choice(sel, ctx, allowed, extra)
+    if sel.block is not None:
+        return keep | top
+    top = top[:, :1] if heads == 1 else top
+    N = top.shape[-1]
+    keys = torch.where(top, torch.arange(N, device=top.device), N)
+    keys = torch.sort(keys, dim=-1).values[..., :sel.k]
+    keys = torch.nn.functional.pad(keys, (0, sel.k - keys.shape[-1]), value=N)
+    return torch.where(keys < N, keys, -1).to(torch.int32)
+
+
+def _choice(sel: ir.Select, ctx: Context, allowed: torch.Tensor,
+            extra: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(keep, top, group): keep= and the top K of the other candidates, bool [B, H / group, M, X]
+    (X: N keys, or NB blocks), and the heads a choice serves."""
     group = ctx.sizes["H"] // ctx.sizes["HK"] if sel.share else 1
     shape = ctx.pair_shape
     if sel.block is None:
         env = ctx.env(ctx.pair_rows(), **extra)
         by = as_grid(evaluate(sel.by, env), shape)
         keep = as_grid(evaluate(sel.keep, env), shape) & allowed if sel.keep is not None else None
-        return _choose(by, allowed, keep, sel.k, group)
+        return (*_choose(by, allowed, keep, sel.k, group), group)
     bs, N = sel.block, shape[3]
     nb = -(-N // bs)
     pad = nb * bs - N
     blocks = shape[:3] + (nb,)
     allowed_blocks = F.pad(allowed, (0, pad)).view(*shape[:3], nb, bs).any(-1)
-    k = F.pad(ctx.k_rows, (0, 0, 0, pad)).view(shape[0], shape[1], nb, bs, -1)
+    k = F.pad(_key_rows(sel, ctx), (0, 0, 0, pad)).view(shape[0], shape[1], nb, bs, -1)
     counts = (N - torch.arange(nb, device=ctx.device) * bs).clamp(max=bs)  # the last block may be short
     kmean = k.sum(3) / counts.to(k.dtype)[:, None]
     jb = torch.arange(nb, device=ctx.device).view(1, 1, 1, nb)
-    env = ctx.env({"q": ctx.q_rows[:, :, :, None, :], "kmean": kmean[:, :, None]}, jb=jb)
+    q = ctx.q_rows[:, :, :, None, :]
+    env = ctx.env({"q": q, "q_raw": q, "kmean": kmean[:, :, None]}, jb=jb)
     by = as_grid(evaluate(sel.by, env), blocks)
     keep = as_grid(evaluate(sel.keep, env), blocks) & allowed_blocks if sel.keep is not None else None
-    chosen = _choose(by, allowed_blocks, keep, sel.k, group)
-    return chosen.repeat_interleave(bs, dim=-1)[..., :N]
+    return (*_choose(by, allowed_blocks, keep, sel.k, group), group)
+
+
+def _key_rows(sel: ir.Select, ctx: Context) -> torch.Tensor:
+    """The key rows whose block means ``kmean`` is, [B, H, N, D]: k' (the IR as written), or ``kmean_of``
+    of the loaded rows (after substitute_prologue, which inlines k's prologue)."""
+    if sel.kmean_of is None:
+        return ctx.k_rows
+    k = ctx.k_raw[:, :, None]
+    return as_grid(evaluate(sel.kmean_of, ctx.env({"k_raw": k})), k.shape).squeeze(2)
 
 
 def _choose(by: torch.Tensor, allowed: torch.Tensor, keep: torch.Tensor | None, K: int,
-            group: int) -> torch.Tensor:
-    """[B, H, M, X] bool: ``keep`` plus the top K of the other allowed entries."""
+            group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, top) [B, H / group, M, X] bool: ``keep`` and the top K of the other allowed entries."""
     if keep is None:
         keep = torch.zeros_like(allowed)
     if group > 1:
@@ -65,8 +104,7 @@ def _choose(by: torch.Tensor, allowed: torch.Tensor, keep: torch.Tensor | None, 
         by = by.view(B, H // group, group, M, X).sum(2)
         allowed = allowed.reshape(B, H // group, group, M, X).any(2)
         keep = keep.reshape(B, H // group, group, M, X).any(2)
-    chosen = keep | top_k(by, allowed & ~keep, K)
-    return chosen.repeat_interleave(group, dim=1) if group > 1 else chosen
+    return keep, top_k(by, allowed & ~keep, K)
 
 
 def top_k(by: torch.Tensor, cand: torch.Tensor, K: int) -> torch.Tensor:
