@@ -79,7 +79,7 @@ def _choice(sel: ir.Select, ctx: Context, allowed: torch.Tensor,
     kmean = k.sum(3) / counts.to(k.dtype)[:, None]
     jb = torch.arange(nb, device=ctx.device).view(1, 1, 1, nb)
     q = ctx.q_rows[:, :, :, None, :]
-    env = ctx.env({"q": q, "q_raw": q, "kmean": kmean[:, :, None]}, jb=jb)
+    env = ctx.env({"q": q, "q_raw": ctx.q_raw[:, :, :, None, :], "kmean": kmean[:, :, None]}, jb=jb)
     by = as_grid(evaluate(sel.by, env), blocks)
     keep = as_grid(evaluate(sel.keep, env), blocks) & allowed_blocks if sel.keep is not None else None
     return (*_choose(by, allowed_blocks, keep, sel.k, group), group)
