@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attngen
-from attngen.codegen.tiles import band
+from attngen.passes.mask_tiles import band
 from attngen.passes.pipeline import run_pipeline
 from attngen.spec import compile_source
 from attngen.verify import assert_close, compare

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 import attngen
-from attngen.codegen.analysis import CodegenError
+from attngen.frontend.errors import AttnError
 from attngen.ir import nodes as ir
 from attngen.ir.types import BOOL
 from attngen.reference.interpreter import selected_pairs
@@ -165,7 +165,7 @@ def test_membership_of_a_key_tile(block_n):
 
 
 def test_share_group_with_keep_on_the_head_is_refused():
-    with pytest.raises(CodegenError, match="keep= must not depend on the head"):
+    with pytest.raises(AttnError, match="keep= must not depend on the head"):
         attngen.jit("attention t { select = topk(4, by = score, keep = h == 0, share = group) }")
 
 

@@ -27,6 +27,26 @@ attention exp2 {
     score = CAP * tanh(dot(q, k) * scale / CAP) - slopes[h] * (i - j) + 0.5 * log(1.0 + j)
     mask = causal
 }""",
+    "substitute_prologue": """
+attention prologue {
+    input g: f32[D]
+    q = rmsnorm(q, g)
+    k = rope(k, j)
+    score = dot(q, k) * scale
+    mask = causal and score > -30.0
+    select = topk(4, by=dot(q, kmean), block=16)
+}""",
+    "lower_select": """
+attention lower {
+    score = dot(q, k) * scale
+    mask = causal
+    select = topk(8, by=dot(q, kmean), block=64, keep=jb == i // 64, share=group)
+}""",
+    "scaled_dot": """
+attention scaled {
+    score = dot(q, k) * scale * 0.5
+    mask = causal
+}""",
     "mask_tiles": """
 attention tiles {
     input doc: i32[B, N]

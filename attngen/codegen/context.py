@@ -7,6 +7,7 @@ import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
+from ..ir.printer import band_text
 from . import gather, kernels, select, shipped, tiles
 from .embed import inert
 from .emit import vec_block
@@ -80,9 +81,9 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
     a = plan.attn
     kind = tiles.tiles_kind(a)
     tile_note = _TILE_NOTES[kind]
-    bounds = tiles.band(a.mask) if kind == "static" else None
+    bounds = a.tiles.band if kind == "static" else None
     if bounds is not None:
-        tile_note += f"; the band {tiles.band_text(*bounds)} gives each program its ranges directly"
+        tile_note += f"; the band {band_text(*bounds)} gives each program its ranges directly"
     notes = [f"tiles: {tile_note}", "forward: one program per query tile and head"]
     if splittable:
         notes.append("decoding (M <= 16): split-KV, each row's keys over several programs, partial results merged "
@@ -193,7 +194,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
                     if k not in ("code", "heads_size")}
         host_sel["block"] = sel.block or 0
     host_plan = dict(norm=plan.norm, has_out=a.out is not None, stick=plan.norm == "stickbreaking", dynamic=dynamic,
-                     splittable=splittable, packable=packable, scaled_dot=kernels.scaled_dot(a) is not None,
+                     splittable=splittable, packable=packable, scaled_dot=a.scaled_dot is not None,
                      tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
                      literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
                      sliced=plan.sliced_sizes, selection=host_sel)
@@ -208,7 +209,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         host_plan=_literal(host_plan, 9),
         name=a.name, filename=inert(a.filename), norm=plan.norm, softmax=plan.norm == "softmax",
         has_out=a.out is not None, stick=plan.norm == "stickbreaking", inputs=inputs, all_inputs=all_inputs,
-        decls=repr(decls), selection=selection, scaled_dot=kernels.scaled_dot(a) is not None,
+        decls=repr(decls), selection=selection, scaled_dot=a.scaled_dot is not None,
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
         fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,

@@ -41,12 +41,10 @@ with its own mask (``own``): the mask without the selection's term, which holds 
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 from ..ir import nodes as ir
-from ..passes.exp2_scores import LOG2E
-from . import kernels, select, tiles
+from . import select, tiles
 from .plan import Plan
 
 
@@ -84,12 +82,11 @@ def own(plan: Plan) -> Plan:
 
 def dq_factor(plan: Plan) -> str:
     """The natural-log factor f of a score ``f * dot(q, k)`` of the raw q and k (scale times positive
-    literals, q read nowhere else; kernels.scaled_dot), as code, when the block-sparse dk/dv kernel also
-    writes dq: blocks of 16, 32 or 64 keys, so that its key tile is the whole block. "" otherwise."""
-    if not backward_too(plan) or plan.select.block not in (16, 32, 64):
+    literals, q read nowhere else: the scaled_dot pass), as code, when the block-sparse dk/dv kernel
+    also writes dq: blocks of 16, 32 or 64 keys, so that its key tile is the whole block. "" otherwise."""
+    sd = plan.attn.scaled_dot
+    if not backward_too(plan) or plan.select.block not in (16, 32, 64) or sd is None:
         return ""
-    found = kernels.scaled_dot(select.unselected(plan.attn))
-    if found is None or not (isinstance(found[0].args[1], ir.Row) and found[0].args[1].name == "k_raw"):
+    if not (isinstance(sd.dot.args[1], ir.Row) and sd.dot.args[1].name == "k_raw"):
         return ""
-    literal = found[1].b.value / LOG2E  # scaled_dot's factor is scale * literal, in base 2
-    return "scale" if math.isclose(literal, 1.0, rel_tol=1e-15) else f"scale * {literal!r}"
+    return "scale" if sd.literal == 1.0 else f"scale * {sd.literal!r}"

@@ -146,40 +146,9 @@ def _frontier(acc: dict, blocks: Blocks, init_level: str, prefix: str):
     return update, flush
 
 
-def scaled_dot(a: ir.Attention) -> tuple[ir.Expr, ir.Expr] | None:
-    """(dot(q, k), its factor) when the softmax's base-2 score is a product of dot(q, k), scale and
-    positive literals, and q and scale are read nowhere else (no prologue, mask, selection, sink,
-    weights or out stage names them).
-
-    Then the forward keeps the raw dot per pair, takes the tile's running max before scaling and
-    exponentiates ``dot * factor - m`` as one FMA: a multiply per pair fewer. That needs a positive
-    factor; the module passes -q and -scale for a negative scale, which give the same scores."""
-    if (a.score2 is None or (a.select is not None and not a.select.lowered) or a.weights is not None
-            or any(ir.uses(x, "q", "q_raw", "scale") for x in (a.mask, a.out, a.norm.sink))):
-        return None
-    factors, stack = [], [a.score2]
-    while stack:
-        e = stack.pop()
-        if isinstance(e, ir.Binary) and e.op == "mul":
-            stack += [e.a, e.b]
-        else:
-            factors.append(e)
-    dots = [f for f in factors if isinstance(f, ir.Call) and f.fn == "dot"]
-    literal = 1.0
-    for f in factors:
-        if isinstance(f, ir.Const):
-            literal *= f.value
-    scales = [f for f in factors if isinstance(f, ir.Sym) and f.name == "scale"]
-    # the plan substitutes the prologue: a plain q is the row q_raw, a prologue'd one an expression of it
-    if (len(dots) != 1 or len(scales) != 1 or len(factors) != 2 + sum(isinstance(f, ir.Const) for f in factors)
-            or not literal > 0 or not (isinstance(dots[0].args[0], ir.Row) and dots[0].args[0].name in ("q", "q_raw"))):
-        return None
-    return dots[0], ir.Binary("mul", scales[0], ir.Const(literal, FLOAT), FLOAT)
-
-
 def forward(plan: Plan, split_scale: bool = True) -> Blocks:
-    """``split_scale``: a ``scaled_dot`` score as the raw dot and its factor (the module then passes a
-    positive scale)."""
+    """``split_scale``: a score the ``scaled_dot`` pass factored as the raw dot and its factor (the
+    module then passes a positive scale)."""
     bl = Blocks()
     for n in ("outer", "inner", "inner_mask", "inner_w", "epi"):
         bl.stmts[n] = []
@@ -236,14 +205,14 @@ def preprocess(plan: Plan) -> Blocks:
 def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str = "pair",
                split_scale: bool = False) -> dict[str, str]:
     """Score and mask of a tile (into 'inner'), and the weights' value (into 'inner_w');
-    ``orient`` 't': transposed tiles (the dk/dv kernel). ``split_scale``: for a ``scaled_dot``
-    score, "s" is the raw dot and "s_scale" its program-level factor."""
+    ``orient`` 't': transposed tiles (the dk/dv kernel). ``split_scale``: for a score the
+    ``scaled_dot`` pass factored, "s" is the raw dot and "s_scale" its program-level factor."""
     a = plan.attn
     # softmax works on log2(e) * score (exp2_scores pass); the natural score only where named
     uses_score = a.weights is not None and ir.uses(a.weights, "score")
-    dot_factor = scaled_dot(a) if split_scale else None
-    if dot_factor is not None:
-        out = {"s": em.f32(dot_factor[0], orient), "s_scale": em.f32(dot_factor[1], orient), "mask": ""}
+    sd = a.scaled_dot if split_scale else None
+    if sd is not None:
+        out = {"s": em.f32(sd.dot, orient), "s_scale": em.f32(sd.factor2, orient), "mask": ""}
     else:
         out = {"s": em.f32(a.score2 if a.score2 is not None else a.score, orient), "mask": ""}
     if not is_pair(a.score):

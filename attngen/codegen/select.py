@@ -120,7 +120,7 @@ def _any_closed(a: ir.Attention) -> str:
     when the mask is absent or a band lo <= i - j <= hi (keys i - hi .. i - lo); "" otherwise."""
     terms = ["rmask", "(jb_c * BS < N)"]
     if a.mask is not None:
-        bounds = tiles.band(a.mask)
+        bounds = a.tiles.band if a.tiles is not None else None
         if bounds is None:
             return ""
         lo, hi = bounds

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import nodes as ir
+from ..ir.printer import band_text
 from .analysis import ROW, axes
 from .emit import Emitter, KernelEnv, statements
 
@@ -90,7 +91,7 @@ def static_code(a: ir.Attention) -> TileCode:
     env = KernelEnv(a, lambda ax: "scan", {"scan": lines}, binds=dict(_BOX))
     em = Emitter(env, "z")
     any_, all_ = em.value(a.tiles.any), em.value(a.tiles.all)
-    return TileCode(kind, statements(lines), any_, all_, band(a.mask))
+    return TileCode(kind, statements(lines), any_, all_, a.tiles.band if a.tiles is not None else None)
 
 
 def _closed_ranges(comment: str, v: str, thing: str, other: str, block: str, *, first: str, last: str, f_lo: str,
@@ -110,58 +111,6 @@ def _closed_ranges(comment: str, v: str, thing: str, other: str, block: str, *, 
 def _minus(x: str, k: int) -> str:
     """``x - k`` as code, without a ``- 0`` or a ``- -k``."""
     return x if k == 0 else f"{x} - {k}" if k > 0 else f"{x} + {-k}"
-
-
-def band_text(lo: int | None, hi: int | None) -> str:
-    """The band as a reader writes it: ``0 <= i - j``, ``0 <= i - j <= 1023``."""
-    return " ".join(x for x in (f"{lo} <=" if lo is not None else "", "i - j", f"<= {hi}" if hi is not None else "")
-                    if x)
-
-
-def band(mask: ir.Expr) -> tuple[int | None, int | None] | None:
-    """(lo, hi) when ``mask`` is a conjunction of comparisons that bound i - j by integer constants
-    (``j <= i``, ``i - j < W``, ...), lo <= hi; else None."""
-    lo, hi = None, None
-    for c in _conjuncts(mask):
-        if not (isinstance(c, ir.Binary) and c.op in ("lt", "le", "gt", "ge")):
-            return None
-        d = _affine(ir.Binary("sub", c.a, c.b, c.a.ty))  # c.a - c.b = s * (i - j) + k
-        if d is None or set(d) - {"i", "j", 1} or d.get("i") not in (1, -1) or d.get("j") != -d["i"]:
-            return None
-        s, k = d["i"], d.get(1, 0)
-        op = c.op if s == 1 else {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[c.op]
-        bound = -k if s == 1 else k  # i - j (op) bound
-        if op in ("lt", "le"):
-            hi = min(x for x in (hi, bound - (op == "lt")) if x is not None)
-        else:
-            lo = max(x for x in (lo, bound + (op == "gt")) if x is not None)
-    if lo is not None and hi is not None and lo > hi:
-        return None
-    return lo, hi
-
-
-def _conjuncts(e: ir.Expr) -> list[ir.Expr]:
-    if isinstance(e, ir.Binary) and e.op == "and":
-        return _conjuncts(e.a) + _conjuncts(e.b)
-    return [e]
-
-
-def _affine(e: ir.Expr) -> dict | None:
-    """{"i": a, "j": b, 1: k} for an integer expression a*i + b*j + k, or None."""
-    if isinstance(e, ir.Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
-        return {1: e.value}
-    if isinstance(e, ir.Sym) and e.name in ("i", "j"):
-        return {e.name: 1}
-    if isinstance(e, ir.Unary) and e.op == "neg":
-        x = _affine(e.x)
-        return None if x is None else {n: -v for n, v in x.items()}
-    if isinstance(e, ir.Binary) and e.op in ("add", "sub"):
-        x, y = _affine(e.a), _affine(e.b)
-        if x is None or y is None:
-            return None
-        sign = 1 if e.op == "add" else -1
-        return {n: x.get(n, 0) + sign * y.get(n, 0) for n in set(x) | set(y)}
-    return None
 
 
 class _TileEmitter(Emitter):

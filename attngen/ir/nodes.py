@@ -227,11 +227,22 @@ class Tiles:
 
     any: Expr
     all: Expr
+    band: tuple[int | None, int | None] | None = None  # lo <= i - j <= hi (None: unbounded) when the mask is one
 
     @property
     def dynamic(self) -> bool:
         return any(isinstance(n, Call) and n.fn in ("tile_min", "tile_max")
                    for e in (self.any, self.all) for n in walk(e))
+
+
+@dataclass(frozen=True)
+class ScaledDot:
+    """Set by the ``scaled_dot`` pass: ``score2 = dot * factor2`` (base 2) and ``score = dot * scale *
+    literal`` (natural log), with q and scale read nowhere else."""
+
+    dot: Expr
+    factor2: Expr
+    literal: float
 
 
 STAGES = ("q", "k", "score", "mask", "select", "norm", "weights", "out")
@@ -254,6 +265,7 @@ class Attention:
     out: Expr | None
     tiles: Tiles | None = None  # set by the mask_tiles pass
     score2: Expr | None = None  # log2(e) * score, set by the exp2_scores pass (softmax)
+    scaled_dot: ScaledDot | None = None  # score2 as a raw dot times a factor, set by the scaled_dot pass
     filename: str = field(default="<string>", compare=False)
     source: str = field(default="", compare=False, repr=False)
     stage_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
@@ -303,6 +315,6 @@ class Attention:
         if self.norm.sink is not None:
             kw["norm"] = replace(self.norm, sink=fn("norm.sink", self.norm.sink))
         if self.tiles is not None:
-            kw["tiles"] = Tiles(fn("tiles.any", self.tiles.any), fn("tiles.all", self.tiles.all))
+            kw["tiles"] = replace(self.tiles, any=fn("tiles.any", self.tiles.any), all=fn("tiles.all", self.tiles.all))
         return replace(self, **kw)
 

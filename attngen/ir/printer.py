@@ -46,6 +46,12 @@ def expr_str(e: ir.Expr) -> str:
     raise TypeError(f"not an IR expression: {e!r}")
 
 
+def band_text(lo: int | None, hi: int | None) -> str:
+    """A band as a reader writes it: ``0 <= i - j``, ``0 <= i - j <= 1023``."""
+    return " ".join(x for x in (f"{lo} <=" if lo is not None else "", "i - j", f"<= {hi}" if hi is not None else "")
+                    if x)
+
+
 def attention_str(a: ir.Attention) -> str:
     lines = [f"attention {a.name} {{"]
     for d in a.inputs:
@@ -79,8 +85,14 @@ def attention_str(a: ir.Attention) -> str:
             lines.append(f"  {st}: {e.ty} = {expr_str(e)}")
     if a.score2 is not None:
         lines.append(f"  score2 = {expr_str(a.score2)}")
+    if a.scaled_dot is not None:
+        sd = a.scaled_dot
+        lines.append(f"  scaled_dot = {expr_str(sd.dot)} * {expr_str(sd.factor2)} (base 2), "
+                     f"* scale * {_num(sd.literal)} (natural)")
     if a.tiles is not None:
         lines.append(f"  tiles.any = {expr_str(a.tiles.any)}")
         lines.append(f"  tiles.all = {expr_str(a.tiles.all)}")
+        if a.tiles.band is not None:
+            lines.append(f"  tiles.band = {band_text(*a.tiles.band)}")
     lines.append("}")
     return "\n".join(lines)

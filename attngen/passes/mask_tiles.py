@@ -17,6 +17,10 @@ depends on one side only through a tensor input (``doc[b, i]``) becomes
 are *dynamic* and get a per-call classification kernel. Anything else (``score``, a load
 indexed by both i and j) is unknown: its comparisons are "maybe" (any true, all false).
 
+A mask that is a conjunction of integer bounds on ``i - j`` (``causal``, a window) is also a band
+``lo <= i - j <= hi`` (``tiles.band``): from it the kernels compute each program's tile ranges
+directly instead of testing every tile.
+
 The kernels evaluate these closed forms per tile (no mask is materialized for static
 masks); a mask the analysis cannot bound still runs correctly, tile by tile, with the mask.
 """
@@ -169,7 +173,54 @@ def tiles_of(mask: ir.Expr | None) -> ir.Tiles | None:
     any_, all_ = classify(mask)
     if isinstance(any_, ir.Const) and any_.value and isinstance(all_, ir.Const) and not all_.value:
         return None
-    return ir.Tiles(any_, all_)
+    return ir.Tiles(any_, all_, band(mask))
+
+
+def band(mask: ir.Expr) -> tuple[int | None, int | None] | None:
+    """(lo, hi) when ``mask`` is a conjunction of comparisons that bound i - j by integer constants
+    (``j <= i``, ``i - j < W``, ...), lo <= hi; else None."""
+    lo, hi = None, None
+    for c in _conjuncts(mask):
+        if not (isinstance(c, ir.Binary) and c.op in ("lt", "le", "gt", "ge")):
+            return None
+        d = _affine(ir.Binary("sub", c.a, c.b, c.a.ty))  # c.a - c.b = s * (i - j) + k
+        if d is None or set(d) - {"i", "j", 1} or d.get("i") not in (1, -1) or d.get("j") != -d["i"]:
+            return None
+        s, k = d["i"], d.get(1, 0)
+        op = c.op if s == 1 else {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[c.op]
+        bound = -k if s == 1 else k  # i - j (op) bound
+        if op in ("lt", "le"):
+            hi = min(x for x in (hi, bound - (op == "lt")) if x is not None)
+        else:
+            lo = max(x for x in (lo, bound + (op == "gt")) if x is not None)
+    if lo is not None and hi is not None and lo > hi:
+        return None
+    return lo, hi
+
+
+def _conjuncts(e: ir.Expr) -> list[ir.Expr]:
+    if isinstance(e, ir.Binary) and e.op == "and":
+        return _conjuncts(e.a) + _conjuncts(e.b)
+    return [e]
+
+
+def _affine(e: ir.Expr) -> dict | None:
+    """{"i": a, "j": b, 1: k} for an integer expression a*i + b*j + k, or None."""
+    if isinstance(e, ir.Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return {1: e.value}
+    if isinstance(e, ir.Sym) and e.name in ("i", "j"):
+        return {e.name: 1}
+    if isinstance(e, ir.Unary) and e.op == "neg":
+        x = _affine(e.x)
+        return None if x is None else {n: -v for n, v in x.items()}
+    if isinstance(e, ir.Binary) and e.op in ("add", "sub"):
+        x, y = _affine(e.a), _affine(e.b)
+        if x is None or y is None:
+            return None
+        sign = 1 if e.op == "add" else -1
+        return {n: x.get(n, 0) + sign * y.get(n, 0) for n in set(x) | set(y)}
+    return None
+
 
 
 def run(a: ir.Attention) -> ir.Attention:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.verify import verify
-from . import exp2_scores, fold_constants, lower_select, mask_tiles, substitute_prologue
+from . import exp2_scores, fold_constants, lower_select, mask_tiles, scaled_dot, substitute_prologue
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ PASSES: list[Pass] = [
     Pass("substitute_prologue", substitute_prologue.run,
          "kernels load raw rows: inline the prologue where stages read q and k, the score where masks name it"),
     Pass("lower_select", lower_select.run, "the selection kernels' choice becomes a mask term, so every kernel runs it"),
+    Pass("scaled_dot", scaled_dot.run, "a scaled dot is exponentiated as one FMA: factor it out of the score once"),
     Pass("mask_tiles", mask_tiles.run, "bound the mask per tile so kernels skip empty tiles and unmask full ones"),
 ]
 
