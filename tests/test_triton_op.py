@@ -16,6 +16,8 @@ import hashlib
 import pytest
 import torch
 import torch._higher_order_ops.triton_kernel_wrap as triton_wrap
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 from triton.runtime.jit import JITFunction
 
 import attngen
@@ -137,8 +139,7 @@ def test_traced_graph_matches_eager(name, dynamic, monkeypatch, analysed):
 
     def keep(gm, example_inputs):
         graphs.append(gm)
-        return gm
-    from torch._dynamo.backends.common import aot_autograd
+        return make_boxed_func(gm)
     torch._dynamo.reset()
     compiled = torch.compile(_call(traced), fullgraph=True, dynamic=dynamic,
                              backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))

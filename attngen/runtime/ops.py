@@ -21,7 +21,7 @@ With ``kind == "triton_op"`` (:func:`_op_kind`, :meth:`_Ops.traceable`) the dens
 implementations and autograd formula, built with ``torch.library.triton_op``: Inductor traces their
 bodies (the host code with ``launch._Traced``) and compiles the kernels into its graph. Findings
 (torch 2.13 CPU, TRITON_INTERPRET=1, kernels as JITFunctions launched by the interpreter, with
-aot_eager; Inductor on a GPU with torch 2.11):
+aot_eager; the Inductor path itself is tests/test_triton_op.py's gpu test):
 
 - The body is traced by AOTAutograd under fake tensors, with symbolic sizes under dynamic shapes.
   Host control flow on sizes, ``int()`` of a size, grids and buffers sized from shapes (the tile
