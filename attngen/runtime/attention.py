@@ -17,7 +17,7 @@ Shipped: the generated module embeds this file verbatim (after its imports).
 import torch
 
 from .checks import _Varlen, _check_call, _check_flags, _check_paged, _check_scale, _check_varlen, _empty_result, _packed
-from .launch import (SPLIT_ROWS, _TileLists, _autotune, _blocks, _cdiv, _config, _empty, _launch, _no_grads, _pow2,
+from .launch import (SPLIT_ROWS, _Direct, _TileLists, _blocks, _cdiv, _config, _empty, _launch, _no_grads, _pow2,
                      _split_config, _splits, _tune_key)
 from .ops import _Ops
 from .selection import _Gathered, _choose, _gather_backward, _gather_forward, _listed_forward
@@ -41,7 +41,8 @@ class _Attention:
         gathered = bool(self.sel and self.sel["gather"] and self.sel["gather_bwd"])
         self.ops = _Ops(name, key, self.public, self.op_forward, self.op_backward, self.paged, _Varlen,
                         sel_name if self.sel else None, sel_shape, has_out=plan["has_out"], gathered=gathered,
-                        lse_grad=plan["norm"] == "softmax")
+                        lse_grad=plan["norm"] == "softmax", plan=plan, kernels=kernels,
+                        scalars={n for n, scalar, _ in inputs if scalar})
 
     # ---- kernel arguments
 
@@ -55,15 +56,17 @@ class _Attention:
         return out
 
     def args(self, q, k, v, o, o_raw, do, do_raw, stat, delta, sbl, sbg, tl_rows, tl_cols, cu, dq, dk, dv, xs, gxs,
-             sizes, scale, table=None, split=None, dlse=None):
+             sizes, scale, table=None, split=None, dlse=None, hole=None):
         """Kernel arguments in the order of the kernels' signatures. cu: cu_seqlens of q and k (packed
         sequences), or (unused, cache lengths) with a paged cache, or placeholders; table: the paged
         cache's block table; split: the split-KV forward's partial buffers and their count; dlse: the
-        gradient of lse (a backward whose loss reads it)."""
-        table = (stat, 0, 1) if table is None else (table, table.stride(0), k.shape[0])
-        split = (stat, stat, stat, 1) if split is None else split
+        gradient of lse (a backward whose loss reads it); hole: the placeholder of the pointers the
+        kernels do not read without those (default stat)."""
+        hole = stat if hole is None else hole
+        table = (hole, 0, 1) if table is None else (table, table.stride(0), k.shape[0])
+        split = (hole, hole, hole, 1) if split is None else split
         args = [q, *q.stride(), k, *k.stride(), v, *v.stride(), o, o_raw, do, do_raw, *o.stride(),
-                stat, delta, stat if dlse is None else dlse, sbl, sbg, tl_rows, tl_cols, *cu, *table, *split[:3], dq, *dq.stride(), dk, *dk.stride(),
+                stat, delta, hole if dlse is None else dlse, sbl, sbg, tl_rows, tl_cols, *cu, *table, *split[:3], dq, *dq.stride(), dk, *dk.stride(),
                 dv, *dv.stride()]
         for n, scalar, _ in self.all_inputs:
             if scalar:
@@ -72,10 +75,10 @@ class _Attention:
                 args += [xs[n], *xs[n].stride(), gxs[n], *gxs[n].stride()]
         return args + [sizes[s] for s in ("B", "H", "HK", "M", "N", "M", "N", "TQ")] + [split[3], scale]
 
-    def tiles(self, q, k, xs, sizes, common, cu, varlen):
+    def tiles(self, q, k, xs, sizes, common, cu, varlen, launcher=_Direct):
         """The tile lists of this call's mask: built per call (or once by prepare) for a data-dependent
         mask, None where the kernels bound the mask in closed form. q, k: as the kernels index them
-        ([B, heads, rows, D])."""
+        ([B, heads, rows, D]); launcher: how the classification kernels launch (launch._Direct, _Traced)."""
         if not self.plan["dynamic"]:
             return None
         gxs = _no_grads(xs, q)
@@ -84,7 +87,8 @@ class _Attention:
             return self.args(q, k, k, q, q, q, q, q, q, q, q, tl_rows, classes, cu, q, k, k, xs, gxs, sizes, 1.0)
         flags = self.flags(sizes, varlen)
         constexprs = dict(common, device=q.device, **flags)
-        return _TileLists(self.name, self.kernels["classify"], args_for, sizes, flags["TILE_HEADS"], constexprs)
+        return _TileLists(self.name, self.kernels["classify"], args_for, sizes, flags["TILE_HEADS"], constexprs,
+                          launcher)
 
     @staticmethod
     def lists(tiles, stat):
@@ -99,8 +103,10 @@ class _Attention:
         [T, heads, D] as [B, heads, T, D] views with batch stride 0."""
         if seq is None:
             B, H, M, D = q.shape
-            HK, N, DV = k.shape[1], k.shape[2], v.shape[3]
-            sizes = {"B": B, "H": H, "HK": HK, "M": M, "N": N, "D": D, "DV": DV, "TQ": M}
+            # head counts and dims are the kernels' constexprs (GROUP, TILE_HEADS, D, DV): where a triton_op's
+            # body is traced with symbolic sizes, int() specializes them (a guard) and M, N, B stay symbolic
+            H, D, HK, DV = int(H), int(D), int(k.shape[1]), int(v.shape[3])
+            sizes = {"B": B, "H": H, "HK": HK, "M": M, "N": k.shape[2], "D": D, "DV": DV, "TQ": M}
             return sizes, q, k, v
         TQ, H, D = q.shape
         B, HK, DV = seq.batch, k.shape[1], v.shape[2]
@@ -119,9 +125,10 @@ class _Attention:
 
     # ---- the forward
 
-    def apply(self, q, k, v, scale, tiles, seq, xs):
+    def apply(self, q, k, v, scale, tiles, seq, xs, launcher=_Direct):
         """The forward of a dense or packed call: o, o before the out stage, the row statistic, the tile
-        lists (or the block-sparse entries) and the inputs the kernels read (with the selection)."""
+        lists (or the block-sparse entries) and the inputs the kernels read (with the selection).
+        launcher: launch._Direct, or launch._Traced in a triton_op's body (dense, no selection)."""
         sizes, q4, k4, v4 = self.layout(q, k, v, seq)
         cu = (seq.cu_q, seq.cu_k) if seq is not None else (q, q)
         common = _config(sizes["D"], sizes["DV"], q)[2]
@@ -137,16 +144,18 @@ class _Attention:
             if self.sel["listed"]:
                 o, stat = _listed_forward(self, q4, k4, v4, xs, sizes, scale, common)
                 return o, o, stat, tiles, xs
-        o_buf, o_raw_buf, stat, tiles = self.run_forward(q, q4, k4, v4, xs, sizes, scale, tiles, cu, common, seq=seq)
+        o_buf, o_raw_buf, stat, tiles = self.run_forward(q, q4, k4, v4, xs, sizes, scale, tiles, cu, common, seq=seq,
+                                                         launcher=launcher)
         return o_buf, o_raw_buf, stat, tiles, xs
 
-    def run_forward(self, q, q4, k4, v4, xs, sizes, scale, tiles, cu, common, seq=None, table=None, kind="fwd"):
+    def run_forward(self, q, q4, k4, v4, xs, sizes, scale, tiles, cu, common, seq=None, table=None, kind="fwd",
+                    launcher=_Direct):
         """Allocate o (and o before the out stage) and the row statistic, build the tile lists unless
         given, and run the forward. q4, k4, v4: as the kernels index them; seq: packed sequences;
         table: a paged cache's block table. Returns (o, o_raw, stat, tiles), o packed for seq."""
         B, H, M, DV = sizes["B"], sizes["H"], sizes["M"], sizes["DV"]
         if tiles is None:
-            tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None)
+            tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None, launcher)
         o_buf, o = self.out(DV, sizes, seq, q.device, q.dtype)
         if self.has_out:
             o_raw_buf, o_raw = self.out(DV, sizes, seq, q.device, torch.float32)
@@ -154,7 +163,13 @@ class _Attention:
             o_raw_buf, o_raw = o_buf, o  # no out stage: o is the norm's result
         stat = _empty((B, H, M) if seq is None else (H, sizes["TQ"]), q.device, torch.float32)
         gxs = _no_grads(xs, q)
-        lists = self.lists(tiles, stat)
+        # the parameters this launch writes nothing to and reads nothing from: o and stat themselves in eager
+        # calls; in a traced body (a triton_op) other tensors, since functionalization clones each argument it
+        # finds written separately (where torch cannot analyse the kernel, every argument), and a clone of an
+        # alias of o or stat, unwritten but committed last, would replace them (observed: o all NaN)
+        spare = launcher.spare
+        hole = spare(stat)
+        lists = self.lists(tiles, hole)
         if self.scaled_dot:
             # the forward takes its running max of dot(q, k) before scaling, which needs a positive factor
             if scale < 0:
@@ -163,18 +178,20 @@ class _Attention:
                 scale = 1e-30  # every allowed pair weighs the same, as with 0
 
         def args(c, split=None):
-            return self.args(q4, k4, v4, o, o_raw, o, o_raw, stat, stat, stat, stat, *lists(c), cu, q4, k4, v4, xs,
-                             gxs, sizes, scale, table, split)
+            return self.args(q4, k4, v4, o, o_raw if self.has_out else spare(o), spare(o), spare(o_raw), stat, hole,
+                             hole, hole, *lists(c), cu, q4, k4, v4, xs, gxs, sizes, scale, table, split, hole=hole)
         flags = self.flags(sizes, seq is not None)
         fwds = _config(sizes["D"], DV, q)[0]
-        self.forward(args, sizes, q, o, stat, fwds, common, flags, kind, seq is None)
+        self.forward(args, sizes, q, o, stat, fwds, common, flags, kind, seq is None, launcher)
         return o_buf, o_raw_buf, stat, tiles
 
-    def forward(self, args, sizes, q, o, stat, fwds, common, flags, kind, may_split):
+    def forward(self, args, sizes, q, o, stat, fwds, common, flags, kind, may_split, launcher):
         """Run the forward: with few query rows, the keys split over several programs per (b, h) and the
         partial results merged exactly (split-KV decoding); otherwise one program per query tile."""
         B, H, M, N = sizes["B"], sizes["H"], sizes["M"], sizes["N"]
-        if self.plan["splittable"]:
+        # a traced body (a triton_op) runs only for calls past SPLIT_ROWS rows (ops._Ops.traceable): no split there,
+        # and no shape guard or device query (the split count reads the SM count) in the traced code
+        if self.plan["splittable"] and not launcher.traced:
             G = H // sizes["HK"]
             # one program for all heads of a GQA group when their rows fit one tile (keys read once per group);
             # without packable, the tile bounds depend on the head: one program per head
@@ -194,9 +211,9 @@ class _Attention:
                 return
         fwd = self.kernels["fwd"]
         grid = lambda c: (_cdiv(M, c["BLOCK_M"]), B * H)  # noqa: E731
-        cfg = _autotune(_tune_key(self.name, kind, sizes, q), fwds, lambda c: fwd[grid(c)](*args(c), **c, **common,
-                                                                                              **flags))
-        _launch(fwd, grid, args, cfg, **common, **flags)
+        cfg = launcher.choose(lambda: _tune_key(self.name, kind, sizes, q), fwds,
+                              lambda c: fwd[grid(c)](*args(c), **c, **common, **flags))
+        launcher.launch(fwd, grid, args, cfg, **common, **flags)
 
     def paged(self, q, k_cache, v_cache, scale, xs, sizes, table, lengths):
         """Forward on a paged cache (inference; no autograd): o [B, H, M, DV] and the row statistic."""
@@ -212,18 +229,19 @@ class _Attention:
 
     # ---- the operators' work
 
-    def op_forward(self, q, k, v, scale, xs, seq, tiles):
+    def op_forward(self, q, k, v, scale, xs, seq, tiles, launcher=_Direct):
         """The forward operator's work (attngen.runtime.ops): o, o before the out stage, the row
         statistic, the selection (or None) and the entries a block-sparse backward walks (or none)."""
-        o_buf, o_raw_buf, stat, tiles, xs = self.apply(q, k, v, scale, tiles, seq, xs)
+        o_buf, o_raw_buf, stat, tiles, xs = self.apply(q, k, v, scale, tiles, seq, xs, launcher)
         extra = tuple(tiles[:4]) if isinstance(tiles, _Gathered) else ()
         return o_buf, o_raw_buf, stat, xs[self.sel_name] if self.sel else None, extra
 
-    def op_backward(self, do, q, k, v, o_buf, o_raw_buf, stat, xs, extra, seq, scale, wants, tiles, dlse=None):
+    def op_backward(self, do, q, k, v, o_buf, o_raw_buf, stat, xs, extra, seq, scale, wants, tiles, dlse=None,
+                    launcher=_Direct):
         """The backward operator's work: dq, dk, dv and the wanted input gradients by name. xs: the
         inputs (with the forward's selection); extra: the forward's block-sparse entries; tiles:
         prepared tile lists, else built here (the forward's were for its own launch configs); dlse:
-        lse's gradient (softmax), or None."""
+        lse's gradient (softmax), or None; launcher: launch._Direct, or launch._Traced in a triton_op."""
         sizes, q4, k4, v4 = self.layout(q, k, v, seq)
         B, H, HK, M, N, DV = (sizes[x] for x in ("B", "H", "HK", "M", "N", "DV"))
         view = (lambda t: t) if seq is None else (lambda t: _packed(t, B))  # noqa: E731
@@ -254,7 +272,7 @@ class _Attention:
                              dict(bwds[0]["dq"], **pre), dlse)
             return dq_buf, dk_buf, dv_buf, {}
         if tiles is None:
-            tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None)
+            tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None, launcher)
         lists = self.lists(tiles, stat)
         flags = self.flags(sizes, seq is not None, wants=wants)
         kernels = self.kernels
@@ -275,11 +293,11 @@ class _Attention:
 
         def direct(kernel, grid, args, kc):
             kernel[grid(kc)](*args(kc), **kc, **common, **flags)
-        cfg = _autotune(_tune_key(self.name, "bwd", sizes, q), bwds, lambda c: launch(c, direct))
+        cfg = launcher.choose(lambda: _tune_key(self.name, "bwd", sizes, q), bwds, lambda c: launch(c, direct))
         for n, g in gxs.items():
             if wants[n]:
                 g.zero_()  # tuning runs accumulated into the input gradients
-        launch(cfg, lambda kernel, grid, args, kc: _launch(kernel, grid, args, kc, **common, **flags))
+        launch(cfg, lambda kernel, grid, args, kc: launcher.launch(kernel, grid, args, kc, **common, **flags))
         return dq_buf, dk_buf, dv_buf, {n: gxs[n].reshape(xs[n].shape).to(xs[n].dtype) for n in xs if wants[n]}
 
     # ---- the public functions

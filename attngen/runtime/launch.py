@@ -42,15 +42,66 @@ def _launch(kernel, grid, args, cfg, **constexprs):
                               f"retrying with {retries[n + 1]}", RuntimeWarning, stacklevel=2)
 
 
+class _Direct:
+    """Launches from host code that runs with real tensors (eager calls, the custom_op operators):
+    configs autotuned (``choose``), launches retried on resource errors (``_launch``)."""
+
+    traced = False
+
+    @staticmethod
+    def kernel(kernel):
+        return kernel
+
+    @staticmethod
+    def choose(key_of, candidates, run):
+        """The config for a launch: ``key_of()`` gives the tuning key, ``run(cfg)`` launches with one."""
+        return _autotune(key_of(), candidates, run)
+
+    launch = staticmethod(_launch)
+
+    @staticmethod
+    def spare(tensor):
+        """A tensor for kernel parameters a launch leaves alone: the one at hand."""
+        return tensor
+
+
+class _Traced:
+    """Launches in the body of a ``torch.library.triton_op`` while Inductor traces it (fake tensors,
+    symbolic sizes): each one is recorded as a kernel node through ``torch.library.wrap_triton``,
+    compiled and run later by the graph, so nothing here may time, read files or query the device,
+    and an error of the launch would surface outside any ``try`` here. The config is therefore the
+    fixed default (the first candidate, what ATTNGEN_AUTOTUNE=0 takes), launched once as given."""
+
+    traced = True
+
+    @staticmethod
+    def kernel(kernel):
+        return torch.library.wrap_triton(kernel)
+
+    @staticmethod
+    def choose(key_of, candidates, run):
+        return candidates[0]
+
+    @staticmethod
+    def spare(tensor):
+        """A tensor of its own for kernel parameters a launch leaves alone (one element: never read)."""
+        return tensor.new_empty((1,))
+
+    @staticmethod
+    def launch(kernel, grid, args, cfg, **constexprs):
+        torch.library.wrap_triton(kernel)[grid(cfg) if callable(grid) else grid](*args(cfg), **cfg, **constexprs)
+
+
 class _TileLists:
     """Per-call lists of the key tiles (for each query tile) and query tiles (for each key tile)
     that a data-dependent mask allows, partly or fully, for each block shape a kernel launches with.
     Built by the attention's classification kernel on first use; reusable across calls with the
     same mask inputs (``prepare``)."""
 
-    def __init__(self, fn, classify, args_for, sizes, heads, constexprs):
+    def __init__(self, fn, classify, args_for, sizes, heads, constexprs, launcher=_Direct):
         self.fn, self.classify, self.args_for = fn, classify, args_for
         self.sizes, self.heads, self.constexprs = dict(sizes), heads, constexprs
+        self.launcher = launcher
         self.lists = {}
 
     def check(self, fn, sizes):
@@ -71,9 +122,10 @@ class _TileLists:
             classes = torch.empty(rows * m_tiles * n_tiles, device=dev, dtype=torch.int32)
             tl_cols = torch.empty(rows * n_tiles * (2 + 2 * m_tiles), device=dev, dtype=torch.int32)
             kw = {k: v for k, v in self.constexprs.items() if k != "device"}
-            self.classify[(m_tiles, rows)](*self.args_for(tl_rows, classes), BLOCK_M=bm, BLOCK_N=bn, **kw)
-            _tiles_by_key[(n_tiles, rows)](classes, tl_cols, self.sizes["M"], self.sizes["N"], BLOCK_M=bm,
-                                           BLOCK_N=bn, SCAN=kw["SCAN"])
+            wrap = self.launcher.kernel
+            wrap(self.classify)[(m_tiles, rows)](*self.args_for(tl_rows, classes), BLOCK_M=bm, BLOCK_N=bn, **kw)
+            wrap(_tiles_by_key)[(n_tiles, rows)](classes, tl_cols, self.sizes["M"], self.sizes["N"], BLOCK_M=bm,
+                                                 BLOCK_N=bn, SCAN=kw["SCAN"])
             self.lists[key] = (tl_rows, tl_cols)
         return self.lists[key]
 

@@ -16,6 +16,36 @@ launcher, the autotuner, the cache or a device query.
 - ``attngen::<name>_<key>_paged(q, k_cache, v_cache, scale, xs, fs, is_tensor, block_table, seqlens_k)``
   returns ``(o, lse)`` of a call on a paged KV cache (forward only: decoding).
 
+With ``kind == "triton_op"`` (:func:`op_kind`, :meth:`_Ops.traceable`) the dense calls take
+``attngen::<name>_<key>_fwd_triton`` and ``_bwd_triton`` instead, the same schemas, fake
+implementations and autograd formula, built with ``torch.library.triton_op``: Inductor traces their
+bodies (the host code with ``launch._Traced``) and compiles the kernels into its graph. Findings
+(torch 2.13 CPU, TRITON_INTERPRET=1, kernels as JITFunctions launched by the interpreter, with
+aot_eager; the Inductor path itself is tests/test_triton_op.py's gpu test):
+
+- The body is traced by AOTAutograd under fake tensors, with symbolic sizes under dynamic shapes.
+  Host control flow on sizes, ``int()`` of a size, grids and buffers sized from shapes (the tile
+  lists of a data-dependent mask) and ``torch.library.get_ctx()`` trace; a branch or ``int()`` on a
+  symbolic size adds a guard (head counts and dims: constexprs of the kernels).
+- A value read from a tensor does not trace: ``.item()``, ``.tolist()`` or ``int(t.sum())`` fail with
+  "Could not extract specialized integer from data-dependent expression u0". So the select stage's
+  block-sparse entries (counts read back to size the outputs) and scalar inputs given as tensors
+  (their value is a kernel argument) stay custom_op.
+- ``wrap_triton(kernel)[grid](...)`` is recorded, not run: timing (autotuning), tuning-file I/O or a
+  device query would run at trace time on fake tensors, and a ``try`` around a launch never sees
+  its OutOfResources. The body launches the fixed default config (ATTNGEN_AUTOTUNE=0's) once; the
+  split-KV decoding forward, whose split count reads the SM count, and prepared tile lists (a Python
+  object behind a handle, not a graph input) stay custom_op, packed and paged calls too.
+- Functionalization clones each argument a kernel writes, separately, so no argument may alias a
+  written one (torch's own TODO in triton_kernel_wrap: "if two kernel inputs are views of each
+  other, and one gets mutated"); where torch cannot analyse a kernel (no GPU driver: "RuntimeError:
+  0 active drivers ([]). There should only be one.") it assumes every argument written, and the
+  forward's placeholders aliasing o gave o all NaN: the traced forward passes spares instead.
+- Under TRITON_INTERPRET=1 @triton.jit gives an InterpretedFunction, which wrap_triton returns as
+  it is (torch 2.13): a traced body launches it on fake tensors, "Cannot access data pointer of
+  Tensor (e.g. FakeTensor, FunctionalTensor)", and Inductor needs a GPU driver to compile a user
+  kernel (the error above): interpreted kernels make every operator custom_op.
+
 The keyword inputs travel as ``xs`` (the tensors, in declaration order), ``fs`` (the Python floats)
 and ``is_tensor`` (which of the declared inputs is which). ``prepared`` is 0 or the handle of tile
 lists from ``NAME_prepare`` (eager calls; under torch.compile the lists are built inside the op).
@@ -27,6 +57,9 @@ Shipped: the generated module embeds this file verbatim (after its imports).
 import weakref
 
 import torch
+import triton
+
+from .launch import SPLIT_ROWS, _Direct, _Traced
 
 #: tile lists passed as ``prepared=``, by the handle the operators take instead of the object
 _PREPARED = weakref.WeakValueDictionary()
@@ -53,23 +86,50 @@ _BWD_SCHEMA = ("(Tensor do, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor o
 
 
 class _Ops:
-    """The operators of one attention. ``forward(q, k, v, scale, xs, seq, tiles)`` and ``backward(do, q,
-    k, v, o, o_raw, lse, xs, extra, seq, scale, wants, tiles)`` are the module's kernels' host code
-    (xs: the inputs by name, with the selection under ``sel_name``; seq: packed sequences or None);
-    ``sel_shape(sizes)`` gives the selection's shape and dtype, or None; ``has_out``: o_raw is
-    returned; ``gathered``: the forward returns block-sparse entries."""
+    """The operators of one attention. ``forward(q, k, v, scale, xs, seq, tiles, launcher)`` and
+    ``backward(do, q, k, v, o, o_raw, lse, xs, extra, seq, scale, wants, tiles, dlse, launcher)`` are
+    the module's kernels' host code (xs: the inputs by name, with the selection under ``sel_name``;
+    seq: packed sequences or None; launcher: launch._Direct or launch._Traced); ``sel_shape(sizes)``
+    gives the selection's shape and dtype, or None; ``has_out``: o_raw is returned; ``gathered``: the
+    forward returns block-sparse entries; ``plan``: the attention's plan; ``kernels``: its kernels;
+    ``scalars``: the names of its scalar inputs.
+
+    ``kind`` ("triton_op" or "custom_op") and ``kind_reason`` say how torch.compile sees this
+    attention's dense calls (see :func:`op_kind`); with "triton_op", ``fwd_triton`` and
+    ``bwd_triton`` are those operators and :meth:`traceable` says which calls take them."""
 
     def __init__(self, name, key, names, forward, backward, paged, varlen, sel_name, sel_shape, has_out, gathered,
-                 lse_grad):
+                 lse_grad, plan, kernels, scalars):
         self.names, self.forward, self.backward, self.paged, self.varlen = names, forward, backward, paged, varlen
         self.sel_name, self.sel_shape, self.has_out, self.gathered = sel_name, sel_shape, has_out, gathered
-        self.lse_grad = lse_grad
+        self.lse_grad, self.splittable, self.scalars = lse_grad, plan["splittable"], frozenset(scalars)
+        self.kind, self.kind_reason = op_kind(bool(plan["selection"]))
+        if self.kind == "triton_op" and not isinstance(kernels["fwd"], triton.runtime.jit.JITFunction):
+            self.kind, self.kind_reason = "custom_op", _INTERPRETED
         prefix = f"attngen::{name}_{key}"
         self.fwd, new = _define(f"{prefix}_fwd", _FWD_SCHEMA, self._fwd_impl, self._fwd_fake)
         self.bwd, _ = _define(f"{prefix}_bwd", _BWD_SCHEMA, self._bwd_impl, self._bwd_fake)
         self.paged_op, _ = _define(f"{prefix}_paged", _PAGED_SCHEMA, self._paged_impl, self._paged_fake)
         if new:
             torch.library.register_autograd(f"{prefix}_fwd", self._backward, setup_context=self._setup_context)
+        self.fwd_triton = self.bwd_triton = None
+        if self.kind == "triton_op":
+            self.fwd_triton, new = _define_triton(f"{prefix}_fwd_triton", self._fwd_traced, self._fwd_fake)
+            self.bwd_triton, _ = _define_triton(f"{prefix}_bwd_triton", self._bwd_traced, self._bwd_fake)
+            if new:
+                torch.library.register_autograd(f"{prefix}_fwd_triton", self._backward,
+                                                setup_context=self._setup_context)
+
+    def traceable(self, is_tensor, cu_q, prepared, rows=None):
+        """Whether a call takes the triton_op operators under torch.compile: a dense call (packed
+        sequences stay custom_op) without prepared tile lists (a Python object found by its handle,
+        not a graph input), whose scalar inputs are Python numbers (a tensor's value would be read on
+        the host: a data-dependent float), and, for the forward (``rows``: its query rows), past
+        SPLIT_ROWS rows where the attention splits the keys of decoding rows (the split count reads the
+        device's SM count). Paged calls always stay custom_op (``call_paged``)."""
+        return (self.kind == "triton_op" and cu_q is None and not prepared
+                and not any(t for n, t in zip(self.names, is_tensor) if n in self.scalars)
+                and (rows is None or not self.splittable or rows > SPLIT_ROWS))
 
     def inputs(self, xs, fs, is_tensor):
         """The declared inputs by name, from the operators' tensor and float lists."""
@@ -79,12 +139,20 @@ class _Ops:
     def _seq(self, cu_q, cu_k, max_q, max_k):
         return None if cu_q is None else self.varlen(cu_q, cu_k, max_q, max_k)
 
-    def _fwd_impl(self, q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared):
+    def _fwd_impl(self, q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared, launcher=_Direct):
         inputs = self.inputs(xs, fs, is_tensor)
         o, o_raw, lse, sel, extra = self.forward(q, k, v, scale, inputs, self._seq(cu_q, cu_k, max_q, max_k),
-                                                 _tiles_of_handle(prepared))
+                                                 _tiles_of_handle(prepared), launcher)
         none = q.new_empty((0,))
         return (o, o_raw if self.has_out else none, lse, none.to(torch.int32) if sel is None else sel, list(extra))
+
+    def _fwd_traced(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, xs: list[torch.Tensor],
+                    fs: list[float], is_tensor: list[bool], cu_q: torch.Tensor | None, cu_k: torch.Tensor | None,
+                    max_q: int, max_k: int, prepared: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        # the triton_op's body (its schema is inferred from these annotations): the forward's host code with
+        # launches recorded by wrap_triton; called only where traceable() holds
+        return self._fwd_impl(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared, _Traced)
 
     def _fwd_fake(self, q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared):
         if cu_q is None:
@@ -117,7 +185,7 @@ class _Ops:
         return q.new_empty((*q.shape[:3], v.shape[3])), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     def _bwd_impl(self, do, dlse, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
-                  max_q, max_k, prepared):
+                  max_q, max_k, prepared, launcher=_Direct):
         inputs = self.inputs(xs, fs, is_tensor)
         if self.sel_name is not None:
             inputs[self.sel_name] = sel
@@ -125,9 +193,19 @@ class _Ops:
         want = dict(zip(tensor_names, wants))
         dq, dk, dv, grads = self.backward(do, q, k, v, o, o if not self.has_out else o_raw, lse, inputs, list(extra),
                                           self._seq(cu_q, cu_k, max_q, max_k), scale, want,
-                                          _tiles_of_handle(prepared), dlse)
+                                          _tiles_of_handle(prepared), dlse, launcher)
         # a new empty tensor for each gradient not wanted: outputs must not share storage
         return dq, dk, dv, [grads[n] if want[n] else q.new_empty((0,), dtype=torch.float32) for n in tensor_names]
+
+    def _bwd_traced(self, do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor, o: torch.Tensor, o_raw: torch.Tensor, lse: torch.Tensor, sel: torch.Tensor,
+                    extra: list[torch.Tensor], scale: float, xs: list[torch.Tensor], fs: list[float],
+                    is_tensor: list[bool], wants: list[bool], cu_q: torch.Tensor | None, cu_k: torch.Tensor | None,
+                    max_q: int, max_k: int, prepared: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        # the backward triton_op's body, as _fwd_traced
+        return self._bwd_impl(do, dlse, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q,
+                              cu_k, max_q, max_k, prepared, _Traced)
 
     def _bwd_fake(self, do, dlse, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor, wants, cu_q, cu_k,
                   max_q, max_k, prepared):
@@ -142,10 +220,12 @@ class _Ops:
         ctx.scale, ctx.fs, ctx.is_tensor = scale, fs, is_tensor
         ctx.max_q, ctx.max_k, ctx.prepared = max_q, max_k, prepared
         ctx.wants = [x.requires_grad for x in xs]
+        ctx.traceable = self.traceable(is_tensor, cu_q, prepared)
         ctx.mark_non_differentiable(o_raw, sel, *extra, *(() if self.lse_grad else (lse,)))
 
     def _backward(self, ctx, do, do_raw, dlse, dsel, dextra):
-        return self.gradients(ctx, do, dlse, self.bwd)
+        # shared by both forward operators: the backward follows the same rule as the forward it differentiates
+        return self.gradients(ctx, do, dlse, self.bwd_triton if ctx.traceable else self.bwd)
 
     def gradients(self, ctx, do, dlse, bwd):
         """The forward's inputs' gradients from its outputs' (``bwd``: the backward operator, or its
@@ -179,7 +259,8 @@ class _Ops:
         cu_q, cu_k, max_q, max_k = (None, None, 0, 0) if seq is None else (seq.cu_q, seq.cu_k, seq.max_q, seq.max_k)
         handle = _prepared_handle(prepared)
         if torch.compiler.is_compiling():
-            o, _, lse, _, _ = self.fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, handle)
+            fwd = self.fwd_triton if self.traceable(is_tensor, cu_q, handle, rows=q.shape[2]) else self.fwd
+            o, _, lse, _, _ = fwd(q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, handle)
         else:
             meta = (scale, fs, is_tensor, cu_q, cu_k, max_q, max_k, handle)
             o, _, lse, *_ = _Eager.apply(self, meta, q, k, v, *xs)
@@ -210,6 +291,22 @@ class _Eager(torch.autograd.Function):
         return None, None, dq, dk, dv, *grads
 
 
+_INTERPRETED = ("interpreted kernels (TRITON_INTERPRET=1): wrap_triton cannot record them, and Inductor compiles "
+                "user kernels only with a GPU driver")
+
+
+def op_kind(selected):
+    """("triton_op", why) where Inductor can take the kernels of an attention (``selected``: whether it
+    has a select stage), else ("custom_op", why); the module docstring gives the findings. With
+    interpreted kernels the operators are custom_op whatever this says (_INTERPRETED)."""
+    if selected:
+        return "custom_op", ("select stage: its kernels choose blocks or keys per call, and with gather the "
+                             "block-sparse entries' counts are read back to size the outputs (data-dependent)")
+    return "triton_op", ("dense calls (the forward past SPLIT_ROWS query rows where the keys may split, no "
+                         "prepared tiles, scalar inputs as numbers) launch the kernels through wrap_triton with the "
+                         "fixed default configs; other calls take the custom_op operators")
+
+
 def _define(qualname, schema, impl, fake):
     """A custom operator and True, or the one this process registered under the name already and
     False (a module imported again: the same cache key, so the same kernels)."""
@@ -217,5 +314,17 @@ def _define(qualname, schema, impl, fake):
     if hasattr(getattr(torch.ops, namespace), name):
         return getattr(getattr(torch.ops, namespace), name).default, False
     op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
+    op.register_fake(fake)
+    return op, True
+
+
+def _define_triton(qualname, body, fake):
+    """A triton_op (schema from ``body``'s annotations) and True, or the one registered already and
+    False. Its fake is the custom_op's: exact shapes without tracing the body under fake tensors
+    (triton_op registers the body as the fake, and the shared fake keeps both kinds alike)."""
+    namespace, name = qualname.split("::")
+    if hasattr(getattr(torch.ops, namespace), name):
+        return getattr(getattr(torch.ops, namespace), name).default, False
+    op = torch.library.triton_op(qualname, body, mutates_args=())
     op.register_fake(fake)
     return op, True
