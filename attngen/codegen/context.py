@@ -8,7 +8,7 @@ import textwrap
 from .. import __version__
 from ..ir import nodes as ir
 from ..ir.printer import band_text
-from ..runtime.ops import op_kind
+from ..runtime.ops import _op_kind
 from . import gather, kernels, select, shipped, tiles
 from .embed import inert
 from .emit import vec_block
@@ -119,7 +119,7 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
         else:
             notes.append("forward: the dense kernel with the lists in the mask (the listed forward takes "
                          "softmax without keep=, weights, out, sink or per-call tile lists)")
-    kind, why = op_kind(sel is not None)
+    kind, why = _op_kind(sel is not None)
     notes.append(f"torch.compile: {kind} operators ({why})" + ("; custom_op under TRITON_INTERPRET=1 (interpreted "
                                                               "kernels)" if kind == "triton_op" else ""))
     return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]

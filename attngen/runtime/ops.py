@@ -16,7 +16,7 @@ launcher, the autotuner, the cache or a device query.
 - ``attngen::<name>_<key>_paged(q, k_cache, v_cache, scale, xs, fs, is_tensor, block_table, seqlens_k)``
   returns ``(o, lse)`` of a call on a paged KV cache (forward only: decoding).
 
-With ``kind == "triton_op"`` (:func:`op_kind`, :meth:`_Ops.traceable`) the dense calls take
+With ``kind == "triton_op"`` (:func:`_op_kind`, :meth:`_Ops.traceable`) the dense calls take
 ``attngen::<name>_<key>_fwd_triton`` and ``_bwd_triton`` instead, the same schemas, fake
 implementations and autograd formula, built with ``torch.library.triton_op``: Inductor traces their
 bodies (the host code with ``launch._Traced``) and compiles the kernels into its graph. Findings
@@ -95,7 +95,7 @@ class _Ops:
     ``scalars``: the names of its scalar inputs.
 
     ``kind`` ("triton_op" or "custom_op") and ``kind_reason`` say how torch.compile sees this
-    attention's dense calls (see :func:`op_kind`); with "triton_op", ``fwd_triton`` and
+    attention's dense calls (see :func:`_op_kind`); with "triton_op", ``fwd_triton`` and
     ``bwd_triton`` are those operators and :meth:`traceable` says which calls take them."""
 
     def __init__(self, name, key, names, forward, backward, paged, varlen, sel_name, sel_shape, has_out, gathered,
@@ -103,7 +103,7 @@ class _Ops:
         self.names, self.forward, self.backward, self.paged, self.varlen = names, forward, backward, paged, varlen
         self.sel_name, self.sel_shape, self.has_out, self.gathered = sel_name, sel_shape, has_out, gathered
         self.lse_grad, self.splittable, self.scalars = lse_grad, plan["splittable"], frozenset(scalars)
-        self.kind, self.kind_reason = op_kind(bool(plan["selection"]))
+        self.kind, self.kind_reason = _op_kind(bool(plan["selection"]))
         if self.kind == "triton_op" and not isinstance(kernels["fwd"], triton.runtime.jit.JITFunction):
             self.kind, self.kind_reason = "custom_op", _INTERPRETED
         prefix = f"attngen::{name}_{key}"
@@ -295,7 +295,7 @@ _INTERPRETED = ("interpreted kernels (TRITON_INTERPRET=1): wrap_triton cannot re
                 "user kernels only with a GPU driver")
 
 
-def op_kind(selected):
+def _op_kind(selected):
     """("triton_op", why) where Inductor can take the kernels of an attention (``selected``: whether it
     has a select stage), else ("custom_op", why); the module docstring gives the findings. With
     interpreted kernels the operators are custom_op whatever this says (_INTERPRETED)."""
