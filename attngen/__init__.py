@@ -41,14 +41,14 @@ def _make(attns, name: str | None, backend: str, origin: str):
 def load(path: str | Path, name: str | None = None, consts: Mapping[str, ConstValue] | None = None,
          backend: str = "triton"):
     """Compile the attention in the ``.attn`` file at ``path`` into a callable."""
-    from .spec import compile_file
+    from .driver import compile_file
     return _make(compile_file(path, consts, name), name, backend, str(path))
 
 
 def jit(source: str, name: str | None = None, consts: Mapping[str, ConstValue] | None = None,
         backend: str = "triton"):
     """Like :func:`load`, for spec text given as a string."""
-    from .spec import compile_source
+    from .driver import compile_source
     return _make(compile_source(source, "<jit>", consts, name), name, backend, "the source")
 
 

@@ -42,7 +42,7 @@ def main() -> None:
 def check(files: tuple[str, ...]) -> None:
     """Parse and type-check each FILE, and plan its kernels (a spec check accepts compiles and runs);
     exit 1 if any has an error."""
-    from .codegen.render import render_module
+    from .driver import generate
 
     failed = False
     for path in files:
@@ -50,7 +50,7 @@ def check(files: tuple[str, ...]) -> None:
             attns = load_spec(path)
             # generate the module too: what the kernels cannot run is refused here, with its caret
             if attns:
-                render_module(attns, attns[0].source, path, "check")
+                generate(attns).render()
             names = [a.name for a in attns]
         except AttnError as err:
             click.echo(err.format(), err=True)
@@ -83,10 +83,9 @@ def show(file: str, name: str | None, consts: dict, show_ir: bool, after: str | 
     """Show what attngen makes of FILE: its IR (the default), its mask, or its Triton code."""
     attns = load_spec(file, name, consts)
     if show_triton:
-        from .codegen.render import module_key, render_module
+        from .driver import generate
 
-        source = Path(file).read_text()
-        click.echo(render_module(attns, source, file, module_key(attns, source, file)), nl=False)
+        click.echo(generate(attns).render(), nl=False)
     if show_ir or after is not None or (mask_out is None and not show_triton):
         if after is not None:
             attns = _run_passes(attns, after)
@@ -103,12 +102,12 @@ def _ir_text(a: ir.Attention, after: str | None) -> str:
 
 
 def _run_passes(attns: list[ir.Attention], after: str) -> list[ir.Attention]:
-    from .passes.pipeline import PASSES, run_pipeline
+    from .driver import optimize
+    from .passes.pipeline import pass_names
 
-    names = [p.name for p in PASSES]
-    if after != "all" and after not in names:
-        raise UserError(f"error: unknown pass '{after}'; passes are: {', '.join(names)} (or 'all')")
-    return [run_pipeline(a, after) for a in attns]
+    if after != "all" and after not in pass_names():
+        raise UserError(f"error: unknown pass '{after}'; passes are: {', '.join(pass_names())} (or 'all')")
+    return [optimize(a, after) for a in attns]
 
 
 def _show_mask(file: str, attns: list[ir.Attention], out: str, M: int, N: int) -> None:
@@ -152,11 +151,10 @@ def _show_mask(file: str, attns: list[ir.Attention], out: str, M: int, N: int) -
 @define_option
 def compile_cmd(file: str, out: str, name: str | None, consts: dict) -> None:
     """Write a standalone module (torch + triton only) with one function per attention of FILE."""
-    from .codegen.render import module_key, render_module
+    from .driver import generate
 
     attns = load_spec(file, name, consts)
-    source = Path(file).read_text()
-    text = render_module(attns, source, file, module_key(attns, source, file))
+    text = generate(attns).render()
     try:
         Path(out).write_text(text, encoding="utf-8")
     except OSError as err:

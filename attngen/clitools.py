@@ -22,7 +22,7 @@ class UserError(click.ClickException):
 def load_spec(path: str, name: str | None = None,
               consts: Mapping[str, ConstValue] | None = None) -> list[ir.Attention]:
     """Parse and check the ``.attn`` file at ``path``; an unreadable file is a UserError."""
-    from .spec import compile_source
+    from .driver import compile_source
 
     try:
         source = Path(path).read_text()

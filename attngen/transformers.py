@@ -33,7 +33,7 @@ import torch
 
 from .ir import nodes as ir
 from .ir.verify import verify
-from .spec import compile_source
+from .driver import compile_source
 
 #: the input :func:`with_key_padding` adds: bool [B, N], True for a real (not padding) key
 PAD_INPUT = "attngen_kv_valid"

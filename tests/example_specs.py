@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attngen.spec import compile_file
+from attngen.driver import compile_file
 
 EXAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.attn"))
 DENSE = [(p, a.name) for p in EXAMPLES for a in compile_file(p) if a.select is None or a.select.block is None]

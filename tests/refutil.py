@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from attngen.reference import ReferenceAttention
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 F64 = torch.float64
 

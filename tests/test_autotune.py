@@ -12,7 +12,7 @@ import pytest
 import triton
 
 from attngen.codegen.render import cache_key, render_module
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 SRC = "attention tuned { mask = causal }"
 

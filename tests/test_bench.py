@@ -29,7 +29,7 @@ from attngen.bench.startup import first_call, scoped_environ
 from attngen.cli import main
 from attngen.reference.api import ReferenceAttention
 from attngen.reference.interpreter import selected_pairs
-from attngen.spec import compile_file, compile_source
+from attngen.driver import compile_file, compile_source
 
 from example_specs import DENSE, EXAMPLES, shrunk
 from refutil import qkv

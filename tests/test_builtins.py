@@ -10,7 +10,7 @@ import torch
 from attngen.ir.builtins import UNARY
 from attngen.ir.check_expr import FUNCTIONS
 from attngen.reference.exprs import _ELEMENTWISE
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 from attngen.verify import assert_close, compare
 
 #: arguments inside every function's domain (log, sqrt and rsqrt need positive ones)

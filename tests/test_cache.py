@@ -14,7 +14,7 @@ import attngen
 from attngen.cli import main
 from attngen.codegen.render import module_key, render_module
 from attngen.runtime import cache
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 from test_runtime import SPEC  # the windowed ALiBi spec the runtime tests call
 

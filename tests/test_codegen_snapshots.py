@@ -11,7 +11,7 @@ import pytest
 
 from attngen.codegen import shipped
 from attngen.codegen.render import render_module
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 from golden import check_golden
 

@@ -15,7 +15,7 @@ import attngen
 from attngen.bench.inputs import make_inputs
 from attngen.distributed import global_positions, on_shards, positions, shard_calls
 from attngen.ir.printer import expr_str
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 pytestmark = pytest.mark.interpret
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 import attngen
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 FILE = "spec.attn"
 

@@ -24,7 +24,7 @@ from attngen import paths
 from attngen.codegen.analysis import CodegenError
 from attngen.codegen.render import render_module
 from attngen.frontend.errors import AttnError
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 BUDGET = int(os.environ.get("ATTNGEN_FUZZ", "60"))
 SETTINGS = settings(max_examples=BUDGET, deadline=None, derandomize=BUDGET <= 200, database=None,

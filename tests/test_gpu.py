@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attngen.runtime.jit import TritonAttention
-from attngen.spec import compile_file, compile_source
+from attngen.driver import compile_file, compile_source
 from attngen.reference.api import ReferenceAttention
 from attngen.verify import assert_close, compare, rel_err
 

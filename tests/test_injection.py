@@ -15,7 +15,7 @@ import attngen
 from attngen.cli import main
 from attngen.codegen.embed import inert
 from attngen.codegen.render import render_module
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 #: text that ended a comment or a docstring, or broke the module, before it was escaped
 ODD = {

@@ -15,7 +15,7 @@ from attngen.ir import nodes as ir
 from attngen.ir.printer import attention_str
 from attngen.ir.types import BOOL, FLOAT, INT, vec
 from attngen.ir.verify import IRVerifyError, verify
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 from golden import check_golden
 

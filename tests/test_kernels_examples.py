@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attngen.spec import compile_file
+from attngen.driver import compile_file
 from attngen.verify import assert_close, compare
 
 from example_specs import DENSE, DENSE_IDS, EXAMPLES, shrunk

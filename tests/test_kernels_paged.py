@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attngen
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 from attngen.verify import assert_close
 
 from seqcases import paged_case, paged_errors

@@ -11,7 +11,7 @@ import torch
 
 import attngen
 from attngen.reference.interpreter import selected_pairs
-from attngen.spec import compile_file, compile_source
+from attngen.driver import compile_file, compile_source
 from attngen.verify import assert_close, compare
 
 from example_specs import EXAMPLES

@@ -9,7 +9,7 @@ import pytest
 from attngen.codegen.kernels import scaled_dot
 from attngen.codegen.plan import make_plan
 from attngen.passes.pipeline import run_pipeline
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 from attngen.verify import assert_close, compare
 
 pytestmark = pytest.mark.interpret

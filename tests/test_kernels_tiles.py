@@ -11,7 +11,7 @@ import torch
 import attngen
 from attngen.passes.mask_tiles import band
 from attngen.passes.pipeline import run_pipeline
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 from attngen.verify import assert_close, compare
 
 pytestmark = pytest.mark.interpret

@@ -19,7 +19,7 @@ from attngen.ir import nodes as ir
 from attngen.ir.types import BOOL
 from attngen.reference.interpreter import selected_pairs
 from attngen.runtime.jit import TritonAttention
-from attngen.spec import compile_file, compile_source
+from attngen.driver import compile_file, compile_source
 from attngen.verify import assert_close, compare, make_inputs
 
 from example_specs import EXAMPLES

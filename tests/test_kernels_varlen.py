@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import attngen
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 from attngen.verify import assert_close
 from attngen.reference import ReferenceAttention
 from attngen.runtime.jit import TritonAttention

@@ -8,7 +8,7 @@ import pytest
 
 from attngen.frontend.errors import AttnError
 from attngen.ir.printer import attention_str
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 from attngen.verify import assert_close, compare
 
 LETS = """

@@ -13,7 +13,7 @@ from attngen.ir import nodes as ir
 from attngen.passes.pipeline import run_pipeline
 from attngen.reference.context import Context
 from attngen.reference.exprs import evaluate
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 MASKS = {
     "causal": ("mask = causal", True),

@@ -13,7 +13,7 @@ import torch
 
 import attngen
 from attngen.reference.interpreter import selected_pairs
-from attngen.spec import compile_file, compile_source
+from attngen.driver import compile_file, compile_source
 
 from example_specs import EXAMPLES
 

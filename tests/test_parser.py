@@ -12,7 +12,7 @@ import pytest
 
 from attngen.frontend import ast
 from attngen.frontend.parser import parse
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 
 def sx(e: ast.Expr) -> str:

@@ -10,7 +10,7 @@ import torch
 from attngen.bench.inputs import make_inputs
 from attngen.passes.pipeline import PASSES
 from attngen.reference.interpreter import reference_attention
-from attngen.spec import compile_file
+from attngen.driver import compile_file
 
 from example_specs import EXAMPLES, shrunk
 

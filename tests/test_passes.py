@@ -6,7 +6,7 @@ import pytest
 
 from attngen.ir.printer import attention_str
 from attngen.passes.pipeline import PASSES, run_pipeline
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 from golden import check_golden
 

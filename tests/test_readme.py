@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from attngen.codegen.render import module_key, render_module
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 SPECS = re.findall(r"```\n(attention .*?)```", README, re.S)

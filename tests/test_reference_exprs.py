@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from attngen.reference import ReferenceAttention
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 from refutil import F64, check
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attngen.reference import mask_grid
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 
 def spec(src):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attngen.reference import ReferenceAttention, selected_pairs
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 from refutil import F64, positions, qkv
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from attngen.reference import reference_attention
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 from refutil import F64, check, leaf, positions, qkv, ref
 

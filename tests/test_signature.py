@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attngen.signature import Bound, bind
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 ALIBI = """
 attention alibi {

@@ -13,7 +13,7 @@ import torch
 
 import attngen
 from attngen.bench.inputs import make_inputs
-from attngen.spec import compile_file
+from attngen.driver import compile_file
 
 pytestmark = pytest.mark.interpret
 

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 import attngen  # noqa: E402
 import attngen.transformers as hf  # noqa: E402
-from attngen.spec import compile_source  # noqa: E402
+from attngen.driver import compile_source  # noqa: E402
 
 pytestmark = pytest.mark.interpret
 

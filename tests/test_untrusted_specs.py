@@ -16,7 +16,7 @@ import attngen
 from attngen.codegen.render import render_module
 from attngen.frontend.limits import MAX_DEPTH
 from attngen.ir import reserved
-from attngen.spec import compile_source
+from attngen.driver import compile_source
 
 FILE = "spec.attn"
 

@@ -41,7 +41,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 import attngen  # noqa: E402
-from attngen.spec import compile_file  # noqa: E402
+from attngen.driver import compile_file  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 B, H, S, D = 4, 16, 4096, 128

@@ -72,7 +72,7 @@ def dense_impl(a: ir.Attention, inputs: Inputs) -> Impl:
     """attngen on ``a``'s spec with its select stage cut from the source (the stage's text, columns
     included), the same consts; the inputs only ``by`` read stay declared and are passed as they are."""
     from ..runtime.jit import TritonAttention
-    from ..spec import compile_source
+    from ..driver import compile_source
 
     span = dict(a.stage_spans)["select"]
     starts = [0]

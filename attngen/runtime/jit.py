@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..codegen.render import module_key, render_module
+from ..driver import generate
 from ..ir import nodes as ir
 from .cache import load_module
 
@@ -19,12 +19,12 @@ class TritonAttention:
     def __init__(self, attention: ir.Attention):
         self.attention = attention
         self.name = attention.name
-        a = attention
-        self.key = module_key([a], a.source, a.filename)
-        # generated (the one path: optimized IR, kernel plan, module text; a spec the kernels cannot run
-        # fails here, at load time), verified and imported now: under torch.compile a call must be the
-        # module's function alone, with no rendering or cache I/O for Dynamo to trace
-        self.module = load_module(self.key, lambda: render_module([a], a.source, a.filename, self.key), a.name)
+        # generated (the one path, attngen/driver.py; a spec the kernels cannot run fails here, at load
+        # time), verified and imported now: under torch.compile a call must be the module's function
+        # alone, with no rendering or cache I/O for Dynamo to trace
+        module = generate([attention])
+        self.key = module.key
+        self.module = load_module(self.key, module.render, self.name)
         self.module._progress = _progress
         self._fn = getattr(self.module, self.name)
 
