@@ -7,9 +7,7 @@ import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
-from ..ir.printer import band_text
-from ..runtime.ops import _op_kind
-from . import gather, kernels, select, shipped, tiles
+from . import gather, kernel_plan, kernels, select, shipped, tiles
 from .embed import inert
 from .emit import vec_block
 from .plan import Plan
@@ -69,62 +67,6 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
 _VAR_KEYS = ("s", "s_scale", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out")
 
 
-_TILE_NOTES = {
-    "none": "no mask: every tile is full",
-    "static": "tile classes in closed form (mask_tiles): empty key tiles skipped, full ones without mask work",
-    "dynamic": "data-dependent mask: a classification kernel lists each call's tiles (prepare() keeps them)",
-    "masked": "the mask is evaluated on every tile (no closed form found)",
-}
-
-
-def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
-    """What the kernels do for this spec, for the module's header (``attngen show --triton``)."""
-    a = plan.attn
-    kind = tiles.tiles_kind(a)
-    tile_note = _TILE_NOTES[kind]
-    bounds = a.tiles.band if kind == "static" else None
-    if bounds is not None:
-        tile_note += f"; the band {band_text(*bounds)} gives each program its ranges directly"
-    notes = [f"tiles: {tile_note}", "forward: one program per query tile and head"]
-    if splittable:
-        notes.append("decoding (M <= 16): split-KV, each row's keys over several programs, partial results merged "
-                     "exactly by the row statistics" + ("; the heads of a GQA group share one tile when G*M <= 32"
-                                                        if packable else "; one program per head (the tile bounds "
-                                                        "depend on the head)"))
-    else:
-        why = ("stick-breaking visits keys in order" if plan.norm == "stickbreaking" else
-               "per-call tile lists" if kind == "dynamic" else "the weights / out stages do not merge by row statistics")
-        notes.append(f"decoding: no split-KV ({why})")
-    notes.append("backward: a preprocess kernel (delta), then dq (one program per query tile) and dk/dv (one "
-                 "program per key tile)")
-    sel = plan.select
-    if sel is not None:
-        notes.append(f"selection: {'block' if sel.block else 'token'} top-{sel.k} made per call by "
-                     + ("the kmean and select kernels" if sel.block else "the topk kernel (index lists)")
-                     + ", folded into the mask; no gradient through by")
-        sparse = ("block-sparse forward: the attend kernel visits only the chosen blocks, the merge kernel "
-                  "combines a row's blocks; the backward ")
-        if sel.block and not gather.eligible(plan):
-            notes.append("forward: the dense kernel with the choice in the mask (the block-sparse forward takes "
-                         "softmax without weights, out, sink or per-call tile lists)")
-        elif sel.block and gather.backward_too(plan):
-            where = " (written by the dk/dv kernel: the block is its key tile)" if gather.dq_factor(plan) else ""
-            notes.append(sparse + f"too: dq per chosen block{where}, added atomically (its last bits may vary between "
-                         "runs), and dk/dv from the rows that chose a block")
-        elif sel.block:
-            notes.append(sparse + "runs the dense kernels with the choice in the mask")
-        elif gather.listed(plan):
-            notes.append("forward: the listed kernel, each query row against the keys in its list only; the "
-                         "backward runs the dense kernels with the lists in the mask")
-        else:
-            notes.append("forward: the dense kernel with the lists in the mask (the listed forward takes "
-                         "softmax without keep=, weights, out, sink or per-call tile lists)")
-    kind, why = _op_kind(sel is not None)
-    notes.append(f"torch.compile: {kind} operators ({why})" + ("; custom_op under TRITON_INTERPRET=1 (interpreted "
-                                                              "kernels)" if kind == "triton_op" else ""))
-    return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
-
-
 def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
     """The dq and dk/dv kernels' statement blocks (r, c)."""
     r = _blocks(kernels.dq_kernel(plan), _VAR_KEYS)
@@ -151,13 +93,9 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     # the public inputs; the kernels' argument list also has the internal selection (_args)
     all_inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
     inputs = [x for x in all_inputs if x["name"] != ir.SEL]
-    dynamic = tiles.tiles_kind(a) == "dynamic"
-    # split-KV decoding: partial results must merge by the row statistics alone, and the key range
-    # must be closed-form (no per-call lists)
-    splittable = (plan.norm != "stickbreaking" and a.weights is None and a.out is None and not dynamic)
-    # GQA packing makes the head a per-row value: the tile bounds must not depend on it
-    packable = splittable and not (a.tiles is not None and any(
-        ir.uses(e, "h", "hk") for e in (a.tiles.any, a.tiles.all)))
+    kp = kernel_plan.choose(plan)
+    dynamic = kp.tiles == "dynamic"
+    splittable, packable = kp.split.taken, kp.pack.taken
     classify = ""
     if dynamic:
         k = tiles.classify_code(a)
@@ -173,27 +111,19 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         selection = {"block": sel.block, "k": sel.k, "share": sel.share, "heads": heads,
                      "heads_size": "1" if heads == "1" else f'sizes["{heads}"]',
                      "code": render_kernel(template, s=plan.select_code, **base),
-                     "gather": _gather_kernels(plan, base, render_kernel) if gather.eligible(plan) else "",
-                     "gather_bwd": gather.backward_too(plan),
-                     "listed": _listed_kernel(plan, base, render_kernel) if gather.listed(plan) else "",
+                     "gather": _gather_kernels(plan, kp, base, render_kernel) if kp.gather else "",
+                     "gather_bwd": kp.gather_bwd.taken,
+                     "listed": _listed_kernel(plan, base, render_kernel) if kp.listed else "",
                      "per_head": sel.block is None and plan.select_code.heads == "H",
-                     "dq_factor": gather.dq_factor(plan),
+                     "dq_factor": kp.dq_factor,
                      "max_blocks": select.max_blocks(plan.select_code) if sel.block else 0,
                      # a block-sparse program's rows: this many tiles of them, so that the block's keys are
                      # loaded once for up to 256 rows and the programs are few enough to run concurrently
                      "chunk_tiles": 4,
                      # the block-sparse kernels' key tile: the block rounded up to a power of two, 16 to 64 keys
                      "key_tile": min(64, max(16, 1 << (sel.block - 1).bit_length())) if sel.block else 0}
-    kernel_names = ["fwd"] + (["fwd_split"] if splittable else []) + ["bwd_pre", "bwd_dq", "bwd_dkdv"]
-    kernel_names += ["classify"] if dynamic else []
     host_sel = None
     if selection is not None:
-        kernel_names += ["kmean", "select"] if sel.block else ["topk"]
-        if selection["gather"]:
-            kernel_names += ["place", "attend", "merge"]
-            if selection["gather_bwd"]:
-                kernel_names += ([] if selection["dq_factor"] else ["attend_dq"]) + ["attend_dkdv"]
-        kernel_names += ["listed"] if selection["listed"] else []
         host_sel = {k: bool(v) if k in ("gather", "listed") else v for k, v in selection.items()
                     if k not in ("code", "heads_size")}
         host_sel["block"] = sel.block or 0
@@ -208,7 +138,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     return dict(
         sel_shape=_sel_shape(selection),
         input_specs=repr([(x["name"], x["scalar"], x["float"]) for x in all_inputs]),
-        kernels=textwrap.fill(", ".join(f"{k}={a.name}_{k}" for k in kernel_names), width=106,
+        kernels=textwrap.fill(", ".join(f"{k}={a.name}_{k}" for k in kp.kernels), width=106,
                               subsequent_indent=" " * 8, break_on_hyphens=False),
         host_plan=_literal(host_plan, 9),
         name=a.name, filename=inert(a.filename), norm=plan.norm, softmax=plan.norm == "softmax",
@@ -217,7 +147,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
         fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
-        splittable=splittable, packable=packable, plan_notes=_plan_notes(plan, splittable, packable),
+        splittable=splittable, packable=packable, plan_notes=kp.notes(plan),
         fwd_split=render_kernel("fwd.py.jinja", f=f, split=True, **base) if splittable else "",
         tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
@@ -241,19 +171,19 @@ def _sel_shape(selection: dict | None) -> str:
     return f'lambda sizes: ((sizes["B"], {selection["heads_size"]}, sizes["M"], {selection["k"]}), torch.int32)'
 
 
-def _gather_kernels(plan: Plan, base: dict, render_kernel) -> str:
-    """The block-sparse kernels, on the attention before lowering: a gathered row always chose the
-    block it meets, so the selection's term of the mask (a load per pair) is left out."""
+def _gather_kernels(plan: Plan, kp: kernel_plan.KernelPlan, base: dict, render_kernel) -> str:
+    """The block-sparse kernels, on the attention's own mask: a gathered row always chose the block it
+    meets, so the selection's term of the mask (a load per pair) is left out."""
     own = gather.own(plan)
-    r, c = _backward_blocks(own) if gather.backward_too(plan) else ({}, {})
-    assert not gather.dq_factor(plan) or c["k_tile"], "a scaled dot(q, k) loads the raw key tile"
+    r, c = _backward_blocks(own) if kp.gather_bwd else ({}, {})
+    assert not kp.dq_factor or c["k_tile"], "a scaled dot(q, k) loads the raw key tile"
     return render_kernel("gather.py.jinja", f=_blocks(kernels.forward(own, split_scale=False), _VAR_KEYS), r=r, c=c,
-                         gather_bwd=gather.backward_too(plan), dq_factor=gather.dq_factor(plan), **base)
+                         gather_bwd=kp.gather_bwd.taken, dq_factor=kp.dq_factor, **base)
 
 
 def _listed_kernel(plan: Plan, base: dict, render_kernel) -> str:
-    """The listed forward of a token selection, on the attention before lowering (a listed key is one
-    the row chose: the membership test of the lowered mask is left out)."""
+    """The listed forward of a token selection, on the attention's own mask (a listed key is one the row
+    chose: the membership test of the lowered mask is left out)."""
     heads = plan.select_code.heads
     return render_kernel("listed.py.jinja", f=_blocks(kernels.forward(gather.own(plan), split_scale=False),
                                                       _VAR_KEYS),
@@ -273,6 +203,6 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         attentions=[attention_context(p, render_kernel) for p in plans],
         sel_name=ir.SEL,
         runtime=shipped.embedded(),
-        gathered=any(gather.eligible(p) for p in plans),
+        gathered=any(kernel_plan.choose(p).gather.taken for p in plans),
     )
 

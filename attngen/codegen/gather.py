@@ -1,5 +1,5 @@
 """Block-sparse kernels for block top-k selection: only the chosen key blocks are visited. (And
-``listed``: which token selections run the listed forward, listed.py.jinja.)
+listed.py.jinja: a token selection's listed forward. Which selections take them: kernel_plan.py.)
 
 The dense kernels with the choice folded into the mask (passes/lower_select.py) visit every key tile the
 mask allows and discard the blocks a row did not choose. Here the forward goes key block by key
@@ -22,7 +22,7 @@ the backward may also run on the dense kernels with the folded mask. Softmax spe
 weights, out or sink stage qualify (their partials merge by the lse alone), and masks without
 per-call tile lists; others keep the dense forward, as the module header says.
 
-The backward goes block by block too (``backward_too``), over the forward's entries:
+The backward goes block by block too (``KernelPlan.gather_bwd``), over the forward's entries:
 
     pre          delta = sum(do * o) per row (the dense preprocess kernel)
     attend_dq    program (chunk, head): the chunk's rows against the block: their dq from it, added
@@ -32,7 +32,7 @@ The backward goes block by block too (``backward_too``), over the forward's entr
                  the head's rows that chose the block, BLOCK_M at a time, on transposed tiles: the
                  head's share of dk, dv (with GQA in float32 per head, summed over the group after:
                  a program per KV head made the blocks most rows chose 4x the longest work); and,
-                 when the tile is the whole block and dq is ds @ k times a factor (``dq_factor``),
+                 when the tile is the whole block and dq is ds @ k times a factor (``KernelPlan.dq_factor``),
                  the rows' dq from the block into DQA too, so attend_dq is not needed
 
 Both run the dense kernels' per-tile code (``bwd_tiles``). Every kernel here takes the attention
@@ -43,50 +43,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import nodes as ir
-from . import select, tiles
+from . import select
 from .plan import Plan
-
-
-def _softmax_alone(plan: Plan) -> bool:
-    """Softmax without weights, out or sink (a row's result is its o and lse alone), and a mask without
-    per-call tile lists: what a selection's own forward kernels need."""
-    a = plan.attn
-    return (plan.norm == "softmax" and a.weights is None and a.out is None and a.norm.sink is None
-            and tiles.tiles_kind(a) != "dynamic")
-
-
-def eligible(plan: Plan) -> bool:
-    """Whether the block-sparse forward runs this attention."""
-    return plan.select is not None and plan.select.block is not None and _softmax_alone(plan)
-
-
-def listed(plan: Plan) -> bool:
-    """Whether a token selection's forward runs the listed kernel: each query row against the keys in
-    its list only; no keep= (its keys are not in the lists). The backward stays dense."""
-    return (plan.select is not None and plan.select.block is None and plan.select.keep is None
-            and _softmax_alone(plan))
-
-
-def backward_too(plan: Plan) -> bool:
-    """Whether the backward is block-sparse as well: no floating inputs (their gradients are written
-    once per row or key by the dense kernels), and blocks of whole key tiles of 16 keys or more."""
-    return eligible(plan) and not plan.float_inputs and plan.select.block % 16 == 0
 
 
 def own(plan: Plan) -> Plan:
     """``plan`` with the spec's own mask (``select.unselected``: no ``_sel`` term) and the module's
     inputs, so that its kernels take the module's argument list."""
     return replace(plan, attn=select.unselected(plan.attn))
-
-
-def dq_factor(plan: Plan) -> str:
-    """The natural-log factor f of a score ``f * dot(q, k)`` of the raw q and k (scale times positive
-    literals, q read nowhere else: the scaled_dot pass), as code, when the block-sparse dk/dv kernel
-    also writes dq: blocks of 16, 32 or 64 keys, so that its key tile is the whole block. "" otherwise."""
-    sd = plan.attn.scaled_dot
-    if not backward_too(plan) or plan.select.block not in (16, 32, 64) or sd is None:
-        return ""
-    if not (isinstance(sd.dot.args[1], ir.Row) and sd.dot.args[1].name == "k_raw"):
-        return ""
-    return "scale" if sd.literal == 1.0 else f"scale * {sd.literal!r}"

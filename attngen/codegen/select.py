@@ -5,7 +5,8 @@ Either way the selection is made per call by generated kernels, then the attenti
 dense kernels with the choice folded into the mask: forward and backward come for free, every
 score / norm / weights / out stage included, and no gradient flows through ``by``, as the
 language says. A block selection's forward and backward visit only the chosen blocks where the
-spec allows it (``gather``), a token selection's forward only the listed keys (``gather.listed``).
+spec allows it (``gather``), a token selection's forward only the listed keys (``listed``; which
+specs qualify: kernel_plan.py).
 
 Block top-k:
     kmean   program (key block, b, hk): the mean of the block's keys after the prologue
@@ -37,7 +38,7 @@ Token top-k (extra memory O(M·K): no [M, N] score or bool matrix is ever stored
             than K candidates keeps them all). Each pass evaluates ``by`` again: the evaluations
             per allowed pair buy the O(M·K) memory
     listed  program (query row, b, the heads sharing a list): the row against its listed keys
-            (``gather.listed``: softmax without keep=, weights, out or sink), o and lse
+            (``KernelPlan.listed``: softmax without keep=, weights, out or sink), o and lse
     lowered mask: ``mask and (keep or _in_list(b, h, hk or 0, m, j, K))``: ``keep`` is evaluated in
             place, so kept keys need no room in the list; membership is a binary search of the
             row's list for the tile's first key, then one bit word per 64 keys of the tile from the
