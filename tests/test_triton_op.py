@@ -22,13 +22,8 @@ from triton.runtime.jit import JITFunction
 
 import attngen
 
-SPECS = {
-    "alibi": "input slopes: f32[H]\n input t: f32\n score = dot(q, k) * scale * t + slopes[h] * (j - i)\n"
-             " mask = causal",
-    "doc": "input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]",
-    "gated": "input g: f32[B, H, M]\n mask = causal\n out = o * sigmoid(g[b, h, m])",
-    "moba": "mask = causal\n select = topk(2, by = dot(q, kmean), block = 16, keep = jb == i // 16)",
-}
+from test_torch_compile import SPECS
+
 HOP = torch.ops.higher_order.triton_kernel_wrapper_functional
 
 # the kernel parameters each kernel stores to (templates/*.jinja), by the end of the kernel's name
