@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..ir import nodes as ir
-from ..ir.types import vec
+from ..ir.types import FLOAT, vec
 from . import select
-from .analysis import CodegenError, check_vector_sides
+from .analysis import CodegenError, is_pair_row
 
 
 def _substitute(a: ir.Attention) -> ir.Attention:
@@ -38,7 +38,21 @@ def _substitute(a: ir.Attention) -> ir.Attention:
             return e
         return ir.transform(e, lambda n: score if isinstance(n, ir.Sym) and n.name == "score" else n)
 
-    return out.replace_exprs(with_score)
+    return out.replace_exprs(with_score).replace_exprs(lambda stage, e: ir.transform(e, _lanewise_norm))
+
+
+def _lanewise_norm(e: ir.Expr) -> ir.Expr:
+    """l2norm and rmsnorm of a pair row written out lane by lane, as the kernels evaluate pair rows
+    (``emit.LaneEmitter``): x / max(norm(x), 1e-6) and x * rsqrt(mean(x * x) + 1e-6) * w, the
+    reductions being pair scalars of their own loops over the lanes."""
+    if not (isinstance(e, ir.Call) and e.fn in ("l2norm", "rmsnorm") and is_pair_row(e)):
+        return e
+    x, eps = e.args[0], ir.Const(1e-6, FLOAT)
+    if e.fn == "l2norm":
+        return ir.Binary("div", x, ir.Call("max", (ir.Call("norm", (x,), FLOAT), eps), FLOAT), e.ty, e.span)
+    ms = ir.Call("row_mean", (ir.Binary("mul", x, x, x.ty),), FLOAT)
+    r = ir.Call("rsqrt", (ir.Binary("add", ms, eps, FLOAT),), FLOAT)
+    return ir.Binary("mul", ir.Binary("mul", x, r, e.ty), e.args[1], e.ty, e.span)
 
 
 @dataclass(frozen=True)
@@ -127,8 +141,6 @@ class Plan:
 
 def make_plan(a: ir.Attention) -> Plan:
     sub = _substitute(a)
-    for stage, e in sub.exprs():
-        check_vector_sides(stage, e)
     if sub.select is None:
         return Plan(sub, a)
     if sub.select.block is None:
