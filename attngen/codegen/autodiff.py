@@ -154,7 +154,8 @@ class Differentiator:
             if stop(n):
                 on_stop(n, g, shape, factor)
                 continue
-            if factor is not None and isinstance(n, (ir.Sym, ir.Row, ir.Load, ir.Param)):
+            if factor is not None and (isinstance(n, (ir.Sym, ir.Row, ir.Load, ir.Param)) or is_lane_reduction(n)):
+                # a leaf takes its adjoint whole, and so does a pair row's loop (its gathered rows' updates)
                 g, factor = self.em.put(level, f"{g} * {factor}", "g"), None
             if isinstance(n, ir.Sym):
                 sinks.bound[n.name] = g
@@ -249,6 +250,8 @@ class Differentiator:
         em = self.em
         v = lambda x: em.f32(x, orient)  # noqa: E731
         fn, args = n.fn, n.args
+        if is_lane_reduction(n):
+            return self._lane_rules(n, g, orient, level)
         y = em.value(n, orient) if n.ty.kind in ("float", "vec") else None
         x = args[0]
         if fn in UNARY:  # ir/builtins.py
@@ -272,8 +275,6 @@ class Differentiator:
         if fn == "where":
             c = em.value(args[0], orient)
             return [(args[1], f"tl.where({c}, {g}, 0.0)"), (args[2], f"tl.where({c}, 0.0, {g})")]
-        if is_lane_reduction(n):
-            return self._lane_rules(n, g, orient, level)
         if fn in ("dot", "sqdist"):
             return self._pair_rules(n, g, orient)
         if fn == "concat":  # each part's lanes of g

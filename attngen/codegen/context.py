@@ -84,6 +84,10 @@ def _plan_notes(plan: Plan, splittable: bool, packable: bool) -> list[str]:
     if bounds is not None:
         tile_note += f"; the band {tiles.band_text(*bounds)} gives each program its ranges directly"
     notes = [f"tiles: {tile_note}", "forward: one program per query tile and head"]
+    if plan.pair_rows:
+        notes.insert(0, "SLOW PATH: pair vectors (rows that mix the query and the key side, as in sum(abs(q - k))) "
+                        "are reduced lane by lane: a loop over the row's lanes of elementwise [BLOCK_M, BLOCK_N] "
+                        "tiles, without tensor cores, forward and backward (attngen/codegen/lanes.py)")
     if splittable:
         notes.append("decoding (M <= 16): split-KV, each row's keys over several programs, partial results merged "
                      "exactly by the row statistics" + ("; the heads of a GQA group share one tile when G*M <= 32"

@@ -38,10 +38,6 @@ def is_lane_reduction(e: ir.Expr) -> bool:
     return isinstance(e, ir.Call) and e.fn in REDUCTIONS and any(is_pair_row(x) for x in e.args)
 
 
-def any_lane_reduction(exprs) -> bool:
-    return any(is_lane_reduction(n) for e in exprs for n in ir.walk(e))
-
-
 def length(e: ir.Call) -> str:
     """The lanes a reduction runs over (an integer length where one operand has it: both agree at call
     time)."""

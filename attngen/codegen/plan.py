@@ -12,6 +12,7 @@ from ..ir import nodes as ir
 from ..ir.types import FLOAT, vec
 from . import select
 from .analysis import CodegenError, is_pair_row
+from .lanes import is_lane_reduction
 
 
 def _substitute(a: ir.Attention) -> ir.Attention:
@@ -118,6 +119,11 @@ class Plan:
                                            "(use D, DV or an integer length)", n.span)
                     out.append(n.ty.length)
         return out
+
+    @property
+    def pair_rows(self) -> bool:
+        """Some kernel reduces a pair row lane by lane (lanes.py: the slow path)."""
+        return any(is_lane_reduction(n) for e in self._exprs() for n in ir.walk(e))
 
     @property
     def sliced_sizes(self) -> dict[str, int]:
