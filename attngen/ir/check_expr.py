@@ -388,7 +388,8 @@ class _ExprBuilder:
         """concat(x, y) (1.1): the row of x's lanes then y's; both of integer length (a slice, an input row)."""
         x, y = (self._vec_arg(fn, a, s) for a, s in zip(args, spans))
         for r, s in ((x, spans[0]), (y, spans[1])):
-            _one_sided(r, "concat()", s, "join each side's rows first: concat(q[0:8], q[8:16]) - concat(k[0:8], k[8:16])")
+            _one_sided(r, "concat()", s, "join each side's rows first: concat(q[0:8], q[8:16]) - "
+                                         "concat(k[0:8], k[8:16])")
             if not r.ty.length.isdigit():
                 raise _err(f"concat() joins rows of integer lengths, got {r.ty}", s,
                            "slice a row of length D or DV first: q[0:64]")
