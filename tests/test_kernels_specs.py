@@ -235,12 +235,12 @@ def test_pair_vectors(name):
     assert_close(compare(a, B=1, H=2, HK=1, M=5, N=67, D=32, DV=32, seed=1))
 
 
-@pytest.mark.parametrize("select", ["topk(7, by = -sum(abs(q - k)), keep = i - j < 3)",
+@pytest.mark.parametrize("select", ["topk(7, by = -sum(abs(q - k)))",
                                     "topk(2, by = -sum(abs(q - kmean)), block = 16, keep = jb == i // 16)"],
                          ids=["token", "block"])
 def test_pair_vectors_choose_keys(select):
-    """A selection's by= with a pair row: the topk kernel's [BLOCK_M, BLOCK_N] tiles, the select kernel's
-    [BLOCK_M, NBP] ones (q against each block's mean key)."""
+    """A selection's by= with a pair row: the topk kernel's [BLOCK_M, BLOCK_N] tiles (then the listed forward, its
+    score a pair row too), the select kernel's [BLOCK_M, NBP] ones (q against each block's mean key)."""
     a = compile_source(f"attention a {{\n score = -sum(abs(q - k)) * scale\n mask = causal\n select = {select}\n}}",
                        "select.attn")[0]
     assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=40, DV=16, seed=1))
