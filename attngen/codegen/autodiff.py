@@ -353,7 +353,8 @@ class Differentiator:
             if x in terms:
                 gx = self._guard(" + ".join(f"({t})" for t in terms[x]), "pair", self.pair_guard)
                 lanes.body.append(f"{name} += {_lane_place(x, gx, orient, lanes.d)}")
-        em.env.stmts[level].append(loop(lanes.d, length(n), lanes.body))
+        note = "; ".join(filter(None, ("adjoints lane by lane: pair rows, the slow path", em.provenance(n))))
+        em.env.stmts[level].append(loop(lanes.d, length(n), lanes.body, note))
         return [(x, name, True) if x.ty.is_vec else (x, name) for x, name in acc.items()]
 
     def _pair_rules(self, n: ir.Call, g: str, orient: str) -> list[tuple]:

@@ -79,7 +79,7 @@ def seeds(e: ir.Call, g: str, y: str, lanes: list[str]) -> list[str]:
     return [f"tl.where({y} > 0, {g} / {y}, 0.0) * {a}"]  # norm
 
 
-def loop(d: str, L: str, body: list[str]) -> str:
+def loop(d: str, L: str, body: list[str], note: str = "") -> str:
     """``for d in range(0, L)`` around ``body`` (statements, some of several lines)."""
     inner = "\n".join("    " + line for stmt in body for line in stmt.split("\n"))
-    return f"for {d} in range(0, {L}):\n{inner}"
+    return f"for {d} in range(0, {L}):{f'  # {note}' if note else ''}\n{inner}"
