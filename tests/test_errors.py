@@ -199,6 +199,36 @@ def test_slices_take_constant_lanes_of_a_float_row():
     check("attention a {\n score = dot(concat(q[0:4], 1.0), k[0:4])\n}", 2, 29, "concat() needs a row vector")
 
 
+PAIR_ROW = "a row that mixes the query and the key side (a pair vector)"
+
+
+def test_what_moves_lanes_of_a_pair_row_is_refused():
+    """The kernels evaluate pair rows (q - k, e[t] with t a pair index) lane by lane: a slice, concat or rope of one
+    is refused at check time, with a caret on the row (rope: on the position that makes it one)."""
+    check("attention a {\n score = sum(abs((q - k)[0:8]))\n}", 2, 19, "a slice of " + PAIR_ROW,
+          hint="slice each side first: q[0:8] - k[0:8]", width=5)
+    check("attention a {\n score = sum(concat(q[0:8], q[8:16] - k[8:16]))\n}", 2, 29, "concat() of " + PAIR_ROW,
+          hint="join each side's rows first", width=17)
+    check("attention a {\n score = dot(rope(q - k, i), q)\n}", 2, 19, "rope() of " + PAIR_ROW,
+          hint="rope(q, i), rope(k, j)", width=5)
+    check("attention a {\n score = dot(rope(q, j), k)\n}", 2, 22, "rope() of a row at a position of the other side",
+          hint="rope(q, i), rope(k, j)", width=1)
+    check("attention a {\n input e: f32[16, D]\n score = dot(rope(e[clamp(i - j, 0, 15)], i), q)\n}", 3, 19,
+          "rope() of " + PAIR_ROW)
+    # through a let, the caret is on the let's expression
+    check("attention a {\n let d = q - k\n score = sum(d[0:4])\n}", 2, 10, "a slice of " + PAIR_ROW)
+
+
+@pytest.mark.parametrize("score", ["-sum(abs(q - k)) * scale", "dot(w, tanh(q + k))", "dot(q, e[clamp(i - j, 0, 15)])",
+                                   "dot(l2norm(q - k), w) + sum(rmsnorm(q + k, w))", "max(abs(q - k)) + norm(q - k)"])
+def test_pair_vectors_pass_check(score):
+    """Pair vectors (language 1.1) pass ``attngen check``, which also renders the kernels."""
+    from attngen.codegen.render import render_module
+
+    src = f"attention a {{\n input w: f32[D]\n input e: f32[16, D]\n score = {score}\n}}"
+    render_module(compile_source(src, FILE), src, FILE, "check")
+
+
 def test_one_dim_tensor_used_as_a_scalar():
     check("attention a { input slopes: f32[H]\nscore = dot(q, k) + slopes * (j - i) }", 2, 21,
           "'slopes' is a row vector", hint="slopes[...]")

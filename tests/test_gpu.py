@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attngen.codegen.plan import make_plan
+from attngen.passes.pipeline import run_pipeline
 from attngen.runtime.jit import TritonAttention
 from attngen.driver import compile_file, compile_source
 from attngen.reference.api import ReferenceAttention
@@ -38,9 +40,17 @@ def _run(path, name, dtype, D, M, N, B, H, HK, DV=None, seed=0):
     assert_close(errs, factor=4.0, floor=1e-3)
 
 
+#: the most pairs a head of a pair-vector example is checked at: the reference holds its [B, H, M, N, D] rows
+#: (34 GB in float64 at 4k x 4k, D = 128, two heads), and the kernels' slow path takes D passes over each tile
+PAIR_ROWS_PAIRS = 1024 * 1024
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("path,name", DENSE, ids=DENSE_IDS)
 def test_example(path, name, shape):
+    _, _, M, N, *_ = SHAPES[shape]
+    if M * N > PAIR_ROWS_PAIRS and make_plan(run_pipeline(shrunk(path, name, SMALL))).pair_rows:
+        pytest.skip("pair vectors: checked up to 1k x 1k")
     _run(path, name, *SHAPES[shape])
 
 

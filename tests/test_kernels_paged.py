@@ -22,6 +22,7 @@ SPECS = {
     "sink": "input sinks: f32[H]\n mask = causal\n norm = softmax(sink = sinks[h])",
     "document": "input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]",
     "sigmoid": "score = dot(q, k) * scale - 3.0\n norm = sigmoid",
+    "pair_vectors": "score = -sum(abs(q - k)) * scale\n mask = causal",
 }
 PAGE, PAGES_PER_SEQ, LENGTHS = 16, 12, [150, 1, 192, 33]  # M <= 16 splits the keys
 

@@ -182,3 +182,65 @@ def test_scale_of_any_sign(scale):
 def test_scaled_dot_detection(src, fast):
     a = compile_source(f"attention t {{\n {src}\n}}", "t.attn")[0]
     assert (scaled_dot(make_plan(run_pipeline(a)).attn) is not None) == fast
+
+
+# pair vectors (language 1.1): rows that mix the query and the key side, reduced lane by lane in the kernels
+# (codegen/lanes.py), forward and backward
+PAIR_VECTORS = {
+    # distances and reductions of pair rows after a prologue: norm, max, min, mean, where on a row comparison,
+    # a pair scalar and a head scalar inside the lanes, a reduction nested in another's lanes
+    "reductions": """
+attention a {
+    input s: f32[H]
+    input t: f32
+    q = l2norm(q)
+    score = (dot(q, k) * scale - 0.1 * norm(q - k) + 0.05 * max(abs(q - k)) - 0.05 * min(q * k)
+             + mean(where(q > k, q, k * 0.5)) + 0.1 * sum(tanh(q * s[h] + k) * (0.1 * (i - j) + t))
+             + 0.2 * sum(abs(q - k) / (1.0 + norm(q - k))))
+    mask = causal
+}""",
+    # rows of an input gathered per pair (e[t], t a pair index), the score's constant factor pending on the
+    # reduction (its loop writes de itself)
+    "gathered_rows": """
+attention a {
+    const NP = 16
+    input e: f32[NP, D]
+    score = -0.1 * sqdist(q, k + e[clamp(i - j, 0, NP - 1)]) + dot(q, e[min(j // 8, NP - 1)]) * scale
+    mask = causal
+}""",
+    # l2norm and rmsnorm of pair rows (their norm a pair scalar of its own loop), a head's row w[h]: the decode
+    # shapes pack a GQA group's heads in one tile
+    "norms": """
+attention a {
+    input w: f32[H, D]
+    score = dot(l2norm(q - k), w[h]) + 0.1 * sum(rmsnorm(q + k, w[h])) + 0.1 * dot(rmsnorm(q, k), w[h])
+}""",
+    # pair rows of inputs (no q, k) in the mask and in the weights
+    "mask_weights": """
+attention a {
+    input x: f32[B, M, 8]
+    input y: f32[B, N, 8]
+    mask = causal and max(abs(x[b, m] - y[b, j])) < 0.9
+    norm = sigmoid
+    weights = p * (1.0 + 0.1 * sum(abs(x[b, m] - y[b, j]) * p))
+}""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_VECTORS))
+def test_pair_vectors(name):
+    a = compile_source(PAIR_VECTORS[name], f"{name}.attn")[0]
+    assert make_plan(run_pipeline(a)).pair_rows
+    assert_close(compare(a, M=67, N=67, D=40, DV=24))
+    assert_close(compare(a, B=1, H=2, HK=1, M=5, N=67, D=32, DV=32, seed=1))
+
+
+@pytest.mark.parametrize("select", ["topk(7, by = -sum(abs(q - k)))",
+                                    "topk(2, by = -sum(abs(q - kmean)), block = 16, keep = jb == i // 16)"],
+                         ids=["token", "block"])
+def test_pair_vectors_choose_keys(select):
+    """A selection's by= with a pair row: the topk kernel's [BLOCK_M, BLOCK_N] tiles (then the listed forward, its
+    score a pair row too), the select kernel's [BLOCK_M, NBP] ones (q against each block's mean key)."""
+    a = compile_source(f"attention a {{\n score = -sum(abs(q - k)) * scale\n mask = causal\n select = {select}\n}}",
+                       "select.attn")[0]
+    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=40, DV=16, seed=1))

@@ -25,6 +25,7 @@ SPECS = {
     "gated_sigmoid": "input gate: f32[B, H, M]\n mask = causal\n norm = sigmoid\n out = o * sigmoid(gate[b, h, m])",
     "stick": "mask = causal\n norm = stickbreaking",
     "full": "norm = softmax",
+    "pair_vectors": "input w: f32[D]\n score = dot(w, tanh(q + k)) - sum(abs(q - k)) * scale\n mask = causal",
 }
 LENS_Q = [37, 0, 70, 5]
 LENS_K = [37, 12, 70, 41]  # keys may outnumber queries: positions are end-aligned per sequence

@@ -10,9 +10,10 @@ import torch
 from attngen.bench.inputs import make_inputs
 from attngen.passes.pipeline import PASSES
 from attngen.reference.interpreter import reference_attention
-from attngen.driver import compile_file
+from attngen.driver import compile_file, compile_source
 
 from example_specs import EXAMPLES, shrunk
+from test_passes import CASES as PASS_CASES
 
 SMALL = {"W": 12, "WINDOW": 12, "CHUNK": 8, "STRIDE": 4, "SINKS": 2, "TRAIN_LEN": 8, "LOCAL": 6, "TOPK": 3,
          "NOPE": 8, "ROPE": 8, "HALF": 8, "BLOCK": 8}
@@ -30,7 +31,16 @@ def _run(a, q, k, v, inputs):
 
 @pytest.mark.parametrize("path,name", CASES, ids=[f"{p.stem}:{n}" for p, n in CASES])
 def test_every_pass_keeps_the_meaning(path, name):
-    a = shrunk(path, name, SMALL)
+    _same_after_every_pass(shrunk(path, name, SMALL))
+
+
+@pytest.mark.parametrize("name", sorted(PASS_CASES))
+def test_every_pass_keeps_the_meaning_of_the_golden_cases(name):
+    """The specs of the passes' golden tests (test_passes.py), each written to give its pass work."""
+    _same_after_every_pass(compile_source(PASS_CASES[name], f"{name}.attn")[0])
+
+
+def _same_after_every_pass(a):
     B, H, HK, M, N, D = 2, 4, 2, 19, 23, 16
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, h, n, D, generator=g, dtype=torch.float64, requires_grad=True)

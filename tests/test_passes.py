@@ -36,6 +36,11 @@ attention prologue {
     mask = causal and score > -30.0
     select = topk(4, by=dot(q, kmean), block=16)
 }""",
+    "lanewise_norms": """
+attention lanewise {
+    input w: f32[D]
+    score = dot(w, l2norm(q + k)) + dot(rmsnorm(q - k, w), w)
+}""",
     "lower_select": """
 attention lower {
     score = dot(q, k) * scale

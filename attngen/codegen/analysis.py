@@ -1,21 +1,17 @@
-"""What code generation refuses, and the IR's axes (``attngen.ir.axes``) as codegen uses them."""
+"""Dependence analysis for code generation.
+
+The axes of a value (``ir/axes.py``: ``row``, ``col``, ``h``) decide where a kernel computes
+it (hoisted or per tile) and which kernel owns the gradient of each leaf: a kernel iterates
+one axis in its program and another in its loop.
+"""
 
 from __future__ import annotations
 
 from ..frontend.errors import AttnError
-from ..ir import nodes as ir
-from ..ir.axes import COL, HEAD, ROW, axes, is_pair
+from ..ir.axes import COL, HEAD, ROW, axes, is_pair, is_pair_row
 
-__all__ = ["COL", "HEAD", "ROW", "axes", "is_pair", "CodegenError", "check_vector_sides"]
+__all__ = ["COL", "HEAD", "ROW", "CodegenError", "axes", "is_pair", "is_pair_row"]
 
 
 class CodegenError(AttnError):
     """A valid spec that this code generator cannot compile (says why)."""
-
-
-def check_vector_sides(stage: str, e: ir.Expr) -> None:
-    """Vector values must live on one side (query or key): a [M, N, D] tile is never built."""
-    for n in ir.walk(e):
-        if n.ty.is_vec and is_pair(n):
-            raise CodegenError(f"{stage}: the vector expression mixes query and key positions; "
-                               "the kernels need each vector to depend on one side only", n.span)

@@ -20,8 +20,9 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.builtins import UNARY
-from .analysis import COL, ROW, CodegenError, axes
+from .analysis import COL, ROW, CodegenError, axes, is_pair
 from .embed import inert
+from .lanes import accumulate, is_lane_reduction, length, loop
 
 #: Triton spelling of elementwise functions of one argument (the float ones: ir/builtins.py)
 _FN1 = {**{n: u.triton for n, u in UNARY.items()}, "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)"}
@@ -132,7 +133,8 @@ class KernelEnv:
     """How one kernel binds IR leaves to code, and where each value is computed.
 
     ``level_of(axes)`` names the statement list for a value with those axes;
-    ``binds`` maps Sym/Row names (score, p, o, kmean, ...) to existing variables.
+    ``binds`` maps Sym/Row names (score, p, o, kmean, ...) to existing variables;
+    ``tile`` is the shape of a pair value (query rows, keys: the block selection's keys are blocks).
     """
 
     attn: ir.Attention
@@ -140,6 +142,7 @@ class KernelEnv:
     stmts: dict[str, list[str]]
     binds: dict[str, str] = field(default_factory=dict)
     dot_dtype: str = "DOT_DTYPE"
+    tile: tuple[str, str] = ("BLOCK_M", "BLOCK_N")
 
 
 class Emitter:
@@ -196,6 +199,11 @@ class Emitter:
     def level(self, e: ir.Expr) -> str:
         return self.env.level_of(axes(e))
 
+    def tile(self, orient: str) -> str:
+        """The shape of a pair tile in ``orient`` (transposed in 't')."""
+        rows, keys = self.env.tile
+        return f"{keys}, {rows}" if orient == "t" else f"{rows}, {keys}"
+
     def provenance(self, e: ir.Expr) -> str:
         """``from FILE:LINE STAGE`` for a node written in the spec (not for synthesized ones)."""
         s = e.span
@@ -209,10 +217,11 @@ class Emitter:
     @staticmethod
     def orient_of(e: ir.Expr, orient: str) -> str:
         """The layout ``e`` takes when asked for in ``orient`` ('pair', 'k' or 't', module doc):
-        vectors keep their rows ([BM, BL] or [BN, BL]); key-side scalars of transposed tiles are
-        laid out as in 'k'; values on neither side are the same everywhere."""
+        one-sided vectors keep their rows ([BM, BL] or [BN, BL]), pair rows take the tile's layout lane
+        by lane (lanes.py); key-side scalars of transposed tiles are laid out as in 'k'; values on
+        neither side are the same everywhere."""
         ax = axes(e)
-        if e.ty.is_vec:
+        if e.ty.is_vec and not (ROW in ax and COL in ax):
             return "k" if COL in ax else "pair"
         if orient == "t":
             return "t" if ROW in ax else "k" if COL in ax else "pair"
@@ -330,11 +339,12 @@ class Emitter:
                         f"[{block}, {vec_block(length)}]")
 
     def load_address(self, e: ir.Load, orient: str, perm: bool = False, strides: str | None = None,
-                     lanes: tuple[str, str] | None = None) -> tuple[str, str]:
+                     lanes: tuple[str, str] | None = None, lane: str | None = None) -> tuple[str, str]:
         """(pointer offset code, validity mask code) of a load: bounds-checked, so never out of range.
 
         ``strides`` names another stride set (a gradient buffer's) for the same indices; ``lanes``
-        (offsets code, length) loads a slice of a row instead of the whole row.
+        (offsets code, length) loads a slice of a row instead of the whole row, ``lane`` (the code of a
+        lane below the row's length) one element of it.
         """
         d = self.decls[e.name]
         orient = self.orient_of(e, orient)
@@ -351,7 +361,9 @@ class Emitter:
             checks.append("rmask_c" if orient == "t" else "rmask")
         if COL in ax:
             checks.append("cmask_k" if orient in ("k", "t") else "cmask")
-        if e.ty.is_vec:
+        if e.ty.is_vec and lane is not None:
+            terms.append(f"{lane} * {strides}{len(e.indices)}")
+        elif e.ty.is_vec:
             offs, L = lanes or (vec_offs(e.ty.length, perm), e.ty.length)
             terms.append(f"{offs}[None, :] * {strides}{len(e.indices)}")
             checks.append(lane_mask(L))
@@ -395,6 +407,8 @@ class Emitter:
             c = self.value(e.args[0], orient)
             a, b = (self.f32(x, orient, perm) for x in e.args[1:])
             return self.put(lvl, f"tl.where({c}, {a}, {b})", note=note)
+        if is_lane_reduction(e):
+            return self._reduce_lanes(e, orient, lvl, note)
         if fn in ("dot", "sqdist"):
             return self._pairfn(e, orient, lvl, note)
         if fn == "concat":
@@ -416,6 +430,17 @@ class Emitter:
         if fn == IN_LIST:
             return self._in_list(e, orient, lvl)
         raise CodegenError(f"no code generator for {fn}()")
+
+    def _reduce_lanes(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
+        """A reduction of pair rows (lanes.py): its tile accumulated lane by lane, without tensor cores."""
+        lanes = LaneEmitter(self, orient)
+        acc = self.fresh("pv")
+        init, step, final = accumulate(e, acc, [lanes.value(x) for x in e.args])
+        tile = self.tile(orient)
+        why = f"[{tile}] lane by lane: pair rows, the slow path (no tensor cores)"
+        self.env.stmts[lvl].append(f"{acc} = {init.format(tile=tile)}  # {'; '.join(filter(None, (why, note)))}\n"
+                                   + loop(lanes.d, length(e), lanes.body + [step]))
+        return self.put(lvl, final, note=note) if final else acc
 
     def _in_list(self, e: ir.Call, orient: str, lvl: str) -> str:
         """``_in_list(b, hs, m, j, K)``: key j is in the ascending list of the K keys row (b, hs, m)
@@ -500,6 +525,61 @@ class Emitter:
         cos, sin = self.rope_tables(e, orient, lvl)
         sign = f"_rope_sign({vec_offs(L)}, {L})[None, :]"
         return self.put(lvl, f"{x} * {cos} + {sign} * {xp} * {sin}", "rope", note)
+
+
+class LaneEmitter(Emitter):
+    """Lane ``d`` of rows inside one loop over the lanes of pair rows (lanes.py), written to ``body``.
+
+    A pair row's lane is a tile ([BM, BN]; [BN, BM] in the 't' orientation), a one-sided row's lane
+    its column ([BM, 1] query side, [1, BN] key side; [1, BM] and [BN, 1] in 't'), and a row of every
+    query and key (w, w[h]) gives a [R, 1] (R = 1, or BM where a tile's rows are heads). Scalars are
+    the kernel's own values (``outer``), emitted before the loop.
+    """
+
+    def __init__(self, outer: Emitter, orient: str):
+        super().__init__(outer.env, outer.prefix)
+        self.outer, self.orient = outer, orient
+        self.d = outer.fresh("d")
+        self.body: list[str] = []
+
+    def fresh(self, hint: str = "") -> str:
+        return self.outer.fresh(hint)
+
+    def put(self, level: str, code: str, hint: str = "", note: str = "") -> str:
+        name = self.fresh(hint)
+        self.body.append(f"{name} = {code}" + (f"  # {note}" if note else ""))
+        return name
+
+    def value(self, e: ir.Expr, orient: str = "pair", perm: bool = False) -> str:
+        if not e.ty.is_vec:
+            return self.outer.value(e, self.orient)
+        if e not in self.memo:
+            self.memo[e] = self._lane(e)
+        return self.memo[e]
+
+    def f32(self, e: ir.Expr, orient: str = "pair", perm: bool = False) -> str:
+        return self.value(e) if e.ty.is_vec else self.outer.f32(e, self.orient)
+
+    def column(self, e: ir.Expr, code: str) -> str:
+        """``code``, [R] per row of one-sided row ``e``'s tile, placed against the pair tile."""
+        ax = axes(e)
+        across = (COL in ax and self.orient != "t") or (ROW in ax and COL not in ax and self.orient == "t")
+        return f"{code}[None, :]" if across else f"{code}[:, None]"
+
+    def _lane(self, e: ir.Expr) -> str:
+        if not is_pair(e):  # a one-sided row: column d of its tile
+            tile = self.outer.f32(e, self.orient)
+            col = f"tl.sum(tl.where({vec_offs(e.ty.length)}[None, :] == {self.d}, {tile}, 0.0), axis=1)"
+            return self.put("", self.column(e, col), "lane")
+        if isinstance(e, ir.Load):  # a row of an input per pair (e[t]): lane d gathered
+            off, mask = self.outer.load_address(e, self.orient, lane=self.d)
+            return self.put("", f"tl.load({e.name}_ptr + {off}, mask={mask}, other=0).to(tl.float32)", e.name,
+                            self.provenance(e))
+        if isinstance(e, ir.Cast):
+            return self.value(e.x)
+        if isinstance(e, ir.Slice) or (isinstance(e, ir.Call) and e.fn in ("rope", "concat", "l2norm", "rmsnorm")):
+            raise CodegenError("this function of a pair row mixes its lanes: the kernels cannot run it", e.span)
+        return self._emit(e, self.orient, False)
 
 
 def _literal(v) -> str:

@@ -55,6 +55,10 @@ class KernelPlan:
         if self.band is not None:
             tile_note += f"; the band {band_text(*self.band)} gives each program its ranges directly"
         notes = [f"tiles: {tile_note}", "forward: one program per query tile and head"]
+        if plan.pair_rows:
+            notes.insert(0, "SLOW PATH: pair vectors (rows that mix the query and the key side, as in sum(abs(q - k))) "
+                            "are reduced lane by lane: a loop over the row's lanes of elementwise [BLOCK_M, BLOCK_N] "
+                            "tiles, without tensor cores, forward and backward (attngen/codegen/lanes.py)")
         if self.split:
             notes.append("decoding (M <= 16): split-KV, each row's keys over several programs, partial results "
                          "merged exactly by the row statistics; " + self.pack.why)

@@ -117,7 +117,7 @@ def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var:
             g = f"tl.sum({g}, axis=0)[None, :]"
         out.append(f"if {flag}:\n    tl.atomic_add(d{n.name}_ptr + {off}, {g}{mask_arg})")
 
-    return GradSinks(leaf)
+    return GradSinks(leaf, pair_loads=kernel != "dkdv")
 
 
 def _frontier(acc: dict, blocks: Blocks, init_level: str, prefix: str):

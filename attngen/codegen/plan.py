@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from ..ir import nodes as ir
 from . import select
-from .analysis import CodegenError, check_vector_sides
+from .analysis import CodegenError
+from .lanes import is_lane_reduction
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class Plan:
         return out
 
     @property
+    def pair_rows(self) -> bool:
+        """Some kernel reduces a pair row lane by lane (lanes.py: the slow path)."""
+        return any(is_lane_reduction(n) for e in self._exprs() for n in ir.walk(e))
+
+    @property
     def sliced_sizes(self) -> dict[str, int]:
         """The least D or DV a call needs: the end of the furthest slice of a row of that length."""
         out: dict[str, int] = {}
@@ -94,8 +100,6 @@ class Plan:
 
 def make_plan(a: ir.Attention) -> Plan:
     """``a``: the pipeline's output (passes/pipeline.py)."""
-    for stage, e in a.exprs():
-        check_vector_sides(stage, e)
     if a.select is None:
         return Plan(a)
     own = select.unselected(a)

@@ -97,15 +97,16 @@ def select_code(a: ir.Attention) -> SelectCode:
     blk: list[str] = []
     keep_blk: list[str] = []
     binds = {"kmean": "km_t", "jb": "jb_c", "jb@k": "jb_k"}  # a key-row load by jb (kg[b, hk, jb]): [NBP, L]
+    tile = ("BLOCK_M", "NBP")  # a row's blocks
     by = "by_h" if by_dot else Emitter(KernelEnv(a, lambda ax: "blk", {"blk": blk}, binds=binds,
-                                                  dot_dtype="tl.float32"), "x").f32(s.by)
+                                                  dot_dtype="tl.float32", tile=tile), "x").f32(s.by)
     keep = "False"
     if s.keep is not None:
-        keep = Emitter(KernelEnv(a, lambda ax: "blk", {"blk": keep_blk}, binds=binds), "z").value(s.keep)
+        keep = Emitter(KernelEnv(a, lambda ax: "blk", {"blk": keep_blk}, binds=binds, tile=tile), "z").value(s.keep)
 
     inner: list[str] = []
     menv = KernelEnv(a, lambda ax: "inner" if COL in ax else "blk", {"inner": inner, "blk": blk},
-                     binds={"j": "j_t"})
+                     binds={"j": "j_t"}, tile=tile)
     mask = Emitter(menv, "y").value(a.mask) if a.mask is not None else "True"
     return SelectCode(statements(km_lines), k_code, statements(blk), by, statements(keep_blk), keep, by_dot,
                       statements(inner), mask, _any_closed(a))

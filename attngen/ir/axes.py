@@ -1,10 +1,10 @@
-"""The axes an IR value varies along.
+"""Dependence axes of IR expressions.
 
 Every IR node varies along a subset of the axes ``row`` (the query row: m, i, q),
-``col`` (the key: j, k) and ``h`` (the query head). A kernel iterates one axis in its
-program and another in its loop; the axes decide where a value is computed (hoisted
-or per tile), which kernel owns the gradient of each leaf, and for how many heads a
-selection is made.
+``col`` (the key: j, k) and ``h`` (the query head). The checker reads them to tell a pair
+row (language 1.1's pair vectors: ``q - k``, ``e[t]`` with t a pair index) from a one-sided
+one; the code generator, to place each value (hoisted or per tile) and to give each leaf's
+gradient to one kernel.
 """
 
 from __future__ import annotations
@@ -33,5 +33,11 @@ def axes(e: ir.Expr) -> frozenset[str]:
 
 
 def is_pair(e: ir.Expr) -> bool:
+    """Varies by the query row and by the key."""
     a = axes(e)
     return ROW in a and COL in a
+
+
+def is_pair_row(e: ir.Expr) -> bool:
+    """A row (vector) that mixes the query and the key side: a pair vector (language 1.1)."""
+    return e.ty.is_vec and is_pair(e)

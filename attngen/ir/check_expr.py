@@ -13,6 +13,7 @@ from typing import Mapping, Union
 from ..frontend import ast
 from ..frontend.errors import AttnError, Span, suggest
 from . import nodes as ir
+from .axes import is_pair_row
 from .builtins import UNARY
 from .types import BOOL, DTYPES, FLOAT, INT, Ty, vec
 
@@ -240,6 +241,7 @@ class _ExprBuilder:
         if not x.ty.is_vec or x.ty.is_bool:
             raise _err(f"only a row can be sliced, got {x.ty}", n.base.span,
                        "slice q, k, a prologue's value or a row of an input: q[0:64]")
+        _one_sided(x, "a slice", n.base.span, "slice each side first: q[0:8] - k[0:8]")
         lo, hi = (self._bound(b) for b in (n.lo, n.hi))
         if not 0 <= lo < hi:
             raise _err(f"a slice needs 0 <= lo < hi, got [{lo}:{hi}]", n.span)
@@ -387,6 +389,8 @@ class _ExprBuilder:
         """concat(x, y) (1.1): the row of x's lanes then y's; both of integer length (a slice, an input row)."""
         x, y = (self._vec_arg(fn, a, s) for a, s in zip(args, spans))
         for r, s in ((x, spans[0]), (y, spans[1])):
+            _one_sided(r, "concat()", s, "join each side's rows first: concat(q[0:8], q[8:16]) - "
+                                         "concat(k[0:8], k[8:16])")
             if not r.ty.length.isdigit():
                 raise _err(f"concat() joins rows of integer lengths, got {r.ty}", s,
                            "slice a row of length D or DV first: q[0:64]")
@@ -427,7 +431,21 @@ class _ExprBuilder:
             raise _err(f"rope() base must be a positive finite number, got {base.value!r}", base.span)
         if any(isinstance(n, ir.Call) and n.fn == "rope" for n in ir.walk(x)):
             raise _err("rope() cannot be nested inside rope()", spans[0])
-        return ir.Call("rope", (x, pos, base), x.ty, span)
+        out = ir.Call("rope", (x, pos, base), x.ty, span)
+        hint = "rotate each side by its own position: rope(q, i), rope(k, j)"
+        _one_sided(x, "rope()", spans[0], hint)
+        if is_pair_row(out):
+            raise _err("rope() of a row at a position of the other side would make a pair vector whose lanes "
+                       "it moves; the kernels evaluate pair vectors lane by lane", spans[1], hint)
+        return out
+
+
+def _one_sided(e: ir.Expr, what: str, span: Span, hint: str) -> None:
+    """Refuse ``what`` of (or giving) a pair row: the kernels evaluate a row that mixes the query and the key
+    side lane by lane (codegen/lanes.py), and ``what`` moves lanes."""
+    if is_pair_row(e):
+        raise _err(f"{what} of a row that mixes the query and the key side (a pair vector): the kernels evaluate "
+                   "such rows lane by lane, and this would move lanes", span, hint)
 
 
 def _int_value(e: ir.Expr) -> int | None:

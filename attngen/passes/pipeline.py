@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.verify import verify
-from . import exp2_scores, fold_constants, lower_select, mask_tiles, scaled_dot, substitute_prologue
+from . import exp2_scores, fold_constants, lanewise_norms, lower_select, mask_tiles, scaled_dot, substitute_prologue
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ PASSES: list[Pass] = [
     Pass("exp2_scores", exp2_scores.run, "softmax in base 2 with log2(e) folded into the score's factors"),
     Pass("substitute_prologue", substitute_prologue.run,
          "kernels load raw rows: inline the prologue where stages read q and k, the score where masks name it"),
+    Pass("lanewise_norms", lanewise_norms.run, "a pair row is evaluated lane by lane: its norms become pair scalars"),
     Pass("lower_select", lower_select.run, "the selection kernels' choice becomes a mask term, so every kernel runs it"),
     Pass("scaled_dot", scaled_dot.run, "a scaled dot is exponentiated as one FMA: factor it out of the score once"),
     Pass("mask_tiles", mask_tiles.run, "bound the mask per tile so kernels skip empty tiles and unmask full ones"),
