@@ -64,7 +64,8 @@ _TRACED = {}
 
 
 def _attention(name, monkeypatch):
-    """(the module's attention, the same with JITFunction kernels)."""
+    """(the module's attention, the same with JITFunction kernels, built with ATTNGEN_TRITON_OP=1)."""
+    monkeypatch.setenv("ATTNGEN_TRITON_OP", "1")
     fn = attngen.jit(f"attention {name} {{\n {SPECS[name]}\n}}")
     module = fn.module
     at = getattr(module, f"_attention_{name}")
@@ -119,10 +120,23 @@ def test_the_kind_is_explicit(monkeypatch):
     assert (at.ops.kind, at.ops.fwd_triton, at.ops.bwd_triton) == ("custom_op", None, None)
     assert "TRITON_INTERPRET=1" in at.ops.kind_reason
     assert traced.ops.kind == "triton_op" and traced.ops.fwd_triton is not None
-    assert "torch.compile: triton_op operators" in attngen.jit(f"attention alibi {{\n {SPECS['alibi']}\n}}").module.__doc__
+    assert "with ATTNGEN_TRITON_OP=1 at import, triton_op ones" in \
+        attngen.jit(f"attention alibi {{\n {SPECS['alibi']}\n}}").module.__doc__
     _, selected = _attention("moba", monkeypatch)
     assert selected.ops.kind == "custom_op" and selected.ops.kind_reason.startswith("select stage")
     assert selected.ops.fwd_triton is None
+
+
+def test_triton_op_only_on_request(monkeypatch):
+    """Without ATTNGEN_TRITON_OP=1 at import, kernels Inductor could take still get custom_op, saying why."""
+    monkeypatch.delenv("ATTNGEN_TRITON_OP", raising=False)
+    module = attngen.jit(f"attention alibi {{\n {SPECS['alibi']}\n}}").module
+    at = module._attention_alibi
+    plain = module._Attention("alibi", f"{module._MODULE_KEY}_plain", at.decls, at.all_inputs,
+                              {k: _Interpreted(v) for k, v in at.kernels.items()}, at.plan, at.sel_name,
+                              at.ops.sel_shape)
+    assert (plain.ops.kind, plain.ops.fwd_triton) == ("custom_op", None)
+    assert "ATTNGEN_TRITON_OP=1" in plain.ops.kind_reason
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
@@ -204,12 +218,14 @@ def test_calls_that_stay_custom_op(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", ["alibi", "doc", "gated"])
-def test_inductor_compiles_the_kernels(name):
+def test_inductor_compiles_the_kernels(name, monkeypatch):
     """Inductor's code launches the attention's kernels itself (no opaque operator), forward and
     backward, and matches eager, also for a second sequence length (dynamic shapes)."""
     from torch._inductor.utils import run_and_get_code
 
-    fn = attngen.jit(f"attention {name} {{\n {SPECS[name]}\n}}")
+    monkeypatch.setenv("ATTNGEN_TRITON_OP", "1")
+    # a comment makes the key (and the module) this test's own: the kind is chosen at import
+    fn = attngen.jit(f"# inductor\nattention {name} {{\n {SPECS[name]}\n}}")
     assert getattr(fn.module, f"_attention_{name}").ops.kind == "triton_op"
 
     torch._dynamo.reset()

@@ -87,8 +87,9 @@ class KernelPlan:
             else:
                 notes.append(f"forward: the dense kernel with the lists in the mask ({self.listed.why})")
         kind, why = _op_kind(sel is not None)
-        notes.append(f"torch.compile: {kind} operators ({why})" + ("; custom_op under TRITON_INTERPRET=1 (interpreted "
-                                                                  "kernels)" if kind == "triton_op" else ""))
+        notes.append(f"torch.compile: custom_op operators ({why})" if kind == "custom_op" else
+                     f"torch.compile: custom_op operators; with ATTNGEN_TRITON_OP=1 at import, triton_op ones ({why}; "
+                     "custom_op under TRITON_INTERPRET=1: interpreted kernels)")
         return [line for note in notes for line in textwrap.wrap(note, 96, subsequent_indent="    ")]
 
 

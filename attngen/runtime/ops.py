@@ -16,7 +16,8 @@ launcher, the autotuner, the cache or a device query.
 - ``attngen::<name>_<key>_paged(q, k_cache, v_cache, scale, xs, fs, is_tensor, block_table, seqlens_k)``
   returns ``(o, lse)`` of a call on a paged KV cache (forward only: decoding).
 
-With ``kind == "triton_op"`` (:func:`_op_kind`, :meth:`_Ops.traceable`) the dense calls take
+With ``kind == "triton_op"`` (:func:`_op_kind`, :meth:`_Ops.traceable`; only with ATTNGEN_TRITON_OP=1 when
+the module is imported, until the Inductor path has run on a GPU) the dense calls take
 ``attngen::<name>_<key>_fwd_triton`` and ``_bwd_triton`` instead, the same schemas, fake
 implementations and autograd formula, built with ``torch.library.triton_op``: Inductor traces their
 bodies (the host code with ``launch._Traced``) and compiles the kernels into its graph. Findings
@@ -54,6 +55,7 @@ The key in the operator's name is the module's cache key: two modules register d
 Shipped: the generated module embeds this file verbatim (after its imports).
 """
 
+import os
 import weakref
 
 import torch
@@ -106,6 +108,8 @@ class _Ops:
         self.kind, self.kind_reason = _op_kind(bool(plan["selection"]))
         if self.kind == "triton_op" and not isinstance(kernels["fwd"], triton.runtime.jit.JITFunction):
             self.kind, self.kind_reason = "custom_op", _INTERPRETED
+        elif self.kind == "triton_op" and os.environ.get("ATTNGEN_TRITON_OP") != "1":
+            self.kind, self.kind_reason = "custom_op", _NOT_REQUESTED
         prefix = f"attngen::{name}_{key}"
         self.fwd, new = _define(f"{prefix}_fwd", _FWD_SCHEMA, self._fwd_impl, self._fwd_fake)
         self.bwd, _ = _define(f"{prefix}_bwd", _BWD_SCHEMA, self._bwd_impl, self._bwd_fake)
@@ -293,6 +297,11 @@ class _Eager(torch.autograd.Function):
 
 _INTERPRETED = ("interpreted kernels (TRITON_INTERPRET=1): wrap_triton cannot record them, and Inductor compiles "
                 "user kernels only with a GPU driver")
+
+
+_NOT_REQUESTED = ("the triton_op operators are taken with ATTNGEN_TRITON_OP=1 when the module is imported: Inductor "
+                  "has not yet compiled these kernels on a GPU (tests/test_triton_op.py -m gpu), while the "
+                  "custom_op ones passed pytest -m gpu")
 
 
 def _op_kind(selected):
