@@ -118,3 +118,15 @@ def test_which_specs_take_the_block_sparse_kernels(extra, block, sparse, backwar
     assert ("block-sparse forward: the attend kernel" in doc) == sparse
     assert ("the backward too: dq per chosen block" in doc) == backward
     assert ("written by the dk/dv kernel" in doc) == (backward and not dq_kernel)
+
+
+def test_rows_in_a_block_selections_mask_are_refused_with_a_caret():
+    """The select kernel evaluates the mask over [BLOCK_M, NBP] tiles, one key a block at a time: a row
+    there has no layout, so check refuses it (it compiled to a NameError before)."""
+    from attngen.frontend.errors import AttnError
+
+    with pytest.raises(AttnError, match="block selection, the mask may not use rows") as err:
+        attngen.jit("attention t {\n input x: f32[B, M, D]\n input y: f32[B, N, D]\n"
+                    " mask = causal and dot(x[b, m], y[b, j]) < 9.0\n"
+                    " select = topk(2, by = dot(q, kmean), block = 16)\n}")
+    assert "4:" in str(err.value) and "^" in err.value.format()

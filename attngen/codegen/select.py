@@ -55,7 +55,7 @@ from ..ir import nodes as ir
 from ..passes.lower_select import own_mask, token_heads
 from ..passes.mask_tiles import tiles_of
 from . import tiles
-from .analysis import COL
+from .analysis import COL, CodegenError
 from .emit import Emitter, KernelEnv, statements
 
 MAX_BLOCKS = 256  # the kmean tile of a row block is held whole ([NBP, BLOCK_D] float32)
@@ -88,6 +88,12 @@ class SelectCode:
 def select_code(a: ir.Attention) -> SelectCode:
     """``a``: the attention with its own mask (``unselected``)."""
     s = a.select
+    rows = [n for n in ir.walk(a.mask) if n.ty.is_vec] if a.mask is not None else []
+    if rows:
+        # the select kernel evaluates the mask per block offset over [BLOCK_M, NBP] tiles, where a row
+        # (a [.., D] load) has no layout yet
+        raise CodegenError("with a block selection, the mask may not use rows (q, k or a row of an input) in "
+                           "the kernels; use backend='reference'", rows[0].span or a.select.span)
     km_lines: list[str] = []
     km = Emitter(KernelEnv(a, lambda ax: "inner", {"inner": km_lines}), "w")
     k_code = km.f32(s.kmean_of, "k")
