@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from attngen.codegen.kernels import scaled_dot
 from attngen.codegen.plan import make_plan
 from attngen.passes.pipeline import run_pipeline
 from attngen.driver import compile_source
@@ -167,7 +166,7 @@ def test_scale_of_any_sign(scale):
     """The forward scales dot(q, k) after its running max, which needs a positive factor: a negative
     scale runs as -q with -scale, a zero one as a tiny factor, and both must match the reference."""
     a = compile_source("attention signed { mask = causal }", "signed.attn")[0]
-    assert scaled_dot(make_plan(run_pipeline(a)).attn) is not None
+    assert run_pipeline(a).scaled_dot is not None
     assert_close(compare(a, M=67, N=50, D=40, DV=24, scale=scale))
 
 
@@ -181,7 +180,7 @@ def test_scale_of_any_sign(scale):
 ])
 def test_scaled_dot_detection(src, fast):
     a = compile_source(f"attention t {{\n {src}\n}}", "t.attn")[0]
-    assert (scaled_dot(make_plan(run_pipeline(a)).attn) is not None) == fast
+    assert (run_pipeline(a).scaled_dot is not None) == fast  # the scaled_dot pass
 
 
 # pair vectors (language 1.1): rows that mix the query and the key side, reduced lane by lane in the kernels
