@@ -21,7 +21,7 @@ memory per pair (``tl.atomic_add``, dq kernel), and a scalar the lane reads gets
 
 Lane-wise means every operation inside a pair row works lane by lane: rope, concat and slices of a pair
 row mix lanes and are refused by ``attngen check``; l2norm and rmsnorm of one are written out with
-their norm as a pair scalar (``plan._lanewise_norm``).
+their norm as a pair scalar (the lanewise_norms pass).
 """
 
 from __future__ import annotations
