@@ -11,47 +11,70 @@ import os
 
 import torch
 
-from .launch import _DOT_DTYPES, _TORCH_DTYPES
+#: torch dtype of each declared input dtype
+_TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
+                 "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
+_QKV_DIMS = {"q": "[B, H, M, D]", "k": "[B, HK, N, D]", "v": "[B, HK, N, DV]"}
+
+
+def _floats(float64):
+    """The float dtypes a call may use: the kernels', and float64 for the reference backend."""
+    return (torch.float16, torch.bfloat16, torch.float32) + ((torch.float64,) if float64 else ())
+
 
 def _check_call(fn, decls, q, k, v, inputs):
-    """Validate a call before launch: shapes, dtypes, devices and keyword inputs. B, M and N may be
-    0 (empty outputs, or rows with no key); the other sizes must be at least 1."""
-    for nm, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {nm} must be a torch.Tensor, got {type(t).__name__}")
+    """Validate a call of the kernels before launch: shapes, dtypes, devices and keyword inputs."""
+    sizes = _check_qkv(fn, q, k, v)
     device = q.device
-    for nm, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{fn}: {nm} must have 4 dims [B, heads, rows, head_dim], got shape {tuple(t.shape)}")
-        if t.dtype not in _DOT_DTYPES:
-            raise TypeError(f"{fn}: {nm} must be float16, bfloat16 or float32, got {t.dtype}")
-        if t.device != device:
-            raise ValueError(f"{fn}: {nm} is on {t.device} but q is on {device}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"{fn}: q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if device.type not in ("cuda", "cpu"):
         raise ValueError(f"{fn}: q is on {device}; the Triton kernels run on CUDA tensors (or on the CPU "
                          "under TRITON_INTERPRET=1)")
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{fn}: CPU tensors run the Triton kernels only under TRITON_INTERPRET=1 "
+                         "(or use attngen's backend='reference')")
+    if decls or inputs:
+        _check_inputs(fn, decls, inputs, sizes, device)
+    return sizes
+
+
+def _check_qkv(fn, q, k, v, float64=False):
+    """The sizes B, H, HK, M, N, D, DV of q [B, H, M, D], k [B, HK, N, D] and v [B, HK, N, DV] (one
+    dtype, one device; ``float64``: the reference backend's). B, M and N may be 0 (empty outputs, or
+    rows with no key); the other sizes must be at least 1."""
+    allowed = _floats(float64)
+    for nm, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {nm} must be a torch.Tensor {_QKV_DIMS[nm]}, got {type(t).__name__}")
+    device = q.device
+    for nm, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{fn}: {nm} must have 4 dims {_QKV_DIMS[nm]}, got shape {tuple(t.shape)}")
+        if t.device.type == "meta":
+            raise ValueError(f"{fn}: {nm} is on the meta device, which holds no values to attend over")
+        if t.dtype not in allowed:
+            names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+            raise TypeError(f"{fn}: {nm} has dtype {t.dtype}; supported: {names}")
+        if t.device != device:
+            raise ValueError(f"{fn}: q, k and v must be on one device: q is on {device}, {nm} is on {t.device}")
+    for nm, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{fn}: q, k and v must share a dtype: q is {q.dtype}, {nm} is {t.dtype}")
     B, H, M, D = q.shape
     _, HK, N, _ = k.shape
     DV = v.shape[3]
     if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != k.shape[:3]:  # say which dim (the fast path skips this)
-        for nm, t, want in (("k", k, (B, HK, N, D)), ("v", v, (B, HK, N, DV))):
-            for dim, (got, exp, label) in enumerate(zip(t.shape, want, ("B", "HK", "N", "D"))):
-                if got != exp:
-                    raise ValueError(f"{fn}: {nm}: dim {dim} must be {label}={exp}, got {got}")
+        for nm, t, dim, label, want in (("k", k, 0, "B", B), ("k", k, 3, "D", D), ("v", v, 0, "B", B),
+                                        ("v", v, 1, "HK", HK), ("v", v, 2, "N", N)):
+            if t.shape[dim] != want:
+                src = "q" if label in ("B", "D") else "k"
+                raise ValueError(f"{fn}: {nm}: dim {dim} must be {label}={want} (from {src}), got {t.shape[dim]}")
     for nm, dim, label, n in (("q", 1, "H", H), ("k", 1, "HK", HK), ("q", 3, "D", D), ("v", 3, "DV", DV)):
         if n < 1:
             raise ValueError(f"{fn}: {nm}: dim {dim} ({label}) must be at least 1, got {n}")
     if H % HK:
-        raise ValueError(f"{fn}: query heads H={H} must be a multiple of key/value heads HK={HK}")
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{fn}: CPU tensors run the Triton kernels only under TRITON_INTERPRET=1 "
-                         "(or use attngen's backend='reference')")
-    sizes = {"B": B, "H": H, "HK": HK, "M": M, "N": N, "D": D, "DV": DV}
-    if decls or inputs:
-        _check_inputs(fn, decls, inputs, sizes, device)
-    return sizes
+        raise ValueError(f"{fn}: the query heads H={H} (q dim 1) must be a multiple of the key/value heads "
+                         f"HK={HK} (k dim 1)")
+    return {"B": B, "H": H, "HK": HK, "M": M, "N": N, "D": D, "DV": DV}
 
 
 def _check_scale(fn, scale, D):
@@ -89,34 +112,47 @@ def _empty_result(o_shape, lse_shape, q, tensors):
     return o, lse
 
 
-def _check_inputs(fn, decls, inputs, sizes, device):
-    """Keyword inputs: declared, present, of the declared dtype and shape, on ``device``."""
+def _check_inputs(fn, decls, inputs, sizes, device, float64=False):
+    """Keyword inputs: declared, present, of the declared dtype and shape, on ``device``. A scalar
+    input is a Python number or a 0-d float tensor; ``float64``: float inputs may be float64 (the
+    reference backend)."""
     unexpected = sorted(set(inputs) - set(decls))
     if unexpected:
         near = difflib.get_close_matches(unexpected[0], list(decls), n=1)
-        hint = f"did you mean '{near[0]}'?" if near else f"inputs are: {', '.join(decls) or 'none'}"
+        hint = (f"did you mean '{near[0]}'?" if near else f"inputs are: {', '.join(decls)}" if decls
+                else f"{fn} declares no inputs")
         raise TypeError(f"{fn}: unexpected keyword input '{unexpected[0]}'; {hint}")
+    floats = _floats(float64)
     for nm, (dtype, dims) in decls.items():
+        decl = dtype + ("" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]")
         if nm not in inputs or inputs[nm] is None:
-            shape = "" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
-            raise TypeError(f"{fn}: missing keyword input '{nm}' (declared {dtype}{shape})")
+            raise TypeError(f"{fn}: missing keyword input '{nm}' (declared {decl})")
         x = inputs[nm]
         if dims is None:
-            if isinstance(x, torch.Tensor) and x.dim() != 0:
-                raise ValueError(f"{fn}: {nm} is a scalar input; got a tensor of shape {tuple(x.shape)}")
-            if not isinstance(x, (int, float, torch.Tensor)):
-                raise TypeError(f"{fn}: {nm} must be a number or a 0-d tensor")
+            if isinstance(x, torch.Tensor):
+                if x.dim() != 0:
+                    raise ValueError(f"{fn}: {nm}: a scalar input (declared {dtype}) must be a Python number or "
+                                     f"a 0-d tensor, got shape {tuple(x.shape)}")
+                if x.dtype not in floats:
+                    raise TypeError(f"{fn}: {nm}: expected a floating 0-d tensor (declared {dtype}), got {x.dtype}")
+                if x.device != device:
+                    raise ValueError(f"{fn}: {nm} is on {x.device} but q is on {device}")
+            elif not isinstance(x, (int, float)) or isinstance(x, bool):
+                raise TypeError(f"{fn}: {nm}: expected a Python float or a 0-d tensor (declared {dtype}), "
+                                f"got {type(x).__name__}")
             continue
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{fn}: {nm} must be a torch.Tensor ({dtype}), got {type(x).__name__}")
-        if x.dtype != _TORCH_DTYPES[dtype]:
-            raise TypeError(f"{fn}: {nm} must be {_TORCH_DTYPES[dtype]} (declared {dtype}), got {x.dtype}")
+            raise TypeError(f"{fn}: {nm}: expected a torch.Tensor (declared {decl}), got {type(x).__name__}")
+        want = _TORCH_DTYPES[dtype]
+        if x.dtype != want and not (float64 and want.is_floating_point and x.dtype == torch.float64):
+            raise TypeError(f"{fn}: {nm}: expected dtype {want} (declared {decl}), got {x.dtype}")
         if x.dim() != len(dims):
-            raise ValueError(f"{fn}: {nm} must have {len(dims)} dims {list(dims)}, got shape {tuple(x.shape)}")
-        for dim, (got, want) in enumerate(zip(x.shape, dims)):
-            exp = sizes[want] if isinstance(want, str) else want
+            raise ValueError(f"{fn}: {nm}: expected {len(dims)} dim(s) [{', '.join(str(d) for d in dims)}] "
+                             f"(declared {decl}), got shape {tuple(x.shape)}")
+        for dim, (got, want_dim) in enumerate(zip(x.shape, dims)):
+            exp = sizes[want_dim] if isinstance(want_dim, str) else want_dim
             if got != exp:
-                label = f"{want}={exp}" if isinstance(want, str) else str(exp)
+                label = f"{want_dim}={exp}" if isinstance(want_dim, str) else str(exp)
                 raise ValueError(f"{fn}: {nm}: dim {dim} must be {label}, got {got}")
         if x.device != device:
             raise ValueError(f"{fn}: {nm} is on {x.device} but q is on {device}")
@@ -150,7 +186,7 @@ def _check_paged(fn, decls, q, k, v, inputs, table, lengths, validate):
             raise TypeError(f"{fn}: {nm} must match q's dtype and device ({q.dtype}, {q.device}), "
                             f"got {t.dtype}, {t.device}")
     B, H, M, D = q.shape
-    if q.dtype not in _DOT_DTYPES or k.shape[3] != D or k.shape[2] < 1 or H % k.shape[2]:
+    if q.dtype not in _floats(False) or k.shape[3] != D or k.shape[2] < 1 or H % k.shape[2]:
         raise ValueError(f"{fn}: q {tuple(q.shape)} ({q.dtype}) does not fit k_cache {tuple(k.shape)}: need "
                          "fp16/bf16/fp32, the same head dim D, and H a multiple of the cache's HK")
     sizes = {"B": B, "H": H, "HK": k.shape[2], "M": M, "N": capacity, "D": D, "DV": v.shape[3]}

@@ -18,8 +18,6 @@ import triton.language as tl
 from .triton_helpers import _tiles_by_key
 
 _DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
-_TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
-                 "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
 #: the module's cache key, which names its tuning file (the generated module rebinds it)
 _MODULE_KEY = "runtime"
 
