@@ -23,7 +23,8 @@ from typing import Callable
 from ..ir import nodes as ir
 from ..ir.builtins import UNARY
 from .analysis import COL, ROW, axes, is_pair, is_pair_row
-from .emit import Emitter, LaneEmitter, _pow, vec_block, vec_offs
+from .emit import Emitter, LaneEmitter
+from .layout import _pow, vec_block, vec_offs
 from .lanes import is_lane_reduction, length, loop, seeds
 
 LN2 = 0.6931471805599453

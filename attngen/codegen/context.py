@@ -9,7 +9,7 @@ from .. import __version__
 from ..ir import nodes as ir
 from . import gather, kernel_plan, kernels, select, shipped, tiles
 from .embed import inert
-from .emit import vec_block
+from .layout import vec_block
 from .plan import Plan
 
 

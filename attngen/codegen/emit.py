@@ -14,7 +14,6 @@ kernel assigns to its dependence axes (hoisted out of loops where possible).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,6 +22,8 @@ from ..ir.builtins import UNARY
 from .analysis import COL, ROW, CodegenError, axes, is_pair
 from .embed import inert
 from .lanes import accumulate, is_lane_reduction, length, loop
+from .layout import CONSTEXPR_SIZES, _in_bounds, _literal, _loads_lanes, _positive, _pow, lane_mask, nonneg, vec_offs
+from .rows import RowEmitter
 
 #: Triton spelling of elementwise functions of one argument (the float ones: ir/builtins.py)
 _FN1 = {**{n: u.triton for n, u in UNARY.items()}, "abs": "tl.abs({})", "relu": "tl.maximum({}, 0)"}
@@ -31,101 +32,6 @@ _FN1 = {**{n: u.triton for n, u in UNARY.items()}, "abs": "tl.abs({})", "relu": 
 SEL, IN_LIST = ir.SEL, ir.IN_LIST
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
         "gt": ">", "ge": ">=", "and": "&", "or": "|"}
-
-
-def statements(lines: list[str]) -> str:
-    """A block of emitted statements as template text (``pass`` when empty)."""
-    return "\n".join(lines) or "pass"
-
-
-#: sizes the kernels take as constexprs (head dims: masks on full rows fold away)
-CONSTEXPR_SIZES = ("D", "DV")
-
-
-def vec_block(length: str) -> str:
-    """The constexpr block size name of a vector length ('D' -> BLOCK_D, '64' -> BLOCK_L64)."""
-    return f"BLOCK_{length}" if not length.isdigit() else f"BLOCK_L{length}"
-
-
-def vec_offs(length: str, perm: bool = False) -> str:
-    base = length if not length.isdigit() else f"L{length}"
-    return f"{'perm' if perm else 'offs'}_{base}"
-
-
-def lane_mask(length: str) -> str:
-    """[1, BLOCK_L]: the lanes of a row's tile inside its length (the prelude's ``dmask_``)."""
-    return f"dmask_{vec_offs(length).removeprefix('offs_')}[None, :]"
-
-
-#: functions that keep a lane's 0 at 0 when their (first) argument's is (f(0) = 0)
-_ZERO_KEEPING = ("relu", "abs", "tanh", "sin", "sqrt", "erf", "rope", "l2norm", "rmsnorm")
-
-
-def _lanes(lo: int, length: str, perm: bool = False) -> str:
-    """[BLOCK_L] lane offsets of a row of ``length`` lanes starting at lane ``lo`` of a longer one."""
-    offs = vec_offs(length, perm)
-    return offs if lo == 0 else f"({lo} + {offs})"
-
-
-def _pick(lanes: str, length: str, width: str) -> str:
-    """[BLOCK_L, BLOCK_W] of 0/1 (``_lanes_of``): row t picks lane ``lanes[t]`` of a row of ``width``
-    lanes; x @ trans(it) takes those lanes of x, g @ it puts g's lanes back there."""
-    return f"_lanes_of({lanes}, {lane_mask(length).removesuffix('[None, :]')}, {vec_block(width)})"
-
-
-def pick_note(length: str, width: str, back: bool = False) -> str:
-    """The shape comment of a 0/1 lane product (taking lanes, or putting them back)."""
-    a, b = (vec_block(length), vec_block(width))
-    return f"[rows, {a}] @ [{a}, {b}] -> [rows, {b}]" if back else f"[rows, {b}] @ [{b}, {a}] -> [rows, {a}]"
-
-
-def _loads_lanes(e: ir.Slice) -> bool:
-    """A slice the kernels load at its offset (of q, k or an input row), not take from a computed row."""
-    return isinstance(e.x, ir.Load) or (isinstance(e.x, ir.Row) and e.x.name in ("q_raw", "k_raw"))
-
-
-def zero_at_pad(e: ir.Expr) -> bool:
-    """Whether a row's lanes past its length (a tile is a power of two wide) are 0, as loads make them:
-    what a dot or a norm over the whole tile may add without a mask. Conservative: exp(q), q + 1.0 and
-    sigmoid(q) are not (they are 1, 1 and 0.5 there)."""
-    if isinstance(e, (ir.Row, ir.Load, ir.Slice)):  # a slice: masked loads, or the 0/1 product's empty rows
-        return True
-    if isinstance(e, ir.Call) and e.fn == "concat":  # placed by 0/1 products: nothing past its lanes
-        return True
-    if isinstance(e, ir.Cast):
-        return zero_at_pad(e.x)
-    if isinstance(e, ir.Unary):
-        return e.op == "neg" and zero_at_pad(e.x)
-    if isinstance(e, ir.Binary):
-        a_zero = e.a.ty.is_vec and zero_at_pad(e.a)
-        b_zero = e.b.ty.is_vec and zero_at_pad(e.b)
-        if e.op == "mul":  # 0 * a finite number (a scalar factor, or another row's lane)
-            return (a_zero and (not e.b.ty.is_vec or b_zero)) or (b_zero and not e.a.ty.is_vec)
-        if e.op in ("add", "sub"):
-            return a_zero and b_zero
-        if e.op == "div":
-            return a_zero and not e.b.ty.is_vec
-        return False
-    if isinstance(e, ir.Call):
-        return e.fn in _ZERO_KEEPING and zero_at_pad(e.args[0])
-    return False
-
-
-def nonneg(e: ir.Expr) -> bool:
-    """Statically non-negative integer (so C and Python division agree)."""
-    if isinstance(e, ir.Const):
-        return not isinstance(e.value, bool) and e.value >= 0
-    if isinstance(e, ir.Sym):  # not i: m + N - M is negative for the first M - N rows when M > N
-        return e.ty.kind == "int" and e.name != "i"
-    if isinstance(e, ir.Binary) and e.op in ("add", "mul", "floordiv", "mod"):
-        return nonneg(e.a) and nonneg(e.b)
-    if isinstance(e, ir.Call) and e.fn in ("abs", "relu"):
-        return True
-    if isinstance(e, ir.Call) and e.fn in ("min", "clamp"):
-        return all(nonneg(x) for x in e.args)
-    if isinstance(e, ir.Call) and e.fn == "max":
-        return any(nonneg(x) for x in e.args)
-    return False
 
 
 @dataclass
@@ -145,7 +51,7 @@ class KernelEnv:
     tile: tuple[str, str] = ("BLOCK_M", "BLOCK_N")
 
 
-class Emitter:
+class Emitter(RowEmitter):
     def __init__(self, env: KernelEnv, prefix: str = "t"):
         self.env = env
         self.prefix = prefix
@@ -169,32 +75,6 @@ class Emitter:
         if key not in self.memo:
             self.memo[key] = self.put(level, code, hint)
         return self.memo[key]
-
-    def lanes(self, x: ir.Expr, orient: str, perm: bool = False) -> str:
-        """Row ``x`` (float32) with the lanes past its length 0, for a reduction over the whole tile (a
-        dot, a norm): a mask only where they may not be 0 already (``zero_at_pad``)."""
-        v = self.f32(x, orient, perm)
-        if zero_at_pad(x):
-            return v
-        return self.cached(("lanes", x, self.orient_of(x, orient), perm), self.level(x),
-                           f"tl.where({lane_mask(x.ty.length)}, {v}, 0.0)", "lanes")
-
-    def row_reduction(self, e: ir.Call, orient: str) -> str:
-        """sum, mean, max or min of each row of ``e``'s argument, [R]: the lanes past its length
-        (a power-of-two tile) are left out, as a derived row (exp(q)) is not 0 there."""
-        x, L = e.args[0], e.args[0].ty.length
-        v = self.f32(x, self.orient_of(x, orient))
-        fill, op = {"row_sum": ("0.0", "sum"), "row_mean": ("0.0", "sum"), "row_max": ('-float("inf")', "max"),
-                    "row_min": ('float("inf")', "min")}[e.fn]
-        out = f"tl.{op}(tl.where({lane_mask(L)}, {v}, {fill}), axis=1)"
-        return f"({out} / {L})" if e.fn == "row_mean" else out
-
-    def row_sumsq(self, x: ir.Expr, orient: str, level: str) -> str:
-        """sum(x * x) over each row [R, 1]; a column permutation does not change it, so the
-        rotate-half copy of a row shares it."""
-        orient = self.orient_of(x, orient)
-        v = self.lanes(x, orient)
-        return self.cached(("sumsq", x, orient), level, f"tl.sum({v} * {v}, axis=1)[:, None]", "sumsq")
 
     def level(self, e: ir.Expr) -> str:
         return self.env.level_of(axes(e))
@@ -281,62 +161,6 @@ class Emitter:
         if n in ("i", "m"):
             return f"{n}_c" if orient == "t" else f"{n}_r"
         return n  # b h hk, sizes, scale: kernel scalars
-
-    def _slice(self, e: ir.Slice, orient: str, perm: bool) -> str:
-        """x[lo:hi] as a [rows, BLOCK_L] tile: q, k and input rows loaded at the slice's offset (no copy of
-        the row), a computed row through a 0/1 product (exact in float32)."""
-        L = e.ty.length
-        lanes = _lanes(e.lo, L, perm)
-        if isinstance(e.x, ir.Row) and e.x.name in ("q_raw", "k_raw"):
-            return self._raw_row(e.x, lanes, L, f"_{e.lo}_{e.hi}")
-        if isinstance(e.x, ir.Load):
-            off, mask = self.load_address(e.x, orient, strides=None, lanes=(lanes, L))
-            return self.put(self.level(e), f"tl.load({e.x.name}_ptr + {off}, mask={mask}, other=0)", e.x.name,
-                            self.provenance(e))
-        x = self.f32(e.x, orient)
-        return self.put(self.level(e), f"tl.dot({x}, tl.trans({_pick(lanes, L, e.x.ty.length)}), "
-                        f"input_precision=\"ieee\")", "sl",
-                        f"{pick_note(L, e.x.ty.length)}; {self.provenance(e)}".rstrip("; "))
-
-    @staticmethod
-    def concat_part(e: ir.Call, which: int) -> str:
-        """[BLOCK_part, BLOCK_out] of 0/1 placing part ``which`` of concat(x, y) in its lanes."""
-        x, y = e.args
-        part, lo = (x, 0) if which == 0 else (y, int(x.ty.length))
-        return _pick(_lanes(lo, part.ty.length), part.ty.length, e.ty.length)
-
-    def _concat(self, e: ir.Call, orient: str, perm: bool, lvl: str, note: str) -> str:
-        """x's lanes then y's, by two exact 0/1 products; rope's permuted copy picks lanes of that."""
-        L = e.ty.length
-        if perm:
-            return self.put(lvl, f"tl.dot({self.value(e, orient)}, tl.trans({_pick(_lanes(0, L, True), L, L)}), "
-                            f"input_precision=\"ieee\")", "cat", f"{pick_note(L, L)}; {note}".rstrip("; "))
-        x, y = (self.f32(a, orient) for a in e.args)
-        return self.put(lvl, f"tl.dot({x}, {self.concat_part(e, 0)}, input_precision=\"ieee\") + "
-                             f"tl.dot({y}, {self.concat_part(e, 1)}, input_precision=\"ieee\")", "cat",
-                        f"lanes placed: [rows, BLOCK_part] @ [BLOCK_part, {vec_block(L)}]; {note}".rstrip("; "))
-
-    @staticmethod
-    def scatter(e: ir.Slice, g: str) -> str:
-        """The gradient of x from the gradient ``g`` [rows, BLOCK_L] of x[lo:hi]: its lanes put back at the
-        slice's offset ([rows, BLOCK_X]; a 0/1 product, exact in float32)."""
-        return f"tl.dot({g}, {_pick(_lanes(e.lo, e.ty.length), e.ty.length, e.x.ty.length)}, input_precision=\"ieee\")"
-
-    def _row(self, e: ir.Row, perm: bool) -> str:
-        if e.name in self.env.binds and not perm:
-            return self.env.binds[e.name]
-        if e.name in ("q_raw", "k_raw"):
-            return self._raw_row(e, vec_offs("D", perm), "D", "_perm" if perm else "")
-        raise CodegenError(f"row '{e.name}' is not available in this kernel")
-
-    def _raw_row(self, e: ir.Row, lanes: str, length: str, suffix: str) -> str:
-        """The loaded q or k row at lane offsets ``lanes`` ([BLOCK_L]: the whole row's, its rotate-half
-        permutation's, or a slice's), [BLOCK_M or BLOCK_N, BLOCK_L]."""
-        side, rows, mask, block = ("q", "m_r * stride_qm", "rmask", "BLOCK_M") if e.name == "q_raw" else \
-            ("k", "k_rows", "cmask_k", "BLOCK_N")
-        return self.put(self.level(e), f"tl.load({side}_base + {rows} + {lanes}[None, :] * stride_{side}d, "
-                        f"mask={mask} & {lane_mask(length)}, other=0.0)", side + suffix,
-                        f"[{block}, {vec_block(length)}]")
 
     def load_address(self, e: ir.Load, orient: str, perm: bool = False, strides: str | None = None,
                      lanes: tuple[str, str] | None = None, lane: str | None = None) -> tuple[str, str]:
@@ -455,77 +279,6 @@ class Emitter:
         tile = f"_in_list({row}, {SEL}_s3, start_n, {j}, rmask, {k}, {k.bit_length()}, BLOCK_M, BLOCK_N)"
         return self.put(lvl, f"tl.trans({tile})" if orient == "t" else tile, "sel")
 
-    def layout(self, rowsum: str, operand: ir.Expr, orient: str) -> str:
-        """Place a per-row reduction [R] of a vector operand in the caller's scalar layout."""
-        side = COL if COL in axes(operand) else ROW if ROW in axes(operand) else None
-        if side is None:
-            return f"tl.sum({rowsum}, axis=0)"
-        if (side == COL and orient == "pair") or (side == ROW and orient == "t"):
-            return f"{rowsum}[None, :]"
-        return f"{rowsum}[:, None]"
-
-    def sides(self, e: ir.Call) -> tuple[ir.Expr, ir.Expr, bool]:
-        """Operands of dot/sqdist as (query side, key side, is_pair)."""
-        a, b = e.args
-        if COL in axes(a) and COL not in axes(b):
-            a, b = b, a
-        return a, b, ROW in axes(a) and COL in axes(b)
-
-    def _pairfn(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
-        a, b, pair = self.sides(e)
-        if pair:
-            A = f"{self.lanes(a, 'pair') if not zero_at_pad(a) else self.value(a)}.to({self.env.dot_dtype})"
-            Bk = f"{self.lanes(b, 'k') if not zero_at_pad(b) else self.value(b, 'k')}.to({self.env.dot_dtype})"
-            L = vec_block(a.ty.length)
-            if orient == "t":
-                qk = self.put(lvl, f"tl.dot({Bk}, tl.trans({A}), input_precision=DOT_PRECISION)", "dot",
-                              f"[BLOCK_N, {L}] @ [{L}, BLOCK_M] -> [BLOCK_N, BLOCK_M]; {note}")
-            else:
-                qk = self.put(lvl, f"tl.dot({A}, tl.trans({Bk}), input_precision=DOT_PRECISION)", "dot",
-                              f"[BLOCK_M, {L}] @ [{L}, BLOCK_N] -> [BLOCK_M, BLOCK_N]; {note}")
-            if e.fn == "dot":
-                return qk
-            an = self.lanes(a, "pair")
-            bn = self.lanes(b, "k")
-            q_sq, k_sq = f"tl.sum({an} * {an}, axis=1)", f"tl.sum({bn} * {bn}, axis=1)"
-            sq = f"{k_sq}[:, None] + {q_sq}[None, :]" if orient == "t" else f"{q_sq}[:, None] + {k_sq}[None, :]"
-            return self.put(lvl, f"{sq} - 2.0 * {qk}", "sqdist", note)
-        side_orient = "k" if COL in axes(a) or COL in axes(b) else orient
-        x, y = self.lanes(a, side_orient), self.lanes(b, side_orient)
-        body = f"({x} * {y})" if e.fn == "dot" else f"(({x} - {y}) * ({x} - {y}))"
-        anchor = a if axes(a) & {ROW, COL} else b  # the side that varies by row (w[h] varies by head alone)
-        return self.put(lvl, self.layout(f"tl.sum({body}, axis=1)", anchor, orient), e.fn, note)
-
-    def row_norm(self, x: ir.Expr, orient: str, level: str) -> str:
-        """‖x‖ of each row [R, 1]."""
-        orient = self.orient_of(x, orient)
-        return self.cached(("norm", x, orient), level, f"tl.sqrt({self.row_sumsq(x, orient, level)})", "nrm")
-
-    def rms_scale(self, e: ir.Call, orient: str, level: str) -> str:
-        """rsqrt(mean(x²) + 1e-6) of ``rmsnorm(x, w)``, per row [R, 1]."""
-        orient = self.orient_of(e.args[0], orient)
-        sumsq = self.row_sumsq(e.args[0], orient, level)
-        return self.cached(("rms", e.args[0], orient), level, f"tl.rsqrt({sumsq} / {e.ty.length} + 1e-6)", "rms")
-
-    def rope_tables(self, e: ir.Call, orient: str, lvl: str) -> tuple[str, str]:
-        """cos and sin of the rotation angles of ``rope(x, pos, base)``, shaped like x."""
-        orient = self.orient_of(e, orient)
-        pos = self.f32(e.args[1], orient)
-        log2_base = math.log2(float(e.args[2].value))
-        L = e.ty.length
-        theta = self.cached(("theta", e, orient), lvl,
-                            f"{pos} * _rope_inv_freq({vec_offs(L)}, {L}, {log2_base!r})[None, :]", "theta")
-        return (self.cached(("cos", e, orient), lvl, f"tl.cos({theta})", "cos"),
-                self.cached(("sin", e, orient), lvl, f"tl.sin({theta})", "sin"))
-
-    def _rope(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
-        x = self.f32(e.args[0], orient, False)
-        xp = self.f32(e.args[0], orient, True)  # x at rotate-half columns (no sign yet)
-        L = e.ty.length
-        cos, sin = self.rope_tables(e, orient, lvl)
-        sign = f"_rope_sign({vec_offs(L)}, {L})[None, :]"
-        return self.put(lvl, f"{x} * {cos} + {sign} * {xp} * {sin}", "rope", note)
-
 
 class LaneEmitter(Emitter):
     """Lane ``d`` of rows inside one loop over the lanes of pair rows (lanes.py), written to ``body``.
@@ -582,37 +335,3 @@ class LaneEmitter(Emitter):
         return self._emit(e, self.orient, False)
 
 
-def _literal(v) -> str:
-    if isinstance(v, bool):
-        return "True" if v else "False"
-    if isinstance(v, float):
-        if v == float("inf"):
-            return 'float("inf")'
-        if v == float("-inf"):
-            return 'float("-inf")'
-    return repr(v)
-
-
-def _pow(a: str, b: str, exponent: ir.Expr) -> str:
-    """``a ** b``: repeated products for small constant integer exponents, else exp2/log2 (a > 0)."""
-    if isinstance(exponent, ir.Const) and float(exponent.value).is_integer() and 0 <= exponent.value <= 8:
-        n = int(exponent.value)
-        return "1.0" if n == 0 else "(" + " * ".join([f"({a})"] * n) + ")"
-    if exponent.ty.kind == "int" and not isinstance(exponent, ir.Const):
-        raise CodegenError("integer ** with a non-constant exponent is not supported by the kernels")
-    return f"tl.exp2({b} * tl.log2({a}))"
-
-
-def _positive(e: ir.Expr) -> bool:
-    """Statically >= 1: a positive literal or a size (so C and Python division agree, no zero)."""
-    if isinstance(e, ir.Const):
-        return not isinstance(e.value, bool) and e.value > 0
-    return isinstance(e, ir.Sym) and e.name in ("B", "H", "HK", "M", "N", "D", "DV")
-
-
-def _in_bounds(idx: ir.Expr, dim) -> bool:
-    """Index patterns that are in range by construction (masked rows/keys aside)."""
-    if not isinstance(idx, ir.Sym):
-        return False
-    # not (i, N): i = m + N - M is negative for the first M - N rows when M > N
-    return (idx.name, dim) in {("b", "B"), ("h", "H"), ("hk", "HK"), ("m", "M"), ("j", "N")}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from ..ir import nodes as ir
 from .analysis import COL, HEAD, ROW, axes, is_pair
 from .autodiff import (Differentiator, GradSinks, owned_by_col_kernel, owned_by_row_kernel, reduce_to)
-from .emit import Emitter, KernelEnv, statements, vec_block
+from .emit import Emitter, KernelEnv
+from .layout import statements, vec_block
 from .plan import Plan
 
 _ZEROS = {

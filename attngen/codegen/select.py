@@ -56,7 +56,8 @@ from ..passes.lower_select import own_mask, token_heads
 from ..passes.mask_tiles import tiles_of
 from . import tiles
 from .analysis import COL, CodegenError
-from .emit import Emitter, KernelEnv, statements
+from .emit import Emitter, KernelEnv
+from .layout import statements
 
 MAX_BLOCKS = 256  # the kmean tile of a row block is held whole ([NBP, BLOCK_D] float32)
 MAX_BLOCKS_DOT = 1024  # by = dot(q, kmean): by, the keys and the flags, [BLOCK_M, NBP] each, stay in registers

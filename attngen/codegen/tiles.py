@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from ..ir import nodes as ir
 from ..ir.printer import band_text
 from .analysis import ROW, axes
-from .emit import Emitter, KernelEnv, statements
+from .emit import Emitter, KernelEnv
+from .layout import statements
 
 _BOX = {"i_lo": "ti_lo", "i_hi": "ti_hi", "j_lo": "tj_lo", "j_hi": "tj_hi"}
 
