@@ -21,10 +21,10 @@ import torch
 from .ir import nodes as ir
 from .ir.printer import expr_str
 from .runtime.checks import _TORCH_DTYPES as TORCH_DTYPES
-from .runtime.checks import _check_inputs, _check_qkv, _check_scale
+from .runtime.checks import _check_inputs, _check_qkv, _check_scale, _check_shape
 
 SIZE_NAMES = ("B", "H", "HK", "M", "N", "D", "DV")
-__all__ = ["TORCH_DTYPES", "SIZE_NAMES", "Bound", "bind", "check_input_shape", "declaration", "decls"]
+__all__ = ["TORCH_DTYPES", "SIZE_NAMES", "Bound", "bind", "check_input_shape", "decls"]
 
 
 @dataclass
@@ -43,27 +43,15 @@ class Bound:
     inputs: dict[str, Union[torch.Tensor, float]]
 
 
-def declaration(d: ir.InputDecl) -> str:
-    """The input's declared type as written: ``f32[H]``, ``f32``."""
-    return d.dtype if d.dims is None else f"{d.dtype}[{', '.join(str(x) for x in d.dims)}]"
-
-
-def check_input_shape(d: ir.InputDecl, t: torch.Tensor, sizes: Mapping[str, int]) -> None:
-    """Raise ValueError unless tensor ``t`` has the shape declared for input ``d``."""
-    if t.dim() != len(d.dims):
-        raise ValueError(f"{d.name}: expected {len(d.dims)} dim(s) [{', '.join(str(x) for x in d.dims)}] "
-                         f"(declared {declaration(d)}), got shape {tuple(t.shape)}")
-    for axis, (dim, got) in enumerate(zip(d.dims, t.shape)):
-        want = sizes[dim] if isinstance(dim, str) else dim
-        if got != want:
-            what = f"{dim}={want}" if isinstance(dim, str) else str(want)
-            raise ValueError(f"{d.name}: dim {axis} must be {what}, got {got}")
+def check_input_shape(fn: str, d: ir.InputDecl, t: torch.Tensor, sizes: Mapping[str, int]) -> None:
+    """Raise ValueError unless tensor ``t`` has the shape declared for input ``d`` (``fn``: the
+    attention, for the message)."""
+    _check_shape(fn, d.name, d.dtype, d.dims, t, sizes)
 
 
 def decls(a: ir.Attention) -> dict[str, tuple[str, tuple | None]]:
-    """The public inputs' declarations, name -> (dtype, dims): what a generated module's checks take
-    (the internal selection of a lowered IR is made during the call, not given)."""
-    return {d.name: (d.dtype, d.dims) for d in a.inputs if d.name != ir.SEL}
+    """The public inputs' declarations, name -> (dtype, dims): what a generated module's checks take."""
+    return {d.name: (d.dtype, d.dims) for d in a.public_inputs}
 
 
 def bind(a: ir.Attention, q, k, v, inputs: Mapping[str, object] | None = None, scale=None, *,

@@ -270,6 +270,12 @@ class Attention:
     source: str = field(default="", compare=False, repr=False)
     stage_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
 
+    @property
+    def public_inputs(self) -> tuple[InputDecl, ...]:
+        """The inputs a caller passes: all but the internal selection of a lowered IR (``SEL``), which
+        the call makes itself."""
+        return tuple(d for d in self.inputs if d.name != SEL)
+
     def input(self, name: str) -> InputDecl:
         for d in self.inputs:
             if d.name == name:

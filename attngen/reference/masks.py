@@ -67,7 +67,7 @@ def _sizes(a: ir.Attention, M: int, N: int, given: Mapping[str, object]) -> dict
     for dim, n in DEFAULT_SIZES.items():
         sizes.setdefault(dim, n)
     for d, t in tensors:
-        check_input_shape(d, t, sizes)
+        check_input_shape(a.name, d, t, sizes)
     return sizes
 
 

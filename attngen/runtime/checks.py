@@ -124,7 +124,7 @@ def _check_inputs(fn, decls, inputs, sizes, device, float64=False):
         raise TypeError(f"{fn}: unexpected keyword input '{unexpected[0]}'; {hint}")
     floats = _floats(float64)
     for nm, (dtype, dims) in decls.items():
-        decl = dtype + ("" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]")
+        decl = _declaration(dtype, dims)
         if nm not in inputs or inputs[nm] is None:
             raise TypeError(f"{fn}: missing keyword input '{nm}' (declared {decl})")
         x = inputs[nm]
@@ -146,16 +146,26 @@ def _check_inputs(fn, decls, inputs, sizes, device, float64=False):
         want = _TORCH_DTYPES[dtype]
         if x.dtype != want and not (float64 and want.is_floating_point and x.dtype == torch.float64):
             raise TypeError(f"{fn}: {nm}: expected dtype {want} (declared {decl}), got {x.dtype}")
-        if x.dim() != len(dims):
-            raise ValueError(f"{fn}: {nm}: expected {len(dims)} dim(s) [{', '.join(str(d) for d in dims)}] "
-                             f"(declared {decl}), got shape {tuple(x.shape)}")
-        for dim, (got, want_dim) in enumerate(zip(x.shape, dims)):
-            exp = sizes[want_dim] if isinstance(want_dim, str) else want_dim
-            if got != exp:
-                label = f"{want_dim}={exp}" if isinstance(want_dim, str) else str(exp)
-                raise ValueError(f"{fn}: {nm}: dim {dim} must be {label}, got {got}")
+        _check_shape(fn, nm, dtype, dims, x, sizes)
         if x.device != device:
             raise ValueError(f"{fn}: {nm} is on {x.device} but q is on {device}")
+
+
+def _declaration(dtype, dims):
+    """An input's declared type as written: ``f32[H]``, ``f32``."""
+    return dtype if dims is None else f"{dtype}[{', '.join(str(d) for d in dims)}]"
+
+
+def _check_shape(fn, nm, dtype, dims, x, sizes):
+    """Tensor input ``nm`` has its declared dims: names of sizes (``sizes``) or literal lengths."""
+    if x.dim() != len(dims):
+        raise ValueError(f"{fn}: {nm}: expected {len(dims)} dim(s) [{', '.join(str(d) for d in dims)}] "
+                         f"(declared {_declaration(dtype, dims)}), got shape {tuple(x.shape)}")
+    for dim, (got, want) in enumerate(zip(x.shape, dims)):
+        exp = sizes[want] if isinstance(want, str) else want
+        if got != exp:
+            label = f"{want}={exp}" if isinstance(want, str) else str(exp)
+            raise ValueError(f"{fn}: {nm}: dim {dim} must be {label}, got {got}")
 
 
 def _check_paged(fn, decls, q, k, v, inputs, table, lengths, validate):
