@@ -79,7 +79,7 @@ def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
     return r, c
 
 
-def attention_context(plan: Plan, render_kernel) -> dict:
+def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> dict:
     """Everything the module template needs for one attention."""
     a = plan.attn
     prelude = render_kernel("prelude.py.jinja", lengths=_lengths(plan, plan.vec_lengths),
@@ -92,17 +92,18 @@ def attention_context(plan: Plan, render_kernel) -> dict:
     r, c = _backward_blocks(plan)
     # the public inputs; the kernels' argument list also has the internal selection (_args)
     all_inputs = [{"name": d.name, "scalar": d.dims is None, "float": d.is_float} for d in a.inputs]
-    inputs = [x for x in all_inputs if x["name"] != ir.SEL]
-    kp = kernel_plan.choose(plan)
+    public = {d.name for d in a.public_inputs}
+    inputs = [x for x in all_inputs if x["name"] in public]
     dynamic = kp.tiles == "dynamic"
     splittable, packable = kp.split.taken, kp.pack.taken
-    classify = ""
+    classify, tile_heads = "", "1"
     if dynamic:
         k = tiles.classify_code(a)
+        tile_heads = "H" if k.per_head else "1"
         if plan.norm == "stickbreaking":
             k.all = "False"  # its keys are visited in order: one list of partial tiles
         classify = render_kernel("classify.py.jinja", k=k, **base)
-    decls = {d.name: (d.dtype, d.dims) for d in a.inputs if d.name != ir.SEL}
+    decls = {d.name: (d.dtype, d.dims) for d in a.public_inputs}
     sel = plan.select
     selection = None
     if sel is not None:
@@ -129,7 +130,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         host_sel["block"] = sel.block or 0
     host_plan = dict(norm=plan.norm, has_out=a.out is not None, stick=plan.norm == "stickbreaking", dynamic=dynamic,
                      splittable=splittable, packable=packable, scaled_dot=a.scaled_dot is not None,
-                     tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
+                     tile_heads=tile_heads,
                      literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
                      sliced=plan.sliced_sizes, selection=host_sel)
     for x in inputs:
@@ -149,7 +150,7 @@ def attention_context(plan: Plan, render_kernel) -> dict:
         fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
         splittable=splittable, packable=packable, plan_notes=kp.notes(plan),
         fwd_split=render_kernel("fwd.py.jinja", f=f, split=True, **base) if splittable else "",
-        tile_heads="H" if dynamic and tiles.classify_code(a).per_head else "1",
+        tile_heads=tile_heads,
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )
 
@@ -193,6 +194,7 @@ def _listed_kernel(plan: Plan, base: dict, render_kernel) -> str:
 
 def module_context(plans: list[Plan], source: str, filename: str, cache_key: str, render_kernel) -> dict:
     consts = {k: v for p in plans for k, v in p.attn.consts}
+    kps = [kernel_plan.choose(p) for p in plans]
     names = ", ".join(p.attn.name for p in plans)
     return dict(
         module_doc=f"Fused attention kernels for {names}.",
@@ -200,9 +202,9 @@ def module_context(plans: list[Plan], source: str, filename: str, cache_key: str
         consts_text=", ".join(f"{k}={v}" for k, v in consts.items()) or "none",
         # the parser's line breaks are \n and \r\n; any other control character is escaped
         source=inert(source.rstrip().replace("\r\n", "\n"), lines=True),
-        attentions=[attention_context(p, render_kernel) for p in plans],
+        attentions=[attention_context(p, kp, render_kernel) for p, kp in zip(plans, kps)],
         sel_name=ir.SEL,
         runtime=shipped.embedded(),
-        gathered=any(kernel_plan.choose(p).gather.taken for p in plans),
+        gathered=any(kp.gather.taken for kp in kps),
     )
 

@@ -47,7 +47,8 @@ def _split(e: ir.Expr) -> tuple[ir.Call, ir.Sym, float] | None:
 
 
 def run(a: ir.Attention) -> ir.Attention:
-    if (a.score2 is None or (a.select is not None and not a.select.lowered) or a.weights is not None
+    # a selection's own kernels compute by and keep apart; the ones this factors see the lowered mask
+    if (a.score2 is None or a.weights is not None
             or any(ir.uses(x, "q", "q_raw", "scale") for x in (a.mask, a.out, a.norm.sink))):
         return a
     base2, natural = _split(a.score2), _split(a.score)
