@@ -26,6 +26,8 @@ def axes(e: ir.Expr) -> frozenset[str]:
         return frozenset(_SYM_AXES.get(e.name, ()))
     if isinstance(e, ir.Row):
         return frozenset(_ROW_AXES[e.name])
+    if isinstance(e, ir.Agg):
+        return frozenset((ROW, HEAD))  # reduced over the keys: one value per query row and head
     out: frozenset[str] = frozenset()
     for c in ir.children(e):
         out |= axes(c)

@@ -28,9 +28,12 @@ UNARY_FLOAT_FNS = tuple(UNARY)  # ir/builtins.py: float -> float, elementwise on
 #: one-argument reductions of a row (language 1.1) and their IR names (sum, max and min mean other things
 #: with another number of arguments, or as a norm)
 ROW_REDUCTIONS = {"sum": "row_sum", "mean": "row_mean", "max": "row_max", "min": "row_min"}
+#: row aggregates (language 1.1) and their ir.Agg kinds; allowed in weights and out (and in their arguments)
+AGGREGATES = {"rowsum": "sum", "rowmean": "mean", "rowmax": "max", "rowmin": "min", "rowcount": "count"}
+_AGG_STAGES = ("weights", "out", "aggregate")
 NORMS = ("softmax", "sigmoid", "relu", "relu2", "none", "sum", "stickbreaking")
 FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "ceil", "min", "max", "clamp", "where", "dot", "sqdist",
-                                    "norm", "rope", "l2norm", "rmsnorm", "window", "concat"}
+                                    "norm", "rope", "l2norm", "rmsnorm", "window", "concat"} | set(AGGREGATES)
 
 # names visible in each stage, beyond sizes, b/h/hk, scale, inputs and consts
 _STAGE_NAMES = {
@@ -46,6 +49,7 @@ _STAGE_NAMES = {
     "norm.sink": {"i", "m"},
     "weights": {"i", "j", "m", "score", "p"},
     "out": {"i", "m", "o"},
+    "aggregate": {"i", "j", "m", "score", "p"},
     "score2": {"q", "k", "i", "j", "m"},
     "tiles.any": {"i_lo", "i_hi", "j_lo", "j_hi", "i", "j", "m"},  # i, j, m only inside tile_min/max
     "tiles.all": {"i_lo", "i_hi", "j_lo", "j_hi", "i", "j", "m"},
@@ -58,6 +62,7 @@ _STAGE_WHY = {
     "norm.sink": "the sink is one value per query row",
     "out": "out is applied once per query row",
     "weights": "weights see p, score and positions, not the q/k rows",
+    "aggregate": "a row aggregate reduces an expression of score, p and positions over the row's keys",
 }
 
 
@@ -308,7 +313,7 @@ class _ExprBuilder:
             if k.name not in allowed_kw:
                 raise _err(f"{fn}() takes no keyword '{k.name}'", k.span,
                            suggest(k.name, allowed_kw) if allowed_kw else None)
-        arity = {"min": 2, "max": 2, "clamp": 3, "where": 3, "dot": 2, "sqdist": 2, "rmsnorm": 2, "window": 1,
+        arity = {"rowcount": 0, "min": 2, "max": 2, "clamp": 3, "where": 3, "dot": 2, "sqdist": 2, "rmsnorm": 2, "window": 1,
                  "concat": 2, "rope": (2, 3)}.get(fn, 1)
         lo, hi = arity if isinstance(arity, tuple) else (arity, arity)
         if not lo <= len(n.args) <= hi:
@@ -316,9 +321,30 @@ class _ExprBuilder:
             raise _err(f"{fn}() takes {want} argument(s), got {len(n.args)}", n.span)
         if fn == "window":
             return self._window(n)
+        if fn in AGGREGATES:
+            return self._aggregate(n)
         args = [self.build(a) for a in n.args]
         spans = [a.span for a in n.args]
         return getattr(self, "_fn_" + fn, self._fn_elementwise)(fn, args, spans, kwargs, n.span)
+
+    def _aggregate(self, n: ast.Call) -> ir.Expr:
+        """``rowsum(E)`` ... ``rowcount()``: E is built in a pair scope (score, p, i, j, m, inputs)."""
+        fn, kind = n.func.id, AGGREGATES[n.func.id]
+        if self.s.stage not in _AGG_STAGES:
+            raise _err(f"{fn}() is only allowed in the weights and out stages, not in {_stage_title(self.s.stage)}",
+                       n.func.span, "a row aggregate needs every key of the row")
+        if kind == "count":
+            return ir.Agg("count", ir.Const(1, INT, n.span), INT, n.span)
+        outer, self.s = self.s, _Scope("aggregate", _STAGE_NAMES["aggregate"], self.s.inputs, self.s.consts)
+        try:
+            x = self.numeric(self.build(n.args[0]), f"the argument of {fn}()", n.args[0].span)
+        finally:
+            self.s = outer
+        if x.ty.is_vec:
+            raise _err(f"{fn}() aggregates a number per key, got {x.ty}", n.args[0].span,
+                       "reduce the row first: sum(x), dot(a, b)")
+        ty = FLOAT if kind == "mean" else x.ty
+        return ir.Agg(kind, x, ty, n.span)
 
     def _window(self, n: ast.Call) -> ir.Expr:
         w = self.build(n.args[0])

@@ -116,7 +116,21 @@ class Slice:
     span: Span | None = _span_field()
 
 
-Expr = Union[Const, Sym, Row, Param, Load, Unary, Binary, Call, Cast, Slice]
+@dataclass(frozen=True)
+class Agg:
+    """A row aggregate (language 1.1): ``kind`` (sum mean max min count) of the pair expression
+    ``x`` over the row's kept keys; 0 over an empty row. ``rowcount()`` is ``Agg("count", 1)``.
+    A value per (b, h, i), whatever ``x`` depends on."""
+
+    kind: str
+    x: "Expr"
+    ty: Ty
+    span: Span | None = _span_field()
+
+
+AGG_KINDS = ("sum", "mean", "max", "min", "count")
+
+Expr = Union[Const, Sym, Row, Param, Load, Unary, Binary, Call, Cast, Slice, Agg]
 
 ARITH_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow"}
 COMPARE_OPS = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
@@ -127,7 +141,7 @@ OP_TEXT = {v: k for k, v in {**ARITH_OPS, **COMPARE_OPS}.items()} | {"and": "and
 def children(e: Expr) -> tuple[Expr, ...]:
     if isinstance(e, Load):
         return e.indices
-    if isinstance(e, (Unary, Cast, Slice)):
+    if isinstance(e, (Unary, Cast, Slice, Agg)):
         return (e.x,)
     if isinstance(e, Binary):
         return (e.a, e.b)
@@ -140,7 +154,7 @@ def with_children(e: Expr, new: tuple[Expr, ...]) -> Expr:
     """``e`` with its children replaced (same order as :func:`children`)."""
     if isinstance(e, Load):
         return replace(e, indices=tuple(new))
-    if isinstance(e, (Unary, Cast, Slice)):
+    if isinstance(e, (Unary, Cast, Slice, Agg)):
         return replace(e, x=new[0])
     if isinstance(e, Binary):
         return replace(e, a=new[0], b=new[1])

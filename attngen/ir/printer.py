@@ -43,6 +43,8 @@ def expr_str(e: ir.Expr) -> str:
         return f"{e.ty.kind}({expr_str(e.x)})"
     if isinstance(e, ir.Slice):
         return f"{expr_str(e.x)}[{e.lo}:{e.hi}]"
+    if isinstance(e, ir.Agg):
+        return "rowcount()" if e.kind == "count" else f"row{e.kind}({expr_str(e.x)})"
     raise TypeError(f"not an IR expression: {e!r}")
 
 

@@ -69,6 +69,17 @@ def _check_node(stage: str, e: ir.Expr, a: ir.Attention, names: set[str]) -> Non
         _fail(stage, e, "concat() joins float rows of integer lengths into a row of their total length")
 
 
+def _check_tree(stage: str, e: ir.Expr, a: ir.Attention, names: set[str]) -> None:
+    """Check every node; a row aggregate's argument is in the pair scope, whatever the stage."""
+    _check_node(stage, e, a, names)
+    if isinstance(e, ir.Agg):
+        if stage not in ("weights", "out") or e.kind not in ir.AGG_KINDS or e.x.ty.is_vec or e.x.ty.is_bool:
+            _fail(stage, e, "a row aggregate reduces a number per key in the weights or out stage")
+        names = set(_STAGE_NAMES["aggregate"])
+    for c in ir.children(e):
+        _check_tree(stage, c, a, names)
+
+
 def verify(a: ir.Attention) -> ir.Attention:
     """Check ``a``; return it unchanged so calls can be chained."""
     for stage, e in a.exprs():
@@ -76,8 +87,7 @@ def verify(a: ir.Attention) -> ir.Attention:
         names = set(_STAGE_NAMES[key])
         # after substitute_prologue a stage reads the loaded rows, with the prologue inlined
         names |= {raw for row, raw in (("q", "q_raw"), ("k", "k_raw")) if row in names}
-        for n in ir.walk(e):
-            _check_node(stage, n, a, names)
+        _check_tree(stage, e, a, names)
     expect = {"score": FLOAT, "mask": BOOL, "weights": FLOAT, "select.by": FLOAT,
               "select.keep": BOOL, "norm.sink": FLOAT, "score2": FLOAT, "tiles.any": BOOL, "tiles.all": BOOL}
     for stage, e in a.exprs():

@@ -53,6 +53,9 @@ class Env:
     device: torch.device
     live: torch.Tensor | None = None
     memo: dict = field(default_factory=dict)
+    #: where row aggregates look: the pair environment (score, p) and the kept pairs [B, H, M, N]
+    pair: "Env | None" = None
+    kept: torch.Tensor | None = None
 
 
 def prepare_inputs(inputs: Mapping[str, object], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
@@ -124,6 +127,8 @@ def _eval(e: ir.Expr, env: Env) -> torch.Tensor:
         return _binary(e, *_operands(e, env))
     if isinstance(e, ir.Call):
         return _call(e, env)
+    if isinstance(e, ir.Agg):
+        return _aggregate(e, env.pair or env)
     raise TypeError(f"not an IR expression: {e!r}")
 
 
@@ -207,6 +212,29 @@ def _call(e: ir.Call, env: Env) -> torch.Tensor:
         x, w = args
         return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * w
     raise NotImplementedError(f"reference: no evaluation for function '{fn}'")
+
+
+def _aggregate(e: ir.Agg, env: Env) -> torch.Tensor:
+    """A row aggregate [B, H, M, 1] over the kept keys of ``env`` (the pair environment); 0 over an
+    empty row. max/min take the value at the first key attaining it, so their gradient goes there."""
+    kept = env.kept
+    n = kept.sum(-1, keepdim=True)
+    if e.kind == "count":
+        return n
+    x = as_grid(evaluate(e.x, env), kept.shape)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    if e.kind in ("sum", "mean"):
+        total = torch.where(kept, x, zero).sum(-1, keepdim=True)
+        if e.kind == "sum":
+            return total
+        total = total.to(env.dtype)
+        return torch.where(n > 0, total / n.clamp_min(1), torch.zeros((), dtype=env.dtype, device=x.device))
+    ranked = x.detach() if e.kind == "max" else -x.detach()
+    low = torch.tensor(float("-inf") if x.is_floating_point() else torch.iinfo(x.dtype).min, device=x.device)
+    top = torch.where(kept, ranked, low.to(ranked.dtype)).amax(-1, keepdim=True)
+    hit = kept & ((ranked == top) | (ranked.isnan() & top.isnan()) if x.is_floating_point() else ranked == top)
+    first = hit.to(torch.int8).argmax(-1, keepdim=True)  # the first key attaining it
+    return torch.where(n > 0, x.gather(-1, first), zero)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -82,13 +82,17 @@ def _run(a: ir.Attention, bound: Bound, return_lse: bool):
     if a.norm.sink is not None:
         sink = as_grid(evaluate(a.norm.sink, ctx.env()), shape[:3] + (1,)).squeeze(-1)
     p, lse = normalize(a.norm, s, kept, sink)
+    pair = ctx.env(live=live, score=s, p=p)  # the weights stage's, where row aggregates reduce
+    pair.kept = kept
     if a.weights is not None:
-        w = as_grid(evaluate(a.weights, ctx.env(live=live, score=s, p=p)), shape)
+        w = as_grid(evaluate(a.weights, pair), shape)
         p = torch.where(kept, w, torch.zeros((), dtype=w.dtype, device=w.device))
     o = _weighted_sum(p, kept, bound.v.index_select(1, ctx.syms["hk"].flatten())).to(ctx.dtype)
     if a.out is not None:
         o5 = o[:, :, :, None, :]
-        o = as_grid(evaluate(a.out, ctx.env({"o": o5})), o5.shape).squeeze(3)
+        out = ctx.env({"o": o5})
+        out.pair = pair
+        o = as_grid(evaluate(a.out, out), o5.shape).squeeze(3)
     if not return_lse:
         return o
     return o, lse.to(torch.float64 if ctx.dtype == torch.float64 else torch.float32)
