@@ -7,7 +7,7 @@ import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
-from . import gather, kernel_plan, kernels, select, shipped, tiles
+from . import aggregates, gather, kernel_plan, kernels, select, shipped, tiles
 from .embed import inert
 from .layout import vec_block
 from .plan import Plan
@@ -19,7 +19,7 @@ def _params(plan: Plan) -> str:
          "K", "stride_kb", "stride_kh", "stride_kn", "stride_kd",
          "V", "stride_vb", "stride_vh", "stride_vn", "stride_vd",
          "O", "OR", "DO", "DOR", "stride_ob", "stride_oh", "stride_om", "stride_od",
-         "LSE", "DELTA", "DLSE", "SBL", "SBG", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb", "BT_PAGES", "OP", "MP", "LP",
+         "LSE", "DELTA", "DLSE", "SBL", "SBG", "AGG", "DAGG", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb", "BT_PAGES", "OP", "MP", "LP",
          "DQ", "stride_dqb", "stride_dqh", "stride_dqm", "stride_dqd",
          "DK", "stride_dkb", "stride_dkh", "stride_dkn", "stride_dkd",
          "DVAL", "stride_dvb", "stride_dvh", "stride_dvn", "stride_dvd"]
@@ -64,7 +64,8 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-_VAR_KEYS = ("s", "s_scale", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out")
+_VAR_KEYS = ("s", "s_scale", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out", "agg_passes", "agg_values",
+             "agg_grads")
 
 
 def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
@@ -132,7 +133,8 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
                      splittable=splittable, packable=packable, scaled_dot=a.scaled_dot is not None,
                      tile_heads=tile_heads,
                      literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
-                     sliced=plan.sliced_sizes, selection=host_sel)
+                     sliced=plan.sliced_sizes, selection=host_sel,
+                     aggregates=(aggregates.of(a).ncol, len(aggregates.of(a).grad_col)))
     for x in inputs:
         d = a.input(x["name"])
         x["decl"] = d.dtype + ("" if d.dims is None else f"[{', '.join(map(str, d.dims))}]")

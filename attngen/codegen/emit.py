@@ -19,6 +19,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.builtins import UNARY
+from . import aggregates
 from .analysis import COL, ROW, CodegenError, axes, is_pair
 from .embed import inert
 from .lanes import accumulate, is_lane_reduction, length, loop
@@ -133,6 +134,8 @@ class Emitter(RowEmitter):
             return self._row(e, perm)
         if isinstance(e, ir.Load):
             return self._load(e, orient, perm)
+        if isinstance(e, ir.Agg):  # the forward and pre kernels bind theirs (aggregates.forward_passes)
+            return self.put(self.level(e), aggregates.load(self, e, orient), "agg")
         if isinstance(e, ir.Slice):
             return self._slice(e, orient, perm)
         lvl, note = self.level(e), self.provenance(e)

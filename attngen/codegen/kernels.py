@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import nodes as ir
+from . import aggregates
+from .aggregates import AGG
 from .analysis import COL, HEAD, ROW, axes, is_pair
 from .autodiff import (Differentiator, GradSinks, owned_by_col_kernel, owned_by_row_kernel, reduce_to)
 from .emit import Emitter, KernelEnv
@@ -152,10 +154,11 @@ def forward(plan: Plan, split_scale: bool = True) -> Blocks:
     bl = Blocks()
     for n in ("outer", "inner", "inner_mask", "inner_w", "epi"):
         bl.stmts[n] = []
-    env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
+    after = _after_aggregates(plan)
+    env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else after if AGG in ax else "outer", bl.stmts)
     em = Emitter(env, "f")
     a = plan.attn
-    bl.vars.update(_recompute(em, env, plan, bl, split_scale=split_scale))
+    bl.vars.update(_recompute(em, env, plan, bl, split_scale=split_scale, passes=True))
     if a.norm.sink is not None:
         bl.vars["sink"] = em.f32(a.norm.sink)
     if a.out is not None:
@@ -168,16 +171,31 @@ def forward(plan: Plan, split_scale: bool = True) -> Blocks:
 def preprocess(plan: Plan) -> Blocks:
     """Out-stage backward (do -> do_raw and gate-like gradients) and the sink gradient."""
     bl = Blocks()
-    for n in ("pre", "sink_bwd", "outer", "inner", "inner_mask", "inner_w"):
+    for n in ("pre", "sink_bwd", "outer", "inner", "inner_mask", "inner_w", "agg_wb", "agg_dinit", "agg_dpost"):
         bl.stmts[n] = []
     cur = {"lvl": "pre"}
     env = KernelEnv(plan.attn, lambda ax: cur["lvl"], bl.stmts, binds={"o": "o_raw"})
     em = Emitter(env, "u")
     diff = Differentiator(em, plan.wants_grad)
     a = plan.attn
+    aggs = aggregates.of(a)
+    dagg: dict[ir.Agg, list[str]] = {}  # the row adjoint terms of each aggregate
+
+    def to_dagg(n: ir.Expr, g: str, shape: str, factor: str | None) -> None:
+        code = reduce_to(g, shape, "row")
+        dagg.setdefault(n, []).append(f"{code} * {factor}" if factor else code)
+    if aggs.levels:
+        # the aggregates first, by the forward's passes: the out stage's backward may read them
+        after = _after_aggregates(plan)
+        env.level_of = lambda ax: "inner" if COL in ax else after if AGG in ax else "outer"
+        bl.vars.update(_recompute(em, env, plan, bl, passes=True))
+        env.level_of = lambda ax: cur["lvl"]
     if a.out is not None:
         sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
-        diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: False, None, sinks)
+        diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: isinstance(n, ir.Agg), to_dagg, sinks)
+    if aggs.levels:
+        _aggregate_adjoints(em, env, plan, bl, to_dagg)
+        bl.vars["agg_values"], bl.vars["agg_grads"] = (statements(x) for x in aggregates.stores(aggs, dagg))
     if a.norm.sink is not None:
         cur["lvl"] = "sink_bwd"
         sink = em.f32(a.norm.sink)
@@ -202,11 +220,39 @@ def preprocess(plan: Plan) -> Blocks:
     return bl
 
 
+def _aggregate_adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_dagg) -> None:
+    """The pre kernel's loop over the keys for the aggregates' adjoints: dw = do . v_j through the
+    weights to every value that reads an aggregate, summed over the keys ('agg_wb'), then down to
+    the aggregates after the loop ('agg_dpost')."""
+    a = plan.attn
+    if a.weights is None:
+        return
+    after = _after_aggregates(plan)
+    acc: dict = {}
+    update, flush = _frontier(acc, bl, "agg_dinit", "acc_a")
+    env.level_of = lambda ax: "agg_wb" if COL in ax else after if AGG in ax else "outer"
+    Differentiator(em, lambda n: False).backprop(
+        {a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "agg_wb", lambda n: not is_pair(n),
+        lambda n, g, shape, f: update(n, g, shape, "agg_wb", f), GradSinks(lambda *args: None),
+        want_child=lambda c: is_pair(c) or AGG in axes(c), pair_guard="allowed")
+    flush()
+    env.level_of = lambda ax: "agg_dpost"
+    seeds = {n: [(f"{name} * {factor}" if factor else name, shape)] for n, (name, shape, factor) in acc.items()}
+    Differentiator(em, lambda n: False).backprop(seeds, "pair", "agg_dpost", lambda n: isinstance(n, ir.Agg),
+                                                 to_dagg, GradSinks(lambda *args: None))
+
+
+def _after_aggregates(plan: Plan) -> str:
+    """The statement list after the last aggregate pass (aggregates.py)."""
+    return f"agg_rows{len(aggregates.of(plan.attn).levels)}"
+
+
 def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str = "pair",
-               split_scale: bool = False) -> dict[str, str]:
+               split_scale: bool = False, passes: bool = False) -> dict[str, str]:
     """Score and mask of a tile (into 'inner'), and the weights' value (into 'inner_w');
     ``orient`` 't': transposed tiles (the dk/dv kernel). ``split_scale``: for a score the
-    ``scaled_dot`` pass factored, "s" is the raw dot and "s_scale" its program-level factor."""
+    ``scaled_dot`` pass factored, "s" is the raw dot and "s_scale" its program-level factor.
+    ``passes``: compute the row aggregates by passes over the keys ("agg_passes"), else load them."""
     a = plan.attn
     # softmax works on log2(e) * score (exp2_scores pass); the natural score only where named
     uses_score = a.weights is not None and ir.uses(a.weights, "score")
@@ -229,6 +275,11 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str 
         for key in set(em.memo) - known:
             if em.memo[key] in only_partial:
                 del em.memo[key]
+    aggs = aggregates.of(a)
+    if aggs.levels:
+        env.binds.update(p="p", score="s")  # norm = none: p is the score on the kept pairs
+        if passes:
+            out["agg_passes"] = aggregates.forward_passes(em, env, bl, aggs)
     if a.weights is not None:
         env.binds.update(p="p", score=em.f32(a.score, orient) if uses_score and a.score2 is not None else "s")
         saved = env.level_of
@@ -249,11 +300,15 @@ def _loop_backward(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, level_of
     stop = lambda n: not is_pair(n)  # noqa: E731
     a = plan.attn
     tile = "tpair" if orient == "t" else "pair"
-    if a.weights is not None:
-        env.level_of = level_of("inner_wb")
-        diff.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", tile)]}, orient, "inner_wb", stop,
-                      on_stop("inner_wb"), sinks, want, "allowed")
-        bl.vars["dp"] = sinks.bound.get("p", "0.0")
+    env.level_of = level_of("inner_wb")
+    seeds = {a.weights: [("tl.where(allowed, dw, 0.0)", tile)]} if a.weights is not None else {}
+    seeds.update(aggregates.argument_seeds(em, env, orient))
+    if seeds:
+        # an aggregate's adjoint is the pre kernel's: only what reads no aggregate is differentiated here
+        diff.backprop(seeds, orient, "inner_wb", stop, on_stop("inner_wb"), sinks,
+                      lambda c: want(c) and (is_pair(c) or AGG not in axes(c)), "allowed")
+        bl.vars["dp"] = sinks.bound.get("p", "0.0") if a.weights is not None else \
+            " + ".join(["dw", *([sinks.bound["p"]] if "p" in sinks.bound else [])])
         bl.vars["ds_w"] = sinks.bound.get("score", "")
     env.level_of = level_of("inner_s")
     diff.backprop({a.score: [("ds", tile)]}, orient, "inner_s", stop, on_stop("inner_s"), sinks, want,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import nodes as ir
-from . import select
+from . import aggregates, select
 from .analysis import CodegenError
 from .lanes import is_lane_reduction
 
@@ -100,6 +100,7 @@ class Plan:
 
 def make_plan(a: ir.Attention) -> Plan:
     """``a``: the pipeline's output (passes/pipeline.py)."""
+    aggregates.refuse(a)
     if a.select is None:
         return Plan(a)
     own = select.unselected(a)

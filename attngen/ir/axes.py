@@ -14,6 +14,9 @@ from functools import lru_cache
 from . import nodes as ir
 
 ROW, COL, HEAD = "row", "col", "h"
+#: not an axis of the grid: the value reads a row aggregate, which the kernels know only after a pass over
+#: the row's keys (so they place it after that pass)
+AGG = "agg"
 
 _SYM_AXES = {"i": {ROW}, "m": {ROW}, "j": {COL}, "jb": {COL}, "h": {HEAD},
              "score": {ROW, COL, HEAD}, "p": {ROW, COL, HEAD}}
@@ -27,7 +30,7 @@ def axes(e: ir.Expr) -> frozenset[str]:
     if isinstance(e, ir.Row):
         return frozenset(_ROW_AXES[e.name])
     if isinstance(e, ir.Agg):
-        return frozenset((ROW, HEAD))  # reduced over the keys: one value per query row and head
+        return frozenset((ROW, HEAD, AGG))  # reduced over the keys: one value per query row and head
     out: frozenset[str] = frozenset()
     for c in ir.children(e):
         out |= axes(c)

@@ -56,17 +56,18 @@ class _Attention:
         return out
 
     def args(self, q, k, v, o, o_raw, do, do_raw, stat, delta, sbl, sbg, tl_rows, tl_cols, cu, dq, dk, dv, xs, gxs,
-             sizes, scale, table=None, split=None, dlse=None, hole=None):
+             sizes, scale, table=None, split=None, dlse=None, hole=None, aggs=None):
         """Kernel arguments in the order of the kernels' signatures. cu: cu_seqlens of q and k (packed
         sequences), or (unused, cache lengths) with a paged cache, or placeholders; table: the paged
         cache's block table; split: the split-KV forward's partial buffers and their count; dlse: the
         gradient of lse (a backward whose loss reads it); hole: the placeholder of the pointers the
-        kernels do not read without those (default stat)."""
+        kernels do not read without those (default stat); aggs: the backward's row aggregates and their
+        adjoints (AGG, DAGG)."""
         hole = stat if hole is None else hole
         table = (hole, 0, 1) if table is None else (table, table.stride(0), k.shape[0])
         split = (hole, hole, hole, 1) if split is None else split
         args = [q, *q.stride(), k, *k.stride(), v, *v.stride(), o, o_raw, do, do_raw, *o.stride(),
-                stat, delta, hole if dlse is None else dlse, sbl, sbg, tl_rows, tl_cols, *cu, *table, *split[:3], dq, *dq.stride(), dk, *dk.stride(),
+                stat, delta, hole if dlse is None else dlse, sbl, sbg, *(aggs or (hole, hole)), tl_rows, tl_cols, *cu, *table, *split[:3], dq, *dq.stride(), dk, *dk.stride(),
                 dv, *dv.stride()]
         for n, scalar, _ in self.all_inputs:
             if scalar:
@@ -276,6 +277,9 @@ class _Attention:
         lists = self.lists(tiles, stat)
         flags = self.flags(sizes, seq is not None, wants=wants)
         kernels = self.kernels
+        ncol, ngrad = self.plan["aggregates"]  # the row aggregates' columns (values, adjoints): the pre kernel's
+        aggs = (_empty(stat.shape + (ncol,), q.device, torch.float32),
+                _empty(stat.shape + (ngrad,), q.device, torch.float32)) if ngrad else None
 
         def launch(c, go):
             # suffix sums per row and key tile (stick-breaking only)
@@ -285,7 +289,7 @@ class _Attention:
 
             def args(kc):
                 return self.args(q4, k4, v4, o, o_raw, do, do_raw, stat, delta, sbl, sbg, *lists(kc), cu, dq, dk, dv,
-                                 xs, gxs, sizes, scale, dlse=dlse)
+                                 xs, gxs, sizes, scale, dlse=dlse, aggs=aggs)
             rows = lambda kc: (_cdiv(M, kc["BLOCK_M"]), B * H)  # noqa: E731
             go(kernels["bwd_pre"], rows, args, dict(c["dq"], **pre))
             go(kernels["bwd_dq"], rows, args, c["dq"])
