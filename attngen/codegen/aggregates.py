@@ -194,7 +194,7 @@ def argument_seeds(em, env, orient: str) -> dict[ir.Expr, list[tuple[str, str]]]
         keep = "allowed"
         if n.kind in ("max", "min"):
             at = em.put(level, load(em, n, orient, "AGG", aggs.arg_col[n]), "at")
-            keep = f"allowed & ({em.value(ir.Sym('j', INT))}.to(tl.float32) == {at})"
+            keep = f"allowed & ({em.value(ir.Sym('j', INT), orient)}.to(tl.float32) == {at})"
         seeds.setdefault(n.x, []).append((f"tl.where({keep}, {d} + {zeros}, 0.0)", tile))
     return seeds
 

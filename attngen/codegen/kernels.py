@@ -302,7 +302,8 @@ def _loop_backward(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, level_of
     tile = "tpair" if orient == "t" else "pair"
     env.level_of = level_of("inner_wb")
     seeds = {a.weights: [("tl.where(allowed, dw, 0.0)", tile)]} if a.weights is not None else {}
-    seeds.update(aggregates.argument_seeds(em, env, orient))
+    for n, terms in aggregates.argument_seeds(em, env, orient).items():
+        seeds.setdefault(n, []).extend(terms)  # an argument may be the weights themselves
     if seeds:
         # an aggregate's adjoint is the pre kernel's: only what reads no aggregate is differentiated here
         diff.backprop(seeds, orient, "inner_wb", stop, on_stop("inner_wb"), sinks,

@@ -69,6 +69,8 @@ _STAGE_WHY = {
 def _stage_title(stage: str) -> str:
     """How errors name a scope: 'the out stage', "select's by=", "norm's sink="."""
     stage = stage.removesuffix(".block")
+    if stage == "aggregate":
+        return "a row aggregate's argument"
     if "." in stage:
         owner, arg = stage.split(".")
         return f"{owner}'s {arg}="

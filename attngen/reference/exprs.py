@@ -232,7 +232,8 @@ def _aggregate(e: ir.Agg, env: Env) -> torch.Tensor:
     ranked = x.detach() if e.kind == "max" else -x.detach()
     low = torch.tensor(float("-inf") if x.is_floating_point() else torch.iinfo(x.dtype).min, device=x.device)
     top = torch.where(kept, ranked, low.to(ranked.dtype)).amax(-1, keepdim=True)
-    hit = kept & ((ranked == top) | (ranked.isnan() & top.isnan()) if x.is_floating_point() else ranked == top)
+    same = (ranked == top) | (ranked.isnan() & top.isnan()) if x.is_floating_point() else ranked == top
+    hit = kept & same
     first = hit.to(torch.int8).argmax(-1, keepdim=True)  # the first key attaining it
     return torch.where(n > 0, x.gather(-1, first), zero)
 
