@@ -50,6 +50,14 @@ attention a {
     weights = sigmoid(score)
     out = o / (1.0 + rowsum(sigmoid(score))) + 0.1 * rowmax(score)
 }""",
+    # a let carries a pair vector of q and k into weights and into an aggregate's argument (Comateformer with
+    # its dissimilarity centered per row)
+    "let_rows": """
+attention a {
+    let far = -sum(abs(q - k)) * scale
+    norm = none
+    weights = tanh(score) * sigmoid(far - rowmean(far))
+}""",
 }
 
 

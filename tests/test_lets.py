@@ -53,7 +53,8 @@ def test_kernels_match_the_reference_with_lets():
     ("attention a { let score = 1.0 }", (1, 19), "'score' is already a name here"),
     ("attention a { input w: f32[H]\n let w = 1.0 }", (2, 6), "'w' is already a name here"),
     ("attention a { let x = 1.0\n input x: f32[H] }", (2, 8), "'x' is declared twice"),
-    ("attention a { let x = dot(q, k)\n weights = p * x }", (1, 27), "'q' is not available in the weights stage"),
+    ("attention a { weights = p * dot(q, k) }", (1, 33), "'q' is not available in the weights stage"),
+    ("attention a { let x = dot(q, k)\n out = o * x }", (1, 27), "'q' is not available in the out stage"),
     ("attention a { let let = 1.0 }", (1, 19), "cannot name a let"),
 ])
 def test_let_errors_point_at_the_let_or_its_use(src, at, message):

@@ -103,6 +103,8 @@ class Differentiator:
             return False
         if isinstance(e, ir.Sym):
             return e.name in ("score", "p")
+        if isinstance(e, ir.Agg):  # its adjoint is the pre kernel's, whatever its argument reads
+            return True
         if isinstance(e, (ir.Row, ir.Load, ir.Param)):
             return self.wants_grad(e)
         if isinstance(e, ir.Call) and e.fn == "rope":

@@ -6,7 +6,7 @@ builder (``attngen.ir.build``) gives it meaning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from .errors import Span
@@ -16,6 +16,8 @@ from .errors import Span
 class Name:
     id: str
     span: Span
+    #: q or k written in a let: the let's value may be a pair value that weights read (language 1.1)
+    from_let: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

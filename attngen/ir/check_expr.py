@@ -171,7 +171,9 @@ class _ExprBuilder:
                            "of its group", n.span, "use 'hk', the key/value head")
             return ir.Sym(name, INT, n.span)
         if name in INDICES or name in ("score", "p", "q", "k", "o", "kmean"):
-            if name not in s.names:
+            # a let's q and k are where its value is needed: in weights, a pair value per (i, j)
+            let_row = name in ("q", "k") and n.from_let and s.stage in ("weights", "aggregate")
+            if name not in s.names and not let_row:
                 where = _STAGE_WHY.get(s.stage, "")
                 raise _err(f"'{name}' is not available in {_stage_title(s.stage)}", n.span,
                            where or None)

@@ -91,6 +91,12 @@ def substitute(e: ast.Expr, lets: dict[str, ast.Expr]) -> ast.Expr:
     return e
 
 
+def _mark_rows(e: ast.Expr) -> ast.Expr:
+    """``e`` with its q and k marked as a let's (``ast.Name.from_let``)."""
+    rows = {n.id: replace(n, from_let=True) for n in names_in(e) if n.id in ("q", "k")}
+    return substitute(e, rows) if rows else e
+
+
 class Lets:
     """The lets of one attention, in source order."""
 
@@ -108,7 +114,7 @@ class Lets:
                             "name a let", st.name.span)
         used = {n.id for n in names_in(st.value)}
         self.reads_rows[name] = bool(used & {"q", "k"}) or any(self.reads_rows.get(u, False) for u in used)
-        self.resolved[name] = substitute(st.value, self.resolved)
+        self.resolved[name] = _mark_rows(substitute(st.value, self.resolved))
         _check_size(self.resolved[name], st.name, f"let '{name}'")
         self.line[name] = st.span.line
 

@@ -16,6 +16,10 @@ _COMMON = set(SIZES) | {"b", "h", "hk", "scale"}
 _FLOAT_FNS = set(UNARY)
 
 
+#: weights (and an aggregate's argument) may read q and k through a let (check_expr._name)
+_LET_ROWS = {"q", "k", "q_raw", "k_raw"}
+
+
 class IRVerifyError(AssertionError):
     pass
 
@@ -75,7 +79,7 @@ def _check_tree(stage: str, e: ir.Expr, a: ir.Attention, names: set[str]) -> Non
     if isinstance(e, ir.Agg):
         if stage not in ("weights", "out") or e.kind not in ir.AGG_KINDS or e.x.ty.is_vec or e.x.ty.is_bool:
             _fail(stage, e, "a row aggregate reduces a number per key in the weights or out stage")
-        names = set(_STAGE_NAMES["aggregate"])
+        names = set(_STAGE_NAMES["aggregate"]) | _LET_ROWS
     for c in ir.children(e):
         _check_tree(stage, c, a, names)
 
@@ -84,7 +88,7 @@ def verify(a: ir.Attention) -> ir.Attention:
     """Check ``a``; return it unchanged so calls can be chained."""
     for stage, e in a.exprs():
         key = stage + (".block" if stage.startswith("select") and a.select.block else "")
-        names = set(_STAGE_NAMES[key])
+        names = set(_STAGE_NAMES[key]) | (_LET_ROWS if stage == "weights" else set())
         # after substitute_prologue a stage reads the loaded rows, with the prologue inlined
         names |= {raw for row, raw in (("q", "q_raw"), ("k", "k_raw")) if row in names}
         _check_tree(stage, e, a, names)

@@ -82,7 +82,7 @@ def _run(a: ir.Attention, bound: Bound, return_lse: bool):
     if a.norm.sink is not None:
         sink = as_grid(evaluate(a.norm.sink, ctx.env()), shape[:3] + (1,)).squeeze(-1)
     p, lse = normalize(a.norm, s, kept, sink)
-    pair = ctx.env(live=live, score=s, p=p)  # the weights stage's, where row aggregates reduce
+    pair = ctx.env(ctx.pair_rows(), live, score=s, p=p)  # the weights stage's, where row aggregates reduce
     pair.kept = kept
     if a.weights is not None:
         w = as_grid(evaluate(a.weights, pair), shape)
