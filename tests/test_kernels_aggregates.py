@@ -96,3 +96,33 @@ def test_refused_with_a_caret(spec, why):
     with pytest.raises(CodegenError, match=why) as err:
         make_plan(run_pipeline(a))
     assert err.value.span is not None and "^" in err.value.format()
+
+
+SCANS = {
+    # CoPE: contextual positions by a scan of sigmoid gates, interpolated position embeddings (pair rows of e)
+    "cope": """
+attention a {
+    const NP = 16
+    input e: f32[NP, D]
+    let g = suffixsum(sigmoid(dot(q, k)))
+    let f = floor(g)
+    score = dot(q, k) * scale + (f + 1 - g) * dot(q, e[min(f, NP - 1)]) + (g - f) * dot(q, e[min(f + 1, NP - 1)])
+    mask = causal
+}""",
+    # a scan of an input and positions in a window (tiles left out, empty first rows), and one in weights
+    "window": """
+attention a {
+    input w: f32[H]
+    score = dot(q, k) * scale - 0.05 * suffixsum(w[h] * (1.0 + 0.01 * j))
+    mask = j <= i - 5 and i - j < 40
+    norm = none
+    weights = exp(score) * (1.0 + 0.01 * suffixsum(sigmoid(dot(q, k))))
+}""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCANS))
+def test_scans(name):
+    a = compile_source(SCANS[name], f"{name}.attn")[0]
+    assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
+    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ..ir import nodes as ir
 from ..ir.axes import AGG
 from ..ir.types import INT
+from . import scans
 from .analysis import COL, CodegenError, axes
 
 __all__ = ["AGG", "Aggregates", "of", "refuse"]
@@ -37,6 +38,12 @@ class Aggregates:
     value_col: dict[ir.Agg, int] = field(default_factory=dict)  # AGG's column of each value
     arg_col: dict[ir.Agg, int] = field(default_factory=dict)  # AGG's column of max/min's key
     grad_col: dict[ir.Agg, int] = field(default_factory=dict)  # DAGG's column of each adjoint
+    total: dict[ir.Scan, ir.Agg] = field(default_factory=dict)  # a key scan's row total (scans.py)
+
+    @property
+    def user(self) -> bool:
+        """Whether the spec itself has aggregates (not only scan totals)."""
+        return len(self.total) < len(self.value_col)
 
     @property
     def all(self) -> list[ir.Agg]:
@@ -51,13 +58,19 @@ def _level(e: ir.Agg) -> int:
     return 1 + max((_level(n) for n in ir.walk(e.x) if isinstance(n, ir.Agg)), default=0)
 
 
-def of(a: ir.Attention) -> Aggregates:
+def of(a: ir.Attention, totals: bool = False) -> Aggregates:
+    """``totals``: with each key scan's row total, a sum over the allowed keys (the backward's scans
+    start from it: scans.py)."""
     found: list[ir.Agg] = []
     for stage in (a.weights, a.out):
         for n in ir.walk(stage) if stage is not None else ():
             if isinstance(n, ir.Agg) and n not in found:
                 found.append(n)
     out = Aggregates()
+    for scan in scans.of(a) if totals else ():
+        out.total[scan] = ir.Agg("sum", scan.x, scan.ty, scan.span)
+        if out.total[scan] not in found:
+            found.append(out.total[scan])
     for n in sorted(found, key=_level):  # stable: first use first within a level
         lv = _level(n)
         while len(out.levels) < lv:
@@ -171,7 +184,7 @@ def _accumulate(em, bl, n: ir.Agg, col: int, lv: int, cnt: str) -> None:
 
 def load(em, n: ir.Agg, orient: str, buffer: str = "AGG", col: int | None = None) -> str:
     """A stored aggregate's value (or ``col`` of ``buffer``) for the rows of ``orient`` ('t': [1, BLOCK_M])."""
-    aggs = of(em.env.attn)
+    aggs = of(em.env.attn, totals=True)
     width = aggs.ncol if buffer == "AGG" else len(aggs.grad_col)
     col = aggs.value_col[n] if col is None else col
     m, rmask = ("m_c", "rmask_c") if orient == "t" else ("m_r", "rmask")
@@ -182,13 +195,13 @@ def load(em, n: ir.Agg, orient: str, buffer: str = "AGG", col: int | None = None
 def argument_seeds(em, env, orient: str) -> dict[ir.Expr, list[tuple[str, str]]]:
     """The dq and dk/dv kernels' seeds of each aggregate's argument: the pre kernel's adjoint (DAGG) on
     the kept keys, on the first key attaining it for max/min."""
-    aggs = of(env.attn)
+    aggs = of(env.attn, totals=True)
     tile = "tpair" if orient == "t" else "pair"
     zeros = f"tl.zeros([{em.tile(orient)}], dtype=tl.float32)"
     level = env.level_of(frozenset({"row", "h"}))
     seeds: dict[ir.Expr, list[tuple[str, str]]] = {}
     for n in aggs.all:
-        if n.kind == "count" or n.x.ty.kind != "float":
+        if n.kind == "count" or n.x.ty.kind != "float" or n in aggs.total.values():
             continue
         d = em.put(level, load(em, n, orient, "DAGG", aggs.grad_col[n]), "dagg")
         keep = "allowed"

@@ -23,6 +23,7 @@ from typing import Callable
 from ..ir import nodes as ir
 from ..ir.builtins import UNARY
 from .analysis import COL, ROW, axes, is_pair, is_pair_row
+from . import scans
 from .emit import Emitter, LaneEmitter
 from .layout import _pow, vec_block, vec_offs
 from .lanes import is_lane_reduction, length, loop, seeds
@@ -213,6 +214,8 @@ class Differentiator:
         v = lambda x: em.f32(x, orient)  # noqa: E731 - forward value of a child
         if isinstance(n, ir.Cast):
             return [(n.x, g)]
+        if isinstance(n, ir.Scan):
+            return [(n.x, scans.adjoint(em, n, g, orient, level))]
         if isinstance(n, ir.Slice):  # the lanes go back to the slice's offset of the whole row
             return [(n.x, em.scatter(n, g), True)]
         if isinstance(n, ir.Unary):

@@ -7,7 +7,7 @@ import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
-from . import aggregates, gather, kernel_plan, kernels, select, shipped, tiles
+from . import aggregates, gather, kernel_plan, kernels, scans, select, shipped, tiles
 from .embed import inert
 from .layout import vec_block
 from .plan import Plan
@@ -61,11 +61,13 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
     for k in keys:
         out.setdefault(k, "")
     out.update({k: v for k, v in b.vars.items()})
+    # a score that reads a key scan is computed after the tile's mask (templates/norms.py.jinja)
+    out["scan_first"] = bool(b.stmts.get("inner_scan"))
     return out
 
 
 _VAR_KEYS = ("s", "s_scale", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out", "agg_passes", "agg_values",
-             "agg_grads")
+             "agg_grads", "agg_loop", "inner_scan", "scan_init", "scan_tile", "scan_first")
 
 
 def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
@@ -86,7 +88,7 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
     prelude = render_kernel("prelude.py.jinja", lengths=_lengths(plan, plan.vec_lengths),
                             rope_lengths=_lengths(plan, plan.rope_lengths))
     base = dict(name=a.name, params=_params(plan), constexprs=_constexprs(plan), prelude=prelude,
-                norm=plan.norm, two_pass=plan.two_pass, delta_loop=plan.delta_loop,
+                norm=plan.norm, two_pass=plan.two_pass, delta_loop=plan.delta_loop, scans=len(scans.of(a)),
                 has_out=a.out is not None, has_sink=a.norm.sink is not None, t=tiles.static_code(a))
     f = _blocks(kernels.forward(plan), _VAR_KEYS)
     u = _blocks(kernels.preprocess(plan), _VAR_KEYS)
@@ -101,7 +103,7 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
     if dynamic:
         k = tiles.classify_code(a)
         tile_heads = "H" if k.per_head else "1"
-        if plan.norm == "stickbreaking":
+        if plan.norm == "stickbreaking" or scans.of(a):
             k.all = "False"  # its keys are visited in order: one list of partial tiles
         classify = render_kernel("classify.py.jinja", k=k, **base)
     decls = {d.name: (d.dtype, d.dims) for d in a.public_inputs}
@@ -134,7 +136,8 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
                      tile_heads=tile_heads,
                      literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
                      sliced=plan.sliced_sizes, selection=host_sel,
-                     aggregates=(aggregates.of(a).ncol, len(aggregates.of(a).grad_col)))
+                     aggregates=(aggregates.of(a, totals=True).ncol, len(aggregates.of(a, totals=True).grad_col)),
+                     scans=len(scans.of(a)))
     for x in inputs:
         d = a.input(x["name"])
         x["decl"] = d.dtype + ("" if d.dims is None else f"[{', '.join(map(str, d.dims))}]")

@@ -19,7 +19,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.builtins import UNARY
-from . import aggregates
+from . import aggregates, scans
 from .analysis import COL, ROW, CodegenError, axes, is_pair
 from .embed import inert
 from .lanes import accumulate, is_lane_reduction, length, loop
@@ -50,6 +50,7 @@ class KernelEnv:
     binds: dict[str, str] = field(default_factory=dict)
     dot_dtype: str = "DOT_DTYPE"
     tile: tuple[str, str] = ("BLOCK_M", "BLOCK_N")
+    scan_mode: str = "fwd"  # how key scans walk the keys here: fwd, dq or dkdv (codegen/scans.py)
 
 
 class Emitter(RowEmitter):
@@ -136,6 +137,8 @@ class Emitter(RowEmitter):
             return self._load(e, orient, perm)
         if isinstance(e, ir.Agg):  # the forward and pre kernels bind theirs (aggregates.forward_passes)
             return self.put(self.level(e), aggregates.load(self, e, orient), "agg")
+        if isinstance(e, ir.Scan):
+            return scans.value(self, e, orient)
         if isinstance(e, ir.Slice):
             return self._slice(e, orient, perm)
         lvl, note = self.level(e), self.provenance(e)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..ir import nodes as ir
 from ..ir.printer import band_text
 from ..runtime.ops import _op_kind
-from . import tiles
+from . import scans, tiles
 from .plan import Plan
 
 _TILE_NOTES = {
@@ -108,6 +108,7 @@ def choose(plan: Plan) -> KernelPlan:
     # split-KV decoding: partial results must merge by the row statistics alone, and the key range
     # must be closed-form (no per-call lists)
     why_not = ("stick-breaking visits keys in order" if plan.norm == "stickbreaking" else
+               "a key scan visits keys in order" if scans.of(a) else
                "per-call tile lists" if kind == "dynamic" else
                "the weights / out stages do not merge by row statistics" if a.weights is not None or a.out is not None
                else "")

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import nodes as ir
-from . import aggregates
+from . import aggregates, scans
 from .aggregates import AGG
+from .scans import SCAN
 from .analysis import COL, HEAD, ROW, axes, is_pair
 from .autodiff import (Differentiator, GradSinks, owned_by_col_kernel, owned_by_row_kernel, reduce_to)
 from .emit import Emitter, KernelEnv
@@ -152,13 +153,14 @@ def forward(plan: Plan, split_scale: bool = True) -> Blocks:
     """``split_scale``: a score the ``scaled_dot`` pass factored as the raw dot and its factor (the
     module then passes a positive scale)."""
     bl = Blocks()
-    for n in ("outer", "inner", "inner_mask", "inner_w", "epi"):
+    for n in ("outer", "inner", "inner_scan", "inner_mask", "inner_w", "epi"):
         bl.stmts[n] = []
     after = _after_aggregates(plan)
-    env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else after if AGG in ax else "outer", bl.stmts)
+    env = KernelEnv(plan.attn, lambda ax: _inner(ax) if COL in ax else after if AGG in ax else "outer", bl.stmts)
     em = Emitter(env, "f")
     a = plan.attn
-    bl.vars.update(_recompute(em, env, plan, bl, split_scale=split_scale, passes=True))
+    bl.vars.update(_recompute(em, env, plan, bl, split_scale=split_scale, passes="fwd"))
+    bl.vars["scan_init"] = scans.carries(em, None, "fwd")["init"]
     if a.norm.sink is not None:
         bl.vars["sink"] = em.f32(a.norm.sink)
     if a.out is not None:
@@ -171,14 +173,15 @@ def forward(plan: Plan, split_scale: bool = True) -> Blocks:
 def preprocess(plan: Plan) -> Blocks:
     """Out-stage backward (do -> do_raw and gate-like gradients) and the sink gradient."""
     bl = Blocks()
-    for n in ("pre", "sink_bwd", "outer", "inner", "inner_mask", "inner_w", "agg_wb", "agg_dinit", "agg_dpost"):
+    for n in ("pre", "sink_bwd", "outer", "inner", "inner_scan", "inner_mask", "inner_w", "agg_wb", "agg_dinit",
+              "agg_dpost"):
         bl.stmts[n] = []
     cur = {"lvl": "pre"}
     env = KernelEnv(plan.attn, lambda ax: cur["lvl"], bl.stmts, binds={"o": "o_raw"})
     em = Emitter(env, "u")
     diff = Differentiator(em, plan.wants_grad)
     a = plan.attn
-    aggs = aggregates.of(a)
+    aggs = aggregates.of(a, totals=True)
     dagg: dict[ir.Agg, list[str]] = {}  # the row adjoint terms of each aggregate
 
     def to_dagg(n: ir.Expr, g: str, shape: str, factor: str | None) -> None:
@@ -187,14 +190,16 @@ def preprocess(plan: Plan) -> Blocks:
     if aggs.levels:
         # the aggregates first, by the forward's passes: the out stage's backward may read them
         after = _after_aggregates(plan)
-        env.level_of = lambda ax: "inner" if COL in ax else after if AGG in ax else "outer"
-        bl.vars.update(_recompute(em, env, plan, bl, passes=True))
+        env.level_of = lambda ax: _inner(ax) if COL in ax else after if AGG in ax else "outer"
+        bl.vars.update(_recompute(em, env, plan, bl, passes="pre"))
         env.level_of = lambda ax: cur["lvl"]
     if a.out is not None:
         sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
         diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: isinstance(n, ir.Agg), to_dagg, sinks)
-    if aggs.levels:
+    if aggs.user:
+        bl.vars["agg_loop"] = "1"
         _aggregate_adjoints(em, env, plan, bl, to_dagg)
+    if aggs.levels:
         bl.vars["agg_values"], bl.vars["agg_grads"] = (statements(x) for x in aggregates.stores(aggs, dagg))
     if a.norm.sink is not None:
         cur["lvl"] = "sink_bwd"
@@ -242,17 +247,23 @@ def _aggregate_adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_
                                                  to_dagg, GradSinks(lambda *args: None))
 
 
+def _inner(ax) -> str:
+    """A pair value's statement list: after the tile's mask if it reads a key scan (scans.py)."""
+    return "inner_scan" if SCAN in ax else "inner"
+
+
 def _after_aggregates(plan: Plan) -> str:
     """The statement list after the last aggregate pass (aggregates.py)."""
     return f"agg_rows{len(aggregates.of(plan.attn).levels)}"
 
 
 def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str = "pair",
-               split_scale: bool = False, passes: bool = False) -> dict[str, str]:
+               split_scale: bool = False, passes: str = "") -> dict[str, str]:
     """Score and mask of a tile (into 'inner'), and the weights' value (into 'inner_w');
     ``orient`` 't': transposed tiles (the dk/dv kernel). ``split_scale``: for a score the
     ``scaled_dot`` pass factored, "s" is the raw dot and "s_scale" its program-level factor.
-    ``passes``: compute the row aggregates by passes over the keys ("agg_passes"), else load them."""
+    ``passes`` ('fwd' or 'pre', the latter with the key scans' totals): compute the row aggregates by
+    passes over the keys ("agg_passes"), else load them."""
     a = plan.attn
     # softmax works on log2(e) * score (exp2_scores pass); the natural score only where named
     uses_score = a.weights is not None and ir.uses(a.weights, "score")
@@ -275,7 +286,7 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str 
         for key in set(em.memo) - known:
             if em.memo[key] in only_partial:
                 del em.memo[key]
-    aggs = aggregates.of(a)
+    aggs = aggregates.of(a, totals=passes == "pre")
     if aggs.levels:
         env.binds.update(p="p", score="s")  # norm = none: p is the score on the kept pairs
         if passes:
@@ -325,10 +336,12 @@ def _post_backward(em: Emitter, plan: Plan, acc: dict, orient: str, level: str, 
 
 def dq_kernel(plan: Plan) -> Blocks:
     bl = Blocks()
-    for n in ("outer", "init", "inner", "inner_mask", "inner_w", "inner_wb", "inner_s", "post"):
+    for n in ("outer", "init", "inner", "inner_scan", "inner_mask", "inner_w", "inner_wb", "inner_s", "post"):
         bl.stmts[n] = []
-    env = KernelEnv(plan.attn, lambda ax: "inner" if COL in ax else "outer", bl.stmts)
+    env = KernelEnv(plan.attn, lambda ax: _inner(ax) if COL in ax else "outer", bl.stmts, scan_mode="dq")
     em = Emitter(env, "r")
+    carry = scans.carries(em, aggregates.of(plan.attn, totals=True), "dq")
+    bl.vars["scan_init"], bl.vars["scan_tile"] = carry["init"], carry["tile"]
     bl.vars.update(_recompute(em, env, plan, bl))
     acc: dict = {}
     sinks = _grad_sink(plan, em, "dq", bl=bl)
@@ -345,14 +358,17 @@ def dq_kernel(plan: Plan) -> Blocks:
 
 def dkdv_kernel(plan: Plan) -> Blocks:
     bl = Blocks()
-    for n in ("outer", "init", "head", "init_h", "inner", "inner_mask", "inner_w", "inner_wb", "inner_s", "post_h", "post"):
+    for n in ("outer", "init", "head", "init_h", "inner", "inner_scan", "inner_mask", "inner_w", "inner_wb", "inner_s",
+              "post_h", "post"):
         bl.stmts[n] = []
 
     def level(part: str):
-        return lambda ax: part if ROW in ax else "head" if HEAD in ax else "outer"
+        return lambda ax: ((_inner(ax) if part == "inner" else part) if ROW in ax else "head" if HEAD in ax
+                           else "outer")
 
-    env = KernelEnv(plan.attn, level("inner"), bl.stmts)
+    env = KernelEnv(plan.attn, level("inner"), bl.stmts, scan_mode="dkdv")
     em = Emitter(env, "c")
+    bl.vars["scan_tile"] = scans.carries(em, aggregates.of(plan.attn, totals=True), "dkdv")["tile"]
     bl.vars.update(_recompute(em, env, plan, bl, "t"))
     acc_h: dict = {}  # key-side frontiers that depend on the query head: reset per head
     acc_p: dict = {}

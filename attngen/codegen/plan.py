@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import nodes as ir
-from . import aggregates, select
+from . import aggregates, scans, select
 from .analysis import CodegenError
 from .lanes import is_lane_reduction
 
@@ -101,6 +101,7 @@ class Plan:
 def make_plan(a: ir.Attention) -> Plan:
     """``a``: the pipeline's output (passes/pipeline.py)."""
     aggregates.refuse(a)
+    scans.refuse(a)
     if a.select is None:
         return Plan(a)
     own = select.unselected(a)

@@ -17,6 +17,8 @@ ROW, COL, HEAD = "row", "col", "h"
 #: not an axis of the grid: the value reads a row aggregate, which the kernels know only after a pass over
 #: the row's keys (so they place it after that pass)
 AGG = "agg"
+#: nor this: the value reads a key scan, which the kernels compute after the tile's mask (with a carry)
+SCAN = "scan"
 
 _SYM_AXES = {"i": {ROW}, "m": {ROW}, "j": {COL}, "jb": {COL}, "h": {HEAD},
              "score": {ROW, COL, HEAD}, "p": {ROW, COL, HEAD}}
@@ -31,6 +33,8 @@ def axes(e: ir.Expr) -> frozenset[str]:
         return frozenset(_ROW_AXES[e.name])
     if isinstance(e, ir.Agg):
         return frozenset((ROW, HEAD, AGG))  # reduced over the keys: one value per query row and head
+    if isinstance(e, ir.Scan):
+        return frozenset((ROW, COL, HEAD, SCAN)) | axes(e.x)
     out: frozenset[str] = frozenset()
     for c in ir.children(e):
         out |= axes(c)

@@ -14,7 +14,7 @@ from ..frontend.limits import FLOAT32_MAX, INT32_MAX, INT32_MIN
 from . import nodes as ir
 from .reserved import check_attention_names, check_input_name
 from .check_expr import _STAGE_NAMES, BUILTIN_NAMES, FUNCTIONS, NORMS, SIZES, _ExprBuilder, _Scope, _scalar_stage
-from .lets import Lets
+from .lets import Lets, names_in as lets_names
 from .types import DTYPES, FLOAT, INT, vec
 
 ConstValue = Union[int, float, bool]
@@ -95,6 +95,7 @@ def build_attention(node: ast.Attention, filename: str, source: str,
         score = ir.Binary("mul", ir.Call("dot", (ir.Row("q", vec("D")), ir.Row("k", vec("D"))), FLOAT),
                           ir.Sym("scale", FLOAT), FLOAT)
     mask = expr("mask", "bool")
+    _no_scan_through_score(score, mask, stages)
     weights = expr("weights", "float")
     out = None
     if "out" in stages:
@@ -111,6 +112,20 @@ def build_attention(node: ast.Attention, filename: str, source: str,
         weights=weights, out=out, filename=filename, source=source,
         stage_spans=tuple((n, s.span) for n, s in stages.items()),
     )
+
+
+def _no_scan_through_score(score: ir.Expr, mask: ir.Expr | None, stages) -> None:
+    """A mask (or selection) may not read a key scan, also not through ``score`` (LANGUAGE.md 1.1)."""
+    if not any(isinstance(n, ir.Scan) for n in ir.walk(score)):
+        return
+    for e in (mask,):
+        for n in ir.walk(e) if e is not None else ():
+            if isinstance(n, ir.Sym) and n.name == "score":
+                raise AttnError("the mask reads score, whose value uses a key scan (suffixsum), and a mask may "
+                                "not use a scan", n.span, "a scan runs over the keys the mask allows")
+    st = stages.get("select")
+    if st is not None and any(isinstance(x, ast.Name) and x.id == "score" for x in lets_names(st.value)):
+        raise AttnError("the selection reads score, whose value uses a key scan (suffixsum)", st.value.span)
 
 
 def _override(name: str, value: ConstValue, overrides, st: ast.ConstDecl) -> ConstValue:

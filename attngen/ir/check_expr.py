@@ -33,7 +33,7 @@ AGGREGATES = {"rowsum": "sum", "rowmean": "mean", "rowmax": "max", "rowmin": "mi
 _AGG_STAGES = ("weights", "out", "aggregate")
 NORMS = ("softmax", "sigmoid", "relu", "relu2", "none", "sum", "stickbreaking")
 FUNCTIONS = set(UNARY_FLOAT_FNS) | {"relu", "abs", "floor", "ceil", "min", "max", "clamp", "where", "dot", "sqdist",
-                                    "norm", "rope", "l2norm", "rmsnorm", "window", "concat"} | set(AGGREGATES)
+                                    "norm", "rope", "l2norm", "rmsnorm", "window", "concat", "suffixsum"} | set(AGGREGATES)
 
 # names visible in each stage, beyond sizes, b/h/hk, scale, inputs and consts
 _STAGE_NAMES = {
@@ -50,6 +50,7 @@ _STAGE_NAMES = {
     "weights": {"i", "j", "m", "score", "p"},
     "out": {"i", "m", "o"},
     "aggregate": {"i", "j", "m", "score", "p"},
+    "scan": {"q", "k", "i", "j", "m"},
     "score2": {"q", "k", "i", "j", "m"},
     "tiles.any": {"i_lo", "i_hi", "j_lo", "j_hi", "i", "j", "m"},  # i, j, m only inside tile_min/max
     "tiles.all": {"i_lo", "i_hi", "j_lo", "j_hi", "i", "j", "m"},
@@ -63,6 +64,7 @@ _STAGE_WHY = {
     "out": "out is applied once per query row",
     "weights": "weights see p, score and positions, not the q/k rows",
     "aggregate": "a row aggregate reduces an expression of score, p and positions over the row's keys",
+    "scan": "a key scan sums an expression of the q and k rows and positions over the row's later keys",
 }
 
 
@@ -71,6 +73,8 @@ def _stage_title(stage: str) -> str:
     stage = stage.removesuffix(".block")
     if stage == "aggregate":
         return "a row aggregate's argument"
+    if stage == "scan":
+        return "suffixsum()'s argument"
     if "." in stage:
         owner, arg = stage.split(".")
         return f"{owner}'s {arg}="
@@ -327,6 +331,8 @@ class _ExprBuilder:
             return self._window(n)
         if fn in AGGREGATES:
             return self._aggregate(n)
+        if fn == "suffixsum":
+            return self._scan(n)
         args = [self.build(a) for a in n.args]
         spans = [a.span for a in n.args]
         return getattr(self, "_fn_" + fn, self._fn_elementwise)(fn, args, spans, kwargs, n.span)
@@ -349,6 +355,22 @@ class _ExprBuilder:
                        "reduce the row first: sum(x), dot(a, b)")
         ty = FLOAT if kind == "mean" else x.ty
         return ir.Agg(kind, x, ty, n.span)
+
+    def _scan(self, n: ast.Call) -> ir.Expr:
+        """``suffixsum(E)``: E is built in the score's scope (q, k, i, j, m, inputs), j being the summed key."""
+        if self.s.stage not in ("score", "weights"):
+            raise _err(f"suffixsum() is only allowed in the score and weights stages (and lets they use), not in "
+                       f"{_stage_title(self.s.stage)}", n.func.span,
+                       "a mask may not use a scan" if self.s.stage == "mask" else None)
+        outer, self.s = self.s, _Scope("scan", _STAGE_NAMES["scan"], self.s.inputs, self.s.consts)
+        try:
+            x = self.numeric(self.build(n.args[0]), "the argument of suffixsum()", n.args[0].span)
+        finally:
+            self.s = outer
+        if x.ty.is_vec:
+            raise _err(f"suffixsum() sums a number per key, got {x.ty}", n.args[0].span,
+                       "reduce the row first: sum(x), dot(a, b)")
+        return ir.Scan(self.to_float(x), FLOAT, n.span)
 
     def _window(self, n: ast.Call) -> ir.Expr:
         w = self.build(n.args[0])

@@ -130,7 +130,17 @@ class Agg:
 
 AGG_KINDS = ("sum", "mean", "max", "min", "count")
 
-Expr = Union[Const, Sym, Row, Param, Load, Unary, Binary, Call, Cast, Slice, Agg]
+
+@dataclass(frozen=True)
+class Scan:
+    """``suffixsum(x)`` (language 1.1): for the pair (i, j), the sum of the pair expression ``x`` over the
+    keys t >= j that the mask allows in row i (``x`` read at (i, t))."""
+
+    x: "Expr"
+    ty: Ty
+    span: Span | None = _span_field()
+
+Expr = Union[Const, Sym, Row, Param, Load, Unary, Binary, Call, Cast, Slice, Agg, Scan]
 
 ARITH_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow"}
 COMPARE_OPS = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
@@ -141,7 +151,7 @@ OP_TEXT = {v: k for k, v in {**ARITH_OPS, **COMPARE_OPS}.items()} | {"and": "and
 def children(e: Expr) -> tuple[Expr, ...]:
     if isinstance(e, Load):
         return e.indices
-    if isinstance(e, (Unary, Cast, Slice, Agg)):
+    if isinstance(e, (Unary, Cast, Slice, Agg, Scan)):
         return (e.x,)
     if isinstance(e, Binary):
         return (e.a, e.b)
@@ -154,7 +164,7 @@ def with_children(e: Expr, new: tuple[Expr, ...]) -> Expr:
     """``e`` with its children replaced (same order as :func:`children`)."""
     if isinstance(e, Load):
         return replace(e, indices=tuple(new))
-    if isinstance(e, (Unary, Cast, Slice, Agg)):
+    if isinstance(e, (Unary, Cast, Slice, Agg, Scan)):
         return replace(e, x=new[0])
     if isinstance(e, Binary):
         return replace(e, a=new[0], b=new[1])

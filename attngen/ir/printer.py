@@ -45,6 +45,8 @@ def expr_str(e: ir.Expr) -> str:
         return f"{expr_str(e.x)}[{e.lo}:{e.hi}]"
     if isinstance(e, ir.Agg):
         return "rowcount()" if e.kind == "count" else f"row{e.kind}({expr_str(e.x)})"
+    if isinstance(e, ir.Scan):
+        return f"suffixsum({expr_str(e.x)})"
     raise TypeError(f"not an IR expression: {e!r}")
 
 

@@ -80,6 +80,10 @@ def _check_tree(stage: str, e: ir.Expr, a: ir.Attention, names: set[str]) -> Non
         if stage not in ("weights", "out") or e.kind not in ir.AGG_KINDS or e.x.ty.is_vec or e.x.ty.is_bool:
             _fail(stage, e, "a row aggregate reduces a number per key in the weights or out stage")
         names = set(_STAGE_NAMES["aggregate"]) | _LET_ROWS
+    if isinstance(e, ir.Scan):
+        if stage not in ("score", "weights", "score2") or e.x.ty != FLOAT:
+            _fail(stage, e, "a key scan sums a float per key in the score or weights stage")
+        names = set(_STAGE_NAMES["scan"]) | _LET_ROWS
     for c in ir.children(e):
         _check_tree(stage, c, a, names)
 

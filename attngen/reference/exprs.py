@@ -56,6 +56,7 @@ class Env:
     #: where row aggregates look: the pair environment (score, p) and the kept pairs [B, H, M, N]
     pair: "Env | None" = None
     kept: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None  # the mask alone [B, H, M, N]: what key scans sum over
 
 
 def prepare_inputs(inputs: Mapping[str, object], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
@@ -129,6 +130,11 @@ def _eval(e: ir.Expr, env: Env) -> torch.Tensor:
         return _call(e, env)
     if isinstance(e, ir.Agg):
         return _aggregate(e, env.pair or env)
+    if isinstance(e, ir.Scan):
+        allowed = env.allowed
+        x = as_grid(evaluate(e.x, env), allowed.shape)
+        x = torch.where(allowed, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return x.flip(-1).cumsum(-1).flip(-1)  # sum over t >= j
     raise TypeError(f"not an IR expression: {e!r}")
 
 

@@ -48,7 +48,7 @@ def selected_pairs(a: ir.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.T
     """The pairs that take part: mask ∧ select, bool [B, H, M, N]."""
     bound = bind(a, q, k, v, inputs, scale, allow_float64=True)
     with torch.no_grad():
-        return _kept(a, _prepare(a, bound))
+        return _kept(a, _prepare(a, bound))[0]
 
 
 def run(a: ir.Attention, bound: Bound, return_lse: bool = False):
@@ -74,16 +74,18 @@ def _finite(xs) -> bool:
 
 def _run(a: ir.Attention, bound: Bound, return_lse: bool):
     ctx = _prepare(a, bound)
-    kept = _kept(a, ctx)
+    kept, allowed = _kept(a, ctx)
     live = None if bool(kept.all()) else kept
     shape = ctx.pair_shape
-    s = as_grid(evaluate(a.score, ctx.env(ctx.pair_rows(), live)), shape)
+    env = ctx.env(ctx.pair_rows(), live)
+    env.allowed = allowed
+    s = as_grid(evaluate(a.score, env), shape)
     sink = None
     if a.norm.sink is not None:
         sink = as_grid(evaluate(a.norm.sink, ctx.env()), shape[:3] + (1,)).squeeze(-1)
     p, lse = normalize(a.norm, s, kept, sink)
     pair = ctx.env(ctx.pair_rows(), live, score=s, p=p)  # the weights stage's, where row aggregates reduce
-    pair.kept = kept
+    pair.kept, pair.allowed = kept, allowed
     if a.weights is not None:
         w = as_grid(evaluate(a.weights, pair), shape)
         p = torch.where(kept, w, torch.zeros((), dtype=w.dtype, device=w.device))
@@ -135,9 +137,10 @@ def apply_prologue(a: ir.Attention, ctx: Context, q: torch.Tensor, k: torch.Tens
 
 
 @torch.no_grad()
-def _kept(a: ir.Attention, ctx: Context) -> torch.Tensor:
-    """allowed ∧ selected, bool [B, H, M, N]. A lowered selection (passes/lower_select.py) is made
-    into its ``_sel`` input, which the mask then reads, as in the kernels."""
+def _kept(a: ir.Attention, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allowed ∧ selected, allowed by the mask alone: what key scans sum over), bool [B, H, M, N]. A
+    lowered selection (passes/lower_select.py) is made into its ``_sel`` input, which the mask then
+    reads, as in the kernels."""
     shape = ctx.pair_shape
     rows = ctx.pair_rows()
     extra = {}
@@ -151,9 +154,9 @@ def _kept(a: ir.Attention, ctx: Context) -> torch.Tensor:
 
     allowed = mask(own)
     if a.select is None:
-        return allowed
+        return allowed, allowed
     if not a.select.lowered:
-        return allowed & selected(a.select, ctx, allowed, extra)
+        return allowed & selected(a.select, ctx, allowed, extra), allowed
     heads = a.input(ir.SEL).dims[1]
     ctx.inputs[ir.SEL] = lowered_input(a.select, heads, ctx, allowed, extra)
-    return mask(a.mask)
+    return mask(a.mask), allowed

@@ -250,7 +250,8 @@ class _Attention:
         o, o_raw = view(o_buf), view(o_raw_buf)
         _, bwds, common = _config(sizes["D"], DV, q)
         stick = self.stick
-        if stick:  # dq and dk/dv index the suffix buffers by key tile: one BLOCK_N
+        nscan = self.plan["scans"]
+        if stick or nscan:  # dq and dk/dv index the suffix (or key scan) buffers by key tile: one BLOCK_N
             bwds = [c for c in bwds if c["dq"]["BLOCK_N"] == c["dkdv"]["BLOCK_N"]]
         do = view(do.contiguous())
         do_raw = view(_empty(o_raw_buf.shape, q.device, torch.float32)) if self.has_out else do
@@ -279,11 +280,11 @@ class _Attention:
         kernels = self.kernels
         ncol, ngrad = self.plan["aggregates"]  # the row aggregates' columns (values, adjoints): the pre kernel's
         aggs = (_empty(stat.shape + (ncol,), q.device, torch.float32),
-                _empty(stat.shape + (ngrad,), q.device, torch.float32)) if ngrad else None
+                _empty(stat.shape + (max(ngrad, 1),), q.device, torch.float32)) if ncol else None
 
         def launch(c, go):
-            # suffix sums per row and key tile (stick-breaking only)
-            sb = (stat.numel(), _cdiv(N, c["dkdv"]["BLOCK_N"])) if stick else (1,)
+            # suffix sums per row and key tile (stick-breaking), or the key scans' carries (one set per scan)
+            sb = (stat.numel(), _cdiv(N, c["dkdv"]["BLOCK_N"]) * max(nscan, 1)) if stick or nscan else (1,)
             sbl = _empty(sb, q.device, torch.float32)
             sbg = _empty(sb, q.device, torch.float32)
 
