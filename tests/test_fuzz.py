@@ -38,7 +38,10 @@ PIECES = ["(", ")", "[", "]", ",", "=", "-", "not ", "**", "//", "\n", ";", "{",
           "return_lse", "prepared", "scale", "_x", "input ", "const ", "attention ", "score", "mask", "weights",
           "let ", "let x = ", " x ", "\nlet y = x + x\n",
           # language 1.1: slices, concat, rows of booleans
-          ":", "[0:4]", "[4:2]", "[0:99999]", "concat(", "concat(q[0:4], k[0:4])", "q > 0.0", "where(q > 0.0, q, 1.0)"]
+          ":", "[0:4]", "[4:2]", "[0:99999]", "concat(", "concat(q[0:4], k[0:4])", "q > 0.0", "where(q > 0.0, q, 1.0)",
+          # row aggregates and key scans
+          "rowsum(", "rowmax(score)", "rowcount()", "rowmean(score * score)", "suffixsum(", "suffixsum(1.0)",
+          "suffixsum(sigmoid(dot(q, k)))", "norm = none\n"]
 NESTERS = [("-", ""), ("not ", ""), ("abs(", ")"), ("(", ")"), ("sigmoid(", ")"), ("1.0 + ", "")]
 
 

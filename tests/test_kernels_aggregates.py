@@ -50,6 +50,22 @@ attention a {
     weights = sigmoid(score)
     out = o / (1.0 + rowsum(sigmoid(score))) + 0.1 * rowmax(score)
 }""",
+    # softmax: the aggregate passes after the statistics pass, the natural score in their arguments, the
+    # aggregates' score adjoints beside p (dp - delta) in ds; an aggregate in out
+    "softmax": """
+attention a {
+    mask = causal
+    weights = p * sigmoid(score - rowmean(score))
+    out = o / (1.0 + 0.1 * rowmax(score))
+}""",
+    # a row sum normalization (norm = sum) and sigmoid with aggregates of the score in weights
+    "sum_norm": """
+attention a {
+    score = exp(dot(q, k) * scale - 1.0)
+    mask = causal
+    norm = sum
+    weights = p + 0.1 * score / rowsum(score)
+}""",
     # a let carries a pair vector of q and k into weights and into an aggregate's argument (Comateformer with
     # its dissimilarity centered per row)
     "let_rows": """

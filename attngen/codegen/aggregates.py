@@ -105,9 +105,14 @@ def refuse(a: ir.Attention) -> None:
     if not aggs.levels:
         return
     first = aggs.all[0]
+    if a.norm.kind == "stickbreaking":
+        raise CodegenError("the kernels do not run row aggregates with stick-breaking (its keys are walked in "
+                           "order)", first.span)
     if a.norm.kind != "none":
-        raise CodegenError(f"the kernels run row aggregates with norm = none only (this spec has norm = "
-                           f"{a.norm.kind})", first.span, "write the normalization in weights, with norm = none")
+        for n in aggs.all:
+            if ir.uses(n.x, "p"):
+                raise CodegenError(f"the kernels run an aggregate of p with norm = none only (this spec has "
+                                   f"norm = {a.norm.kind})", n.span, "aggregate the score instead")
     if a.select is not None:
         raise CodegenError("the kernels do not run row aggregates together with a selection", first.span)
     for n in aggs.all:

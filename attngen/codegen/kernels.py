@@ -288,7 +288,8 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str 
                 del em.memo[key]
     aggs = aggregates.of(a, totals=passes == "pre")
     if aggs.levels:
-        env.binds.update(p="p", score="s")  # norm = none: p is the score on the kept pairs
+        # the natural score (s is log2(e) times it for softmax); p only with norm = none, where it is s
+        env.binds.update(p="p", score=em.f32(a.score, orient) if a.score2 is not None else "s")
         if passes:
             out["agg_passes"] = aggregates.forward_passes(em, env, bl, aggs)
     if a.weights is not None:
