@@ -66,6 +66,15 @@ attention a {
     norm = sum
     weights = p + 0.1 * score / rowsum(score)
 }""",
+    # nesting with gradients through the inner aggregates (a pre kernel loop per level): a softmax written
+    # out (its max's adjoint cancels), and three levels of sums and means
+    "nested": """
+attention a {
+    mask = causal
+    norm = none
+    let e = exp(score - rowmax(score))
+    weights = e / rowsum(e) + 0.1 * score * rowmean(sigmoid(score - rowmean(score * rowsum(sigmoid(score)) * 0.1)))
+}""",
     # a let carries a pair vector of q and k into weights and into an aggregate's argument (Comateformer with
     # its dissimilarity centered per row)
     "let_rows": """
@@ -105,7 +114,8 @@ def test_extremes_gradient_goes_to_the_first_key():
 
 @pytest.mark.parametrize("spec,why", [
     ("mask = causal\n weights = p / rowsum(p)", "norm = none only"),
-    ("mask = causal\n norm = none\n weights = score - rowmean(score - rowmean(score))", "nested row aggregate"),
+    ("mask = causal\n norm = none\n weights = score - rowmean(score)\n select = topk(4, by = score)", "selection"),
+    ("norm = none\n score = dot(q, k) * scale - 0.1 * suffixsum(1.0)\n weights = score - rowmean(score)", "together"),
 ])
 def test_refused_with_a_caret(spec, why):
     a = compile_source(f"attention a {{\n {spec}\n}}", "r.attn")[0]

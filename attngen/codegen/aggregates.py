@@ -85,20 +85,6 @@ def of(a: ir.Attention, totals: bool = False) -> Aggregates:
     return out
 
 
-def _grad_path(e: ir.Expr, target: ir.Expr) -> bool:
-    """Whether a gradient can flow from ``e`` to ``target`` (not through a comparison, a where's
-    condition, floor/ceil, an integer or a count)."""
-    if e == target:
-        return True
-    if e.ty.kind in ("int", "bool") and not e.ty.is_vec:
-        return False
-    if isinstance(e, ir.Call) and e.fn == "where":
-        return any(_grad_path(x, target) for x in e.args[1:])
-    if isinstance(e, ir.Agg) and e.kind == "count":
-        return False
-    return any(_grad_path(c, target) for c in ir.children(e))
-
-
 def refuse(a: ir.Attention) -> None:
     """A CodegenError (with the aggregate's span) for what the kernels do not run yet."""
     aggs = of(a)
@@ -115,11 +101,6 @@ def refuse(a: ir.Attention) -> None:
                                    f"norm = {a.norm.kind})", n.span, "aggregate the score instead")
     if a.select is not None:
         raise CodegenError("the kernels do not run row aggregates together with a selection", first.span)
-    for n in aggs.all:
-        for inner in ir.walk(n.x):
-            if isinstance(inner, ir.Agg) and _grad_path(n.x, inner):
-                raise CodegenError("the kernels do not run a nested row aggregate that passes a gradient to the "
-                                   "one inside it", inner.span, "an aggregate inside a comparison is fine")
 
 
 def forward_passes(em, env, bl, aggs: Aggregates, orient: str = "pair") -> list[dict[str, str]]:
@@ -197,29 +178,39 @@ def load(em, n: ir.Agg, orient: str, buffer: str = "AGG", col: int | None = None
     return code + (".to(tl.int32)" if buffer == "AGG" and col == aggs.value_col.get(n) and n.ty.kind == "int" else "")
 
 
-def argument_seeds(em, env, orient: str) -> dict[ir.Expr, list[tuple[str, str]]]:
-    """The dq and dk/dv kernels' seeds of each aggregate's argument: the pre kernel's adjoint (DAGG) on
-    the kept keys, on the first key attaining it for max/min."""
+def argument_seeds(em, env, orient: str, regs: dict | None = None) -> dict[ir.Expr, list[tuple[str, str]]]:
+    """Seeds of aggregates' arguments: the adjoint on the kept keys, on the first key attaining it for
+    max/min. The dq and dk/dv kernels seed every aggregate's, from the pre kernel's DAGG; the pre kernel
+    those of ``regs`` (aggregate -> its adjoint's register), with its registers."""
     aggs = of(env.attn, totals=True)
     tile = "tpair" if orient == "t" else "pair"
     zeros = f"tl.zeros([{em.tile(orient)}], dtype=tl.float32)"
     level = env.level_of(frozenset({"row", "h"}))
     seeds: dict[ir.Expr, list[tuple[str, str]]] = {}
-    for n in aggs.all:
+    for n in aggs.all if regs is None else regs:
         if n.kind == "count" or n.x.ty.kind != "float" or n in aggs.total.values():
             continue
-        d = em.put(level, load(em, n, orient, "DAGG", aggs.grad_col[n]), "dagg")
+        d = regs[n] if regs is not None else em.put(level, load(em, n, orient, "DAGG", aggs.grad_col[n]), "dagg")
         keep = "allowed"
         if n.kind in ("max", "min"):
-            at = em.put(level, load(em, n, orient, "AGG", aggs.arg_col[n]), "at")
+            at = (f"agg{aggs.value_col[n]}_at" if regs is not None else
+                  em.put(level, load(em, n, orient, "AGG", aggs.arg_col[n]), "at"))
             keep = f"allowed & ({em.value(ir.Sym('j', INT), orient)}.to(tl.float32) == {at})"
         seeds.setdefault(n.x, []).append((f"tl.where({keep}, {d} + {zeros}, 0.0)", tile))
     return seeds
 
 
-def stores(aggs: Aggregates, dagg: dict[ir.Agg, list[str]]) -> tuple[list[str], list[str]]:
-    """The pre kernel's stores: each aggregate (and max/min's key) into AGG, and its adjoint (the
-    ``dagg`` terms, divided by the count for a mean) into DAGG."""
+def adjoint_total(aggs: Aggregates, n: ir.Agg, dagg: dict[ir.Agg, list[str]]) -> str:
+    """An aggregate's adjoint from its ``dagg`` terms, divided by the count for a mean (the adjoint of
+    its argument's terms)."""
+    lv = next(k for k, level in enumerate(aggs.levels, start=1) if n in level)
+    total = " + ".join(dagg.get(n, [])) or "tl.zeros([BLOCK_M, 1], dtype=tl.float32)"
+    return f"({total}) / tl.maximum(agg_n{lv}, 1.0)" if n.kind == "mean" else total
+
+
+def stores(aggs: Aggregates, dagg: dict[ir.Agg, list[str]], regs: dict) -> tuple[list[str], list[str]]:
+    """The pre kernel's stores: each aggregate (and max/min's key) into AGG, and its adjoint (a register
+    of ``regs`` or from the ``dagg`` terms: adjoint_total) into DAGG."""
     row = "(lse_row0 + m_r)"
     values, grads = [], []
     for lv, level_aggs in enumerate(aggs.levels, start=1):
@@ -229,9 +220,7 @@ def stores(aggs: Aggregates, dagg: dict[ir.Agg, list[str]]) -> tuple[list[str], 
                           "mask=rmask)")
             if n in aggs.arg_col:
                 values.append(f"tl.store(AGG + {row} * {aggs.ncol} + {aggs.arg_col[n]}, {name}_at, mask=rmask)")
-            total = " + ".join(dagg.get(n, [])) or "tl.zeros([BLOCK_M, 1], dtype=tl.float32)"
-            if n.kind == "mean":
-                total = f"({total}) / tl.maximum(agg_n{lv}, 1.0)"
+            total = regs.get(n) or adjoint_total(aggs, n, dagg)
             grads.append(f"tl.store(DAGG + {row} * {len(aggs.grad_col)} + {aggs.grad_col[n]}, {total}, "
                          "mask=rmask)  # d " + _text(n))
     return values, grads

@@ -197,10 +197,12 @@ def preprocess(plan: Plan) -> Blocks:
         sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
         diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: isinstance(n, ir.Agg), to_dagg, sinks)
     if aggs.user:
-        bl.vars["agg_loop"] = "1"
-        _aggregate_adjoints(em, env, plan, bl, to_dagg)
+        bl.vars["agg_nested"] = _aggregate_adjoints(em, env, plan, bl, to_dagg, dagg)
     if aggs.levels:
-        bl.vars["agg_values"], bl.vars["agg_grads"] = (statements(x) for x in aggregates.stores(aggs, dagg))
+        values, grads = aggregates.stores(aggs, dagg, bl.vars.get("dagg_regs", {}))
+        bl.vars["agg_values"] = statements(values)
+        if aggs.user:
+            bl.vars["agg_grads"] = statements(grads)
     if a.norm.sink is not None:
         cur["lvl"] = "sink_bwd"
         sink = em.f32(a.norm.sink)
@@ -225,26 +227,62 @@ def preprocess(plan: Plan) -> Blocks:
     return bl
 
 
-def _aggregate_adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_dagg) -> None:
-    """The pre kernel's loop over the keys for the aggregates' adjoints: dw = do . v_j through the
-    weights to every value that reads an aggregate, summed over the keys ('agg_wb'), then down to
-    the aggregates after the loop ('agg_dpost')."""
+def _aggregate_adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_dagg, dagg: dict) -> list[dict]:
+    """The pre kernel's loops over the keys for the aggregates' adjoints. The first ('agg_wb'): dw = do . v_j
+    through the weights to every value that reads an aggregate, summed over the keys, then down to the
+    aggregates ('agg_dpost'). Then one per nesting level L > 1, from the outermost ('agg_nb{L}'): the
+    level's adjoints, complete now, seed its arguments, down to the aggregates inside them. Returns the
+    nested loops' records for the template; ``bl.vars['dagg_regs']``: each adjoint's register."""
     a = plan.attn
-    if a.weights is None:
-        return
+    aggs = aggregates.of(a)
     after = _after_aggregates(plan)
-    acc: dict = {}
-    update, flush = _frontier(acc, bl, "agg_dinit", "acc_a")
-    env.level_of = lambda ax: "agg_wb" if COL in ax else after if AGG in ax else "outer"
-    Differentiator(em, lambda n: False).backprop(
-        {a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "agg_wb", lambda n: not is_pair(n),
-        lambda n, g, shape, f: update(n, g, shape, "agg_wb", f), GradSinks(lambda *args: None),
-        want_child=lambda c: is_pair(c) or AGG in axes(c), pair_guard="allowed")
-    flush()
-    env.level_of = lambda ax: "agg_dpost"
-    seeds = {n: [(f"{name} * {factor}" if factor else name, shape)] for n, (name, shape, factor) in acc.items()}
-    Differentiator(em, lambda n: False).backprop(seeds, "pair", "agg_dpost", lambda n: isinstance(n, ir.Agg),
-                                                 to_dagg, GradSinks(lambda *args: None))
+
+    def loop(seeds, tile: str, init: str, post: str, guard: str | None) -> bool:
+        """Whether any adjoint reaches an aggregate (else the loop is left out)."""
+        known = set(em.memo)
+        acc: dict = {}
+        update, flush = _frontier(acc, bl, init, "acc_a")
+        env.level_of = lambda ax: tile if COL in ax else after if AGG in ax else "outer"
+        Differentiator(em, lambda n: False).backprop(
+            seeds, "pair", tile, lambda n: not is_pair(n), lambda n, g, shape, f: update(n, g, shape, tile, f),
+            GradSinks(lambda *args: None), want_child=lambda c: is_pair(c) or AGG in axes(c), pair_guard=guard)
+        flush()
+        _forget(em, bl, tile, known)  # the loop's pair values: later loops compute their own
+        env.level_of = lambda ax: post
+        post_seeds = {n: [(f"{name} * {factor}" if factor else name, shape)]
+                      for n, (name, shape, factor) in acc.items()}
+        Differentiator(em, lambda n: False).backprop(post_seeds, "pair", post, lambda n: isinstance(n, ir.Agg),
+                                                     to_dagg, GradSinks(lambda *args: None))
+        return bool(acc)
+
+    if a.weights is not None and any(isinstance(n, ir.Agg) for n in ir.walk(a.weights)):
+        bl.vars["agg_loop"] = "1"
+        loop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "agg_wb", "agg_dinit", "agg_dpost", "allowed")
+    regs: dict = {}
+    nested = []
+    for lv in range(len(aggs.levels), 1, -1):
+        names = {k: f"aggb_{k}{lv}" for k in ("before", "init", "tile", "post")}
+        for n in names.values():
+            bl.stmts[n] = []
+        level = {n: f"dagg{aggs.grad_col[n]}" for n in aggs.levels[lv - 1]}
+        for n, reg in level.items():
+            bl.stmts[names["before"]].append(f"{reg} = {aggregates.adjoint_total(aggs, n, dagg)}")
+        if loop(aggregates.argument_seeds(em, env, "pair", level), names["tile"], names["init"], names["post"],
+                "allowed"):
+            regs.update(level)
+            nested.append(dict(names, level=lv))
+        # else no gradient reaches the aggregates inside (a comparison, say): no loop
+    bl.vars["dagg_regs"] = regs
+    return nested
+
+
+def _forget(em: Emitter, bl: Blocks, level: str, known: set) -> None:
+    """Drop the memo entries made since ``known`` that ``level`` assigns: that level's statements live
+    in one loop only, so other code must compute those values again."""
+    names = bl.stmts_names(level)
+    for key in set(em.memo) - known:
+        if em.memo[key] in names:
+            del em.memo[key]
 
 
 def _inner(ax) -> str:
