@@ -1,6 +1,6 @@
 """Row aggregates (language 1.1) through the generated kernels (TRITON_INTERPRET=1), forward and
 backward, against the float64 reference: one pass per nesting level in the forward, the pre kernel's
-adjoints, the argument seeds of dq and dk/dv (codegen/aggregates.py)."""
+adjoints, the argument seeds of dq and dk/dv (codegen/aggregates.py); and key scans (codegen/scans.py)."""
 
 from __future__ import annotations
 
@@ -86,13 +86,6 @@ attention a {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
-def test_aggregates(name):
-    a = compile_source(SPECS[name], f"{name}.attn")[0]
-    assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
-    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))
-
-
 def test_extremes_gradient_goes_to_the_first_key():
     """Equal scores along a row: rowmax's gradient reaches only the first key attaining it (k rows equal)."""
     a = compile_source("attention a {\n mask = causal\n norm = none\n weights = 1.0 + rowmax(score)\n}", "t.attn")[0]
@@ -147,8 +140,8 @@ attention a {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SCANS))
-def test_scans(name):
-    a = compile_source(SCANS[name], f"{name}.attn")[0]
+@pytest.mark.parametrize("name", sorted(SPECS) + sorted(SCANS))
+def test_kernels(name):
+    a = compile_source({**SPECS, **SCANS}[name], f"{name}.attn")[0]
     assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
     assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))
