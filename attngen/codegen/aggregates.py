@@ -25,7 +25,7 @@ from ..ir import nodes as ir
 from ..ir.axes import AGG
 from ..ir.types import INT
 from . import scans
-from .analysis import COL, CodegenError, axes
+from .analysis import COL, CodegenError
 
 __all__ = ["AGG", "Aggregates", "of", "refuse"]
 
@@ -83,6 +83,11 @@ def of(a: ir.Attention, totals: bool = False) -> Aggregates:
         if n.kind in ("max", "min"):
             out.arg_col[n] = len(out.value_col) + len(out.arg_col)
     return out
+
+
+def after(a: ir.Attention) -> str:
+    """The statement list after the last aggregate pass (a value reading an aggregate goes there)."""
+    return f"agg_rows{len(of(a).levels)}"
 
 
 def refuse(a: ir.Attention) -> None:

@@ -12,44 +12,16 @@ Kernels (all over tiles of BLOCK_M query rows and BLOCK_N keys):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..ir import nodes as ir
-from . import aggregates, scans
+from . import agg_adjoints, aggregates, scans
 from .aggregates import AGG
 from .scans import SCAN
 from .analysis import COL, HEAD, ROW, axes, is_pair
 from .autodiff import (Differentiator, GradSinks, owned_by_col_kernel, owned_by_row_kernel, reduce_to)
+from .blocks import Blocks, forget, frontier
 from .emit import Emitter, KernelEnv
-from .layout import statements, vec_block
+from .layout import statements
 from .plan import Plan
-
-_ZEROS = {
-    "row": "tl.zeros([BLOCK_M, 1], dtype=tl.float32)",
-    "kcol": "tl.zeros([BLOCK_N, 1], dtype=tl.float32)",
-    "none": "0.0",
-}
-
-
-def _zeros(shape: str, n: ir.Expr) -> str:
-    if shape in _ZEROS:
-        return _ZEROS[shape]
-    rows = {"vrow": "BLOCK_M", "vcol": "BLOCK_N", "vnone": "1"}[shape]
-    return f"tl.zeros([{rows}, {vec_block(n.ty.length)}], dtype=tl.float32)"
-
-
-@dataclass
-class Blocks:
-    stmts: dict[str, list[str]] = field(default_factory=dict)
-    vars: dict[str, str] = field(default_factory=dict)
-
-    def text(self, name: str) -> str:
-        return statements(self.stmts.get(name, []))
-
-    def stmts_names(self, name: str) -> set[str]:
-        """Variables assigned in one statement list."""
-        return {line.split(" = ", 1)[0] for line in self.stmts.get(name, []) if " = " in line}
-
 
 #: a gathered table this small gets its gradient summed per entry in registers (see _table_grad)
 SMALL_TABLE = 128
@@ -124,38 +96,13 @@ def _grad_sink(plan: Plan, em: Emitter, kernel: str, dq_var: str = "dq", dk_var:
     return GradSinks(leaf, pair_loads=kernel != "dkdv")
 
 
-def _frontier(acc: dict, blocks: Blocks, init_level: str, prefix: str):
-    """Accumulate frontier nodes' adjoints across the loop: ``update(node, adj, layout, level, factor)``
-    records one (its value adj * factor), ``flush()`` declares each accumulator (in ``init_level``)
-    and adds its updates in their levels. A factor every update of a node shares stays out of the
-    loop: ``acc`` maps node -> (name, layout, factor), the accumulator's value being name * factor."""
-    pending: dict[ir.Expr, list[tuple[str, str, str, str | None]]] = {}
-
-    def update(n: ir.Expr, g: str, shape: str, level: str, factor: str | None) -> None:
-        pending.setdefault(n, []).append((g, shape, level, factor))
-
-    def flush() -> None:
-        for n, updates in pending.items():
-            name, shape = f"{prefix}{len(acc)}", updates[0][1]
-            common = updates[0][3] if all(u[3] == updates[0][3] for u in updates) else None
-            acc[n] = (name, shape, common)
-            blocks.stmts[init_level].append(f"{name} = {_zeros(shape, n)}")
-            for g, gshape, level, factor in updates:
-                code = reduce_to(g, gshape, shape)
-                scaled = code if factor is None or factor == common else f"{code} * {factor}"
-                blocks.stmts[level].append(f"{name} += {scaled}")
-        pending.clear()
-
-    return update, flush
-
-
 def forward(plan: Plan, split_scale: bool = True) -> Blocks:
     """``split_scale``: a score the ``scaled_dot`` pass factored as the raw dot and its factor (the
     module then passes a positive scale)."""
     bl = Blocks()
     for n in ("outer", "inner", "inner_scan", "inner_mask", "inner_w", "epi"):
         bl.stmts[n] = []
-    after = _after_aggregates(plan)
+    after = aggregates.after(plan.attn)
     env = KernelEnv(plan.attn, lambda ax: _inner(ax) if COL in ax else after if AGG in ax else "outer", bl.stmts)
     em = Emitter(env, "f")
     a = plan.attn
@@ -189,7 +136,7 @@ def preprocess(plan: Plan) -> Blocks:
         dagg.setdefault(n, []).append(f"{code} * {factor}" if factor else code)
     if aggs.levels:
         # the aggregates first, by the forward's passes: the out stage's backward may read them
-        after = _after_aggregates(plan)
+        after = aggregates.after(plan.attn)
         env.level_of = lambda ax: _inner(ax) if COL in ax else after if AGG in ax else "outer"
         bl.vars.update(_recompute(em, env, plan, bl, passes="pre"))
         env.level_of = lambda ax: cur["lvl"]
@@ -197,7 +144,7 @@ def preprocess(plan: Plan) -> Blocks:
         sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
         diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: isinstance(n, ir.Agg), to_dagg, sinks)
     if aggs.user:
-        bl.vars["agg_nested"] = _aggregate_adjoints(em, env, plan, bl, to_dagg, dagg)
+        bl.vars["agg_nested"] = agg_adjoints.adjoints(em, env, plan, bl, to_dagg, dagg)
     if aggs.levels:
         values, grads = aggregates.stores(aggs, dagg, bl.vars.get("dagg_regs", {}))
         bl.vars["agg_values"] = statements(values)
@@ -227,72 +174,9 @@ def preprocess(plan: Plan) -> Blocks:
     return bl
 
 
-def _aggregate_adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_dagg, dagg: dict) -> list[dict]:
-    """The pre kernel's loops over the keys for the aggregates' adjoints. The first ('agg_wb'): dw = do . v_j
-    through the weights to every value that reads an aggregate, summed over the keys, then down to the
-    aggregates ('agg_dpost'). Then one per nesting level L > 1, from the outermost ('agg_nb{L}'): the
-    level's adjoints, complete now, seed its arguments, down to the aggregates inside them. Returns the
-    nested loops' records for the template; ``bl.vars['dagg_regs']``: each adjoint's register."""
-    a = plan.attn
-    aggs = aggregates.of(a)
-    after = _after_aggregates(plan)
-
-    def loop(seeds, tile: str, init: str, post: str, guard: str | None) -> bool:
-        """Whether any adjoint reaches an aggregate (else the loop is left out)."""
-        known = set(em.memo)
-        acc: dict = {}
-        update, flush = _frontier(acc, bl, init, "acc_a")
-        env.level_of = lambda ax: tile if COL in ax else after if AGG in ax else "outer"
-        Differentiator(em, lambda n: False).backprop(
-            seeds, "pair", tile, lambda n: not is_pair(n), lambda n, g, shape, f: update(n, g, shape, tile, f),
-            GradSinks(lambda *args: None), want_child=lambda c: is_pair(c) or AGG in axes(c), pair_guard=guard)
-        flush()
-        _forget(em, bl, tile, known)  # the loop's pair values: later loops compute their own
-        env.level_of = lambda ax: post
-        post_seeds = {n: [(f"{name} * {factor}" if factor else name, shape)]
-                      for n, (name, shape, factor) in acc.items()}
-        Differentiator(em, lambda n: False).backprop(post_seeds, "pair", post, lambda n: isinstance(n, ir.Agg),
-                                                     to_dagg, GradSinks(lambda *args: None))
-        return bool(acc)
-
-    if a.weights is not None and any(isinstance(n, ir.Agg) for n in ir.walk(a.weights)):
-        bl.vars["agg_loop"] = "1"
-        loop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "agg_wb", "agg_dinit", "agg_dpost", "allowed")
-    regs: dict = {}
-    nested = []
-    for lv in range(len(aggs.levels), 1, -1):
-        names = {k: f"aggb_{k}{lv}" for k in ("before", "init", "tile", "post")}
-        for n in names.values():
-            bl.stmts[n] = []
-        level = {n: f"dagg{aggs.grad_col[n]}" for n in aggs.levels[lv - 1]}
-        for n, reg in level.items():
-            bl.stmts[names["before"]].append(f"{reg} = {aggregates.adjoint_total(aggs, n, dagg)}")
-        if loop(aggregates.argument_seeds(em, env, "pair", level), names["tile"], names["init"], names["post"],
-                "allowed"):
-            regs.update(level)
-            nested.append(dict(names, level=lv))
-        # else no gradient reaches the aggregates inside (a comparison, say): no loop
-    bl.vars["dagg_regs"] = regs
-    return nested
-
-
-def _forget(em: Emitter, bl: Blocks, level: str, known: set) -> None:
-    """Drop the memo entries made since ``known`` that ``level`` assigns: that level's statements live
-    in one loop only, so other code must compute those values again."""
-    names = bl.stmts_names(level)
-    for key in set(em.memo) - known:
-        if em.memo[key] in names:
-            del em.memo[key]
-
-
 def _inner(ax) -> str:
     """A pair value's statement list: after the tile's mask if it reads a key scan (scans.py)."""
     return "inner_scan" if SCAN in ax else "inner"
-
-
-def _after_aggregates(plan: Plan) -> str:
-    """The statement list after the last aggregate pass (aggregates.py)."""
-    return f"agg_rows{len(aggregates.of(plan.attn).levels)}"
 
 
 def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str = "pair",
@@ -320,10 +204,7 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str 
         env.level_of = lambda ax: "inner_mask" if saved(ax) == "inner" else saved(ax)
         out["mask"] = em.value(a.mask, orient)
         env.level_of = saved
-        only_partial = bl.stmts_names("inner_mask")
-        for key in set(em.memo) - known:
-            if em.memo[key] in only_partial:
-                del em.memo[key]
+        forget(em, bl, "inner_mask", known)
     aggs = aggregates.of(a, totals=passes == "pre")
     if aggs.levels:
         # the natural score (s is log2(e) times it for softmax); p only with norm = none, where it is s
@@ -384,7 +265,7 @@ def dq_kernel(plan: Plan) -> Blocks:
     bl.vars.update(_recompute(em, env, plan, bl))
     acc: dict = {}
     sinks = _grad_sink(plan, em, "dq", bl=bl)
-    update, flush = _frontier(acc, bl, "init", "acc_r")
+    update, flush = frontier(acc, bl, "init", "acc_r")
     _loop_backward(em, env, plan, bl,
                    level_of=lambda part: (lambda ax: part if COL in ax else "outer"),
                    on_stop=lambda part: (lambda n, g, shape, factor: update(n, g, shape, part, factor)),
@@ -412,8 +293,8 @@ def dkdv_kernel(plan: Plan) -> Blocks:
     acc_h: dict = {}  # key-side frontiers that depend on the query head: reset per head
     acc_p: dict = {}
     sinks = _grad_sink(plan, em, "dkdv")
-    per_head, flush_head = _frontier(acc_h, bl, "init_h", "acc_h")
-    per_prog, flush_prog = _frontier(acc_p, bl, "init", "acc_c")
+    per_head, flush_head = frontier(acc_h, bl, "init_h", "acc_h")
+    per_prog, flush_prog = frontier(acc_p, bl, "init", "acc_c")
 
     def on_stop(part: str):
         def f(n, g, shape, factor):  # key-side frontiers of transposed tiles are kcol already
