@@ -16,7 +16,7 @@ from .plan import Plan
 def adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_dagg, dagg: dict) -> list[dict]:
     """The pre kernel's loops over the keys for the aggregates' adjoints. The first ('agg_wb'): dw = do . v_j
     through the weights to every value that reads an aggregate, summed over the keys, then down to the
-    aggregates ('agg_dpost'). Then one per nesting level L > 1, from the outermost ('agg_nb{L}'): the
+    aggregates ('agg_dpost'). Then one per nesting level L > 1, from the outermost ('aggb_tile{L}'): the
     level's adjoints, complete now, seed its arguments, down to the aggregates inside them. Returns the
     nested loops' records for the template; ``bl.vars['dagg_regs']``: each adjoint's register."""
     a = plan.attn

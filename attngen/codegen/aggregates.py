@@ -6,11 +6,12 @@ pass per level before its main loop, each a loop over the same key tiles accumul
 registers (a sum, the kept keys' count, a running max or min with the first key attaining it), and
 everything that reads an aggregate is computed after its pass (the ``agg`` pseudo-axis of ir/axes.py).
 
-The backward (``norm = none``):
+The backward:
     pre   recomputes the aggregates by the same passes and stores them in AGG [rows, NCOL] (the value,
           and for max/min the key attaining it); then one loop over the keys reduces each aggregate's
           adjoint  dA = sum_j dW_ij * dW/dA  (W: the weights, dW = do . v_j), adds the out stage's part,
-          and stores it in DAGG [rows, NAGG], divided by the count for a mean
+          and one more loop per nesting level takes the adjoints of the aggregates inside another's
+          argument (agg_adjoints.py); it stores them in DAGG [rows, NAGG], divided by the count for a mean
     dq, dk/dv  read both and seed each aggregate's argument E with dA on the kept keys (on the one key
           attaining it for max/min), next to the weights' own adjoint, so E's gradient reaches the score,
           q, k and inputs with no other pass
