@@ -66,6 +66,18 @@ attention a {
     norm = sum
     weights = p + 0.1 * score / rowsum(score)
 }""",
+    # aggregates of p under softmax: their passes follow the statistics pass, and delta (sum_j p dp) takes
+    # their adjoints' part; in out alone, the forward takes the statistics pass for them
+    "p_softmax": """
+attention a {
+    mask = causal
+    weights = p / rowmax(p) * 0.5 + 0.1 * p * rowsum(p * score)
+}""",
+    "p_out": """
+attention a {
+    mask = causal
+    out = o * (1.0 + rowsum(p * p))
+}""",
     # nesting with gradients through the inner aggregates (a pre kernel loop per level): a softmax written
     # out (its max's adjoint cancels), and three levels of sums and means
     "nested": """
@@ -106,7 +118,7 @@ def test_extremes_gradient_goes_to_the_first_key():
 
 
 @pytest.mark.parametrize("spec,why", [
-    ("mask = causal\n weights = p / rowsum(p)", "norm = none only"),
+    ("mask = causal\n norm = stickbreaking\n weights = p / rowsum(p)", "stick-breaking"),
     ("mask = causal\n norm = none\n weights = score - rowmean(score)\n select = topk(4, by = score)", "selection"),
     ("norm = none\n score = dot(q, k) * scale - 0.1 * suffixsum(1.0)\n weights = score - rowmean(score)", "together"),
 ])

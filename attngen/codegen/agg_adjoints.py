@@ -60,3 +60,13 @@ def adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_dagg, dagg:
         # else no gradient reaches the aggregates inside (a comparison, say): no loop
     bl.vars["dagg_regs"] = regs
     return nested
+
+
+def registers(aggs: aggregates.Aggregates, bl: Blocks, dagg: dict) -> dict:
+    """Every aggregate's adjoint in a register ('agg_final', after the loops; the nested loops made their
+    levels' already): the stores and delta's loop read them."""
+    regs = dict(bl.vars.get("dagg_regs", {}))
+    bl.stmts["agg_final"] = [f"dagg{aggs.grad_col[n]} = {aggregates.adjoint_total(aggs, n, dagg)}"
+                             for n in aggs.all if n not in regs and n not in aggs.total.values()]
+    regs.update({n: f"dagg{aggs.grad_col[n]}" for n in aggs.all if n not in aggs.total.values()})
+    return regs

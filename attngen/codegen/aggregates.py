@@ -86,6 +86,12 @@ def of(a: ir.Attention, totals: bool = False) -> Aggregates:
     return out
 
 
+def reads_p(a: ir.Attention) -> bool:
+    """Whether an aggregate reads p: its passes then follow the norm's statistics, and delta (sum_j p dp)
+    takes its adjoint's part."""
+    return any(ir.uses(n.x, "p") for n in of(a).all)
+
+
 def after(a: ir.Attention) -> str:
     """The statement list after the last aggregate pass (a value reading an aggregate goes there)."""
     return f"agg_rows{len(of(a).levels)}"
@@ -100,11 +106,6 @@ def refuse(a: ir.Attention) -> None:
     if a.norm.kind == "stickbreaking":
         raise CodegenError("the kernels do not run row aggregates with stick-breaking (its keys are walked in "
                            "order)", first.span)
-    if a.norm.kind != "none":
-        for n in aggs.all:
-            if ir.uses(n.x, "p"):
-                raise CodegenError(f"the kernels run an aggregate of p with norm = none only (this spec has "
-                                   f"norm = {a.norm.kind})", n.span, "aggregate the score instead")
     if a.select is not None:
         raise CodegenError("the kernels do not run row aggregates together with a selection", first.span)
 

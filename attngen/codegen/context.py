@@ -67,7 +67,8 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
 
 
 _VAR_KEYS = ("s", "s_scale", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out", "agg_passes", "agg_values",
-             "agg_grads", "agg_loop", "agg_nested", "inner_scan", "scan_init", "scan_tile", "scan_first")
+             "agg_grads", "agg_loop", "agg_nested", "agg_p", "agg_final", "delta_wb", "inner_scan", "scan_init", "scan_tile",
+             "scan_first")
 
 
 def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:

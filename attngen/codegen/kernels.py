@@ -143,10 +143,12 @@ def preprocess(plan: Plan) -> Blocks:
     if a.out is not None:
         sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
         diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: isinstance(n, ir.Agg), to_dagg, sinks)
+    regs: dict = {}
     if aggs.user:
         bl.vars["agg_nested"] = agg_adjoints.adjoints(em, env, plan, bl, to_dagg, dagg)
+        regs = agg_adjoints.registers(aggs, bl, dagg)
     if aggs.levels:
-        values, grads = aggregates.stores(aggs, dagg, bl.vars.get("dagg_regs", {}))
+        values, grads = aggregates.stores(aggs, dagg, regs)
         bl.vars["agg_values"] = statements(values)
         if aggs.user:
             bl.vars["agg_grads"] = statements(grads)
@@ -157,20 +159,28 @@ def preprocess(plan: Plan) -> Blocks:
         diff.backprop({a.norm.sink: [(seed, "row")]}, "pair", "sink_bwd", lambda n: False, None,
                       _grad_sink(plan, em, "pre"))
     if plan.delta_loop:
-        # delta = sum_j p dp needs the weights' derivative, so walk the keys once
+        # delta = sum_j p dp needs the weights' derivative (and the aggregates' of p), so walk the keys once
         cur["lvl"] = "outer"
-        env.level_of = lambda ax: "inner" if COL in ax else "outer"
+        after = aggregates.after(a)
+        env.level_of = lambda ax: "inner" if COL in ax else after if AGG in ax else "outer"
         loop = _recompute(em, env, plan, bl)
         bl.vars.update(loop)
         bl.vars["dp"] = "dw"
-        if a.weights is not None:
-            inner_w = Differentiator(em, lambda n: False)
-            env.level_of = lambda ax: "inner_w" if COL in ax else "outer"
+        seeds = {a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]} if a.weights is not None else {}
+        bl.stmts["delta_wb"] = []  # the loop's adjoints, after the weights' values
+        env.level_of = lambda ax: "delta_wb" if COL in ax else after if AGG in ax else "outer"
+        for n, terms in aggregates.argument_seeds(em, env, "pair", {n: r for n, r in regs.items()
+                                                                     if ir.uses(n.x, "p")}).items():
+            seeds.setdefault(n, []).extend(terms)
+        if not seeds:
+            del bl.stmts["delta_wb"]
+        else:
             sinks = GradSinks(lambda *args: None)
-            inner_w.backprop({a.weights: [("tl.where(allowed, dw, 0.0)", "pair")]}, "pair", "inner_w",
-                             lambda n: not is_pair(n), lambda n, g, s, f: None, sinks, want_child=is_pair,
-                             pair_guard="allowed")
-            bl.vars["dp"] = sinks.bound.get("p", "0.0")
+            Differentiator(em, lambda n: False).backprop(seeds, "pair", "delta_wb", lambda n: not is_pair(n),
+                                                         lambda n, g, s, f: None, sinks, want_child=is_pair,
+                                                         pair_guard="allowed")
+            p_adj = sinks.bound.get("p", "0.0")
+            bl.vars["dp"] = p_adj if a.weights is not None else f"dw + {p_adj}"
     return bl
 
 
@@ -211,6 +221,7 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str 
         env.binds.update(p="p", score=em.f32(a.score, orient) if a.score2 is not None else "s")
         if passes:
             out["agg_passes"] = aggregates.forward_passes(em, env, bl, aggs)
+            out["agg_p"] = "1" if aggregates.reads_p(a) else ""
     if a.weights is not None:
         env.binds.update(p="p", score=em.f32(a.score, orient) if uses_score and a.score2 is not None else "s")
         saved = env.level_of

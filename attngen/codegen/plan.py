@@ -31,15 +31,16 @@ class Plan:
 
     @property
     def two_pass(self) -> bool:
-        """Weights of a row-normalized p need the final statistic before any weight."""
-        return self.attn.weights is not None and self.row_stat
+        """Weights of a row-normalized p (or an aggregate of it) need the final statistic before any weight."""
+        return (self.attn.weights is not None or aggregates.reads_p(self.attn)) and self.row_stat
 
     @property
     def delta_loop(self) -> bool:
         """delta = sum_j p dp needs a key loop when a weights stage sits between p and o, and for
         stick-breaking, whose ds subtracts running sums from delta (so delta must be fp32-exact,
         not rebuilt from the low-precision o)."""
-        return (self.attn.weights is not None and self.norm in ("softmax", "sum")) or self.norm == "stickbreaking"
+        return ((self.attn.weights is not None or aggregates.reads_p(self.attn)) and self.norm in ("softmax", "sum")
+                or self.norm == "stickbreaking")
 
     @property
     def needs_delta(self) -> bool:

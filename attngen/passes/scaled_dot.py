@@ -8,7 +8,8 @@ exp2_scores), the natural literal from ``score``. A positive factor is needed; f
 scale the module passes -q and -scale, which give the same scores (runtime/attention.py).
 
 Only when q and scale are read nowhere else (no mask, selection by q, sink, weights or out stage
-names them): the kernels then never need the scaled score itself.
+names them) and out has no row aggregate (an aggregate of p follows the statistics pass, which
+exponentiates the scaled score): the kernels then never need the scaled score itself.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _split(e: ir.Expr) -> tuple[ir.Call, ir.Sym, float] | None:
 def run(a: ir.Attention) -> ir.Attention:
     # a selection's own kernels compute by and keep apart; the ones this factors see the lowered mask
     if (a.score2 is None or a.weights is not None
-            or any(ir.uses(x, "q", "q_raw", "scale") for x in (a.mask, a.out, a.norm.sink))):
+            or any(ir.uses(x, "q", "q_raw", "scale") for x in (a.mask, a.out, a.norm.sink))
+            or (a.out is not None and any(isinstance(n, ir.Agg) for n in ir.walk(a.out)))):
         return a
     base2, natural = _split(a.score2), _split(a.score)
     if base2 is None or natural is None:
