@@ -78,6 +78,14 @@ attention a {
     mask = causal
     out = o * (1.0 + rowsum(p * p))
 }""",
+    # over the kept keys of a block selection (the dense kernels with the lowered selection in the mask)
+    "selection": """
+attention a {
+    mask = causal
+    select = topk(2, by = dot(q, kmean), block = 8, keep = jb == i // 8)
+    norm = none
+    weights = (score - rowmean(score)) / sqrt(rowmean(score * score) - rowmean(score) ** 2 + 1e-6)
+}""",
     # nesting with gradients through the inner aggregates (a pre kernel loop per level): a softmax written
     # out (its max's adjoint cancels), and three levels of sums and means
     "nested": """
@@ -119,7 +127,7 @@ def test_extremes_gradient_goes_to_the_first_key():
 
 @pytest.mark.parametrize("spec,why", [
     ("mask = causal\n norm = stickbreaking\n weights = p / rowsum(p)", "stick-breaking"),
-    ("mask = causal\n norm = none\n weights = score - rowmean(score)\n select = topk(4, by = score)", "selection"),
+    ("score = dot(q, k) * scale - 0.1 * suffixsum(1.0)\n select = topk(4, by = dot(q, k))", "selection"),
     ("norm = none\n score = dot(q, k) * scale - 0.1 * suffixsum(1.0)\n weights = score - rowmean(score)", "together"),
 ])
 def test_refused_with_a_caret(spec, why):

@@ -106,8 +106,6 @@ def refuse(a: ir.Attention) -> None:
     if a.norm.kind == "stickbreaking":
         raise CodegenError("the kernels do not run row aggregates with stick-breaking (its keys are walked in "
                            "order)", first.span)
-    if a.select is not None:
-        raise CodegenError("the kernels do not run row aggregates together with a selection", first.span)
 
 
 def forward_passes(em, env, bl, aggs: Aggregates, orient: str = "pair") -> list[dict[str, str]]:
