@@ -8,7 +8,7 @@ from . import aggregates
 from .aggregates import AGG
 from .analysis import COL, axes, is_pair
 from .autodiff import Differentiator, GradSinks
-from .blocks import Blocks, forget, frontier
+from .blocks import Blocks, frontier
 from .emit import Emitter, KernelEnv
 from .plan import Plan
 
@@ -33,7 +33,7 @@ def adjoints(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, to_dagg, dagg:
             seeds, "pair", tile, lambda n: not is_pair(n), lambda n, g, shape, f: update(n, g, shape, tile, f),
             GradSinks(lambda *args: None), want_child=lambda c: is_pair(c) or AGG in axes(c), pair_guard=guard)
         flush()
-        forget(em, bl, tile, known)  # the loop's pair values: later loops compute their own
+        em.forget(known, bl.stmts_names(tile))  # the loop's pair values: later loops compute their own
         env.level_of = lambda ax: post
         post_seeds = {n: [(f"{name} * {factor}" if factor else name, shape)]
                       for n, (name, shape, factor) in acc.items()}

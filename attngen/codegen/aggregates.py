@@ -127,11 +127,7 @@ def forward_passes(em, env, bl, aggs: Aggregates, orient: str = "pair") -> list[
         bl.stmts[tile].append(f"{cnt} += tl.sum(tl.where(allowed, 1.0, 0.0) + zero_t, axis=1)[:, None]")
         for n in level_aggs:
             _accumulate(em, bl, n, aggs.value_col[n], lv, cnt)
-        # pair values of this pass live in its loop only: later stages compute their own
-        tile_names = bl.stmts_names(tile)
-        for key in set(em.memo) - known:
-            if em.memo[key] in tile_names:
-                del em.memo[key]
+        em.forget(known, bl.stmts_names(tile))  # the pass's pair values: later loops compute their own
         env.level_of = base
         passes.append({"init": init, "tile": tile, "rows": rows, "what": ", ".join(_text(n) for n in level_aggs)})
     return passes

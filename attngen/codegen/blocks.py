@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from ..ir import nodes as ir
 from .autodiff import reduce_to
-from .emit import Emitter
 from .layout import statements, vec_block
 
 _ZEROS = {
@@ -61,11 +60,3 @@ def frontier(acc: dict, blocks: Blocks, init_level: str, prefix: str):
 
     return update, flush
 
-
-def forget(em: Emitter, bl: Blocks, level: str, known: set) -> None:
-    """Drop the memo entries made since ``known`` that ``level`` assigns: that level's statements live
-    in one loop only, so other code must compute those values again."""
-    names = bl.stmts_names(level)
-    for key in set(em.memo) - known:
-        if em.memo[key] in names:
-            del em.memo[key]

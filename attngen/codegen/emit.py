@@ -78,6 +78,13 @@ class Emitter(RowEmitter):
             self.memo[key] = self.put(level, code, hint)
         return self.memo[key]
 
+    def forget(self, known: set, assigned: set[str]) -> None:
+        """Drop the values memoized since ``known`` whose variables are among ``assigned`` (the names a
+        loop's or the partial tiles' own statement list assigns): other code computes them again."""
+        for key in set(self.memo) - known:
+            if self.memo[key] in assigned:
+                del self.memo[key]
+
     def level(self, e: ir.Expr) -> str:
         return self.env.level_of(axes(e))
 

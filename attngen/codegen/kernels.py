@@ -18,7 +18,7 @@ from .aggregates import AGG
 from .scans import SCAN
 from .analysis import COL, HEAD, ROW, axes, is_pair
 from .autodiff import (Differentiator, GradSinks, owned_by_col_kernel, owned_by_row_kernel, reduce_to)
-from .blocks import Blocks, forget, frontier
+from .blocks import Blocks, frontier
 from .emit import Emitter, KernelEnv
 from .layout import statements
 from .plan import Plan
@@ -179,9 +179,16 @@ def preprocess(plan: Plan) -> Blocks:
             Differentiator(em, lambda n: False).backprop(seeds, "pair", "delta_wb", lambda n: not is_pair(n),
                                                          lambda n, g, s, f: None, sinks, want_child=is_pair,
                                                          pair_guard="allowed")
-            p_adj = sinks.bound.get("p", "0.0")
-            bl.vars["dp"] = p_adj if a.weights is not None else f"dw + {p_adj}"
+            bl.vars["dp"] = _dp(a, sinks)
     return bl
+
+
+def _dp(a: ir.Attention, sinks: GradSinks) -> str:
+    """p's adjoint: through the weights when there are any (else p is the weights: dw), plus what
+    aggregates of p add."""
+    if a.weights is not None:
+        return sinks.bound.get("p", "0.0")
+    return " + ".join(["dw", *([sinks.bound["p"]] if "p" in sinks.bound else [])])
 
 
 def _inner(ax) -> str:
@@ -214,7 +221,7 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str 
         env.level_of = lambda ax: "inner_mask" if saved(ax) == "inner" else saved(ax)
         out["mask"] = em.value(a.mask, orient)
         env.level_of = saved
-        forget(em, bl, "inner_mask", known)
+        em.forget(known, bl.stmts_names("inner_mask"))
     aggs = aggregates.of(a, totals=passes == "pre")
     if aggs.levels:
         # the natural score (s is log2(e) times it for softmax); p only with norm = none, where it is s
@@ -250,8 +257,7 @@ def _loop_backward(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, level_of
         # an aggregate's adjoint is the pre kernel's: only what reads no aggregate is differentiated here
         diff.backprop(seeds, orient, "inner_wb", stop, on_stop("inner_wb"), sinks,
                       lambda c: want(c) and (is_pair(c) or AGG not in axes(c)), "allowed")
-        bl.vars["dp"] = sinks.bound.get("p", "0.0") if a.weights is not None else \
-            " + ".join(["dw", *([sinks.bound["p"]] if "p" in sinks.bound else [])])
+        bl.vars["dp"] = _dp(a, sinks)
         bl.vars["ds_w"] = sinks.bound.get("score", "")
     env.level_of = level_of("inner_s")
     diff.backprop({a.score: [("ds", tile)]}, orient, "inner_s", stop, on_stop("inner_s"), sinks, want,
