@@ -86,8 +86,11 @@ def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
 def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> dict:
     """Everything the module template needs for one attention."""
     a = plan.attn
+    # Triton types a Python float argument fp32 when it launches a kernel, Inductor (triton_op) fp64:
+    # pinned to fp32, a loop's carried values keep one type under both
+    floats = ["scale", *(f"x_{d.name}" for d in a.inputs if d.dims is None and d.is_float)]
     prelude = render_kernel("prelude.py.jinja", lengths=_lengths(plan, plan.vec_lengths),
-                            rope_lengths=_lengths(plan, plan.rope_lengths))
+                            rope_lengths=_lengths(plan, plan.rope_lengths), floats=floats)
     base = dict(name=a.name, params=_params(plan), constexprs=_constexprs(plan), prelude=prelude,
                 norm=plan.norm, two_pass=plan.two_pass, delta_loop=plan.delta_loop, scans=len(scans.of(a)),
                 has_out=a.out is not None, has_sink=a.norm.sink is not None, t=tiles.static_code(a))
