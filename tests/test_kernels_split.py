@@ -37,7 +37,7 @@ def test_split_kv(name, M, heads):
 def test_split_kernel_is_generated_where_it_can_merge():
     def has_split(src):
         a = compile_source(src)[0]
-        return "_fwd_split(" in render_module([a], src, "<t>", cache_key(src, {}))
+        return "SPLIT: tl.constexpr" in render_module([a], src, "<t>", cache_key(src, {}))
     assert has_split("attention a { mask = causal }")
     assert not has_split("attention a { norm = stickbreaking }")
     assert not has_split("attention a { input g: f32[B, H, M]\n out = o * g[b, h, m] }")

@@ -156,9 +156,8 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
         decls=repr(decls), selection=selection, scaled_dot=a.scaled_dot is not None,
         literal_blocks=[{"block": vec_block(L), "value": f"_blocks({L})"} for L in plan.vec_lengths if L.isdigit()],
         doc=f"Attention '{a.name}' ({plan.norm} norm), compiled by attngen.",
-        fwd=render_kernel("fwd.py.jinja", f=f, split=False, **base), dynamic=dynamic, classify=classify,
+        fwd=render_kernel("fwd.py.jinja", f=f, splittable=splittable, **base), dynamic=dynamic, classify=classify,
         splittable=splittable, packable=packable, plan_notes=kp.notes(plan),
-        fwd_split=render_kernel("fwd.py.jinja", f=f, split=True, **base) if splittable else "",
         tile_heads=tile_heads,
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )

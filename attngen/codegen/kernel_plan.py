@@ -118,7 +118,7 @@ def choose(plan: Plan) -> KernelPlan:
     pack = Choice(split.taken and not per_head,
                   "one program per head (the tile bounds depend on the head)" if per_head else
                   "the heads of a GQA group share one tile when G*M <= 32")
-    kernels = ["fwd"] + (["fwd_split"] if split else []) + ["bwd_pre", "bwd_dq", "bwd_dkdv"]
+    kernels = ["fwd", "bwd_pre", "bwd_dq", "bwd_dkdv"]  # split-KV decoding: fwd with SPLIT=True
     kernels += ["classify"] if kind == "dynamic" else []
     if sel is None:
         return KernelPlan(kind, band, split, pack, kernels=kernels)

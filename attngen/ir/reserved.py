@@ -31,7 +31,7 @@ CALL_NAMES = frozenset({
 CALL_BUILTINS = frozenset({"any", "isinstance", "staticmethod", "TypeError", "ValueError"})
 #: what the module appends to an attention's name: its kernels and public functions (and it binds
 #: ``_attention_NAME``, the attention's description for the runtime, which names nothing else so)
-PUBLIC_SUFFIXES = ("_prepare", "_selected", "_fwd", "_fwd_split", "_bwd_pre", "_bwd_dq", "_bwd_dkdv", "_classify",
+PUBLIC_SUFFIXES = ("_prepare", "_selected", "_fwd", "_bwd_pre", "_bwd_dq", "_bwd_dkdv", "_classify",
                    "_kmean", "_select", "_topk", "_listed", "_merge", "_place", "_attend", "_attend_dq",
                    "_attend_dkdv")
 

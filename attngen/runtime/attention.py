@@ -205,12 +205,14 @@ class _Attention:
                 parts = (torch.empty((rows, common["BLOCK_DV"]), device=q.device, dtype=torch.float32),
                          torch.empty(rows, device=q.device, dtype=torch.float32),
                          torch.empty(rows, device=q.device, dtype=torch.float32), splits)
-                _launch(self.kernels["fwd_split"], (splits, programs), lambda c: args(c, parts), cfg,
-                        **dict(common, PACK=pack), **flags)
+                _launch(self.kernels["fwd"], (splits, programs), lambda c: args(c, parts), cfg,
+                        **dict(common, PACK=pack, SPLIT=True), **flags)
                 _merge_splits[(B * H,)](*parts[:3], o, stat, *o.stride(), H, M, splits, NORM=self.plan["norm"],
                                         DV=sizes["DV"], BLOCK_M=SPLIT_ROWS, BLOCK_DV=common["BLOCK_DV"])
                 return
         fwd = self.kernels["fwd"]
+        if self.plan["splittable"]:  # the same kernel, one program per query tile
+            common = dict(common, SPLIT=False)
         grid = lambda c: (_cdiv(M, c["BLOCK_M"]), B * H)  # noqa: E731
         cfg = launcher.choose(lambda: _tune_key(self.name, kind, sizes, q), fwds,
                               lambda c: fwd[grid(c)](*args(c), **c, **common, **flags))
