@@ -16,7 +16,7 @@ def _plan(body: str):
 def test_causal_softmax_splits_and_packs():
     kp = _plan("mask = causal")
     assert kp.tiles == "static" and kp.band == (0, None)
-    assert kp.split and kp.pack and kp.kernels == ["fwd", "fwd_split", "bwd_pre", "bwd_dq", "bwd_dkdv"]
+    assert kp.split and kp.pack and kp.kernels == ["fwd", "bwd_pre", "bwd_dq", "bwd_dkdv"]  # split: fwd with SPLIT
 
 
 @pytest.mark.parametrize("body,why", [

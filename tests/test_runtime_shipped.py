@@ -56,3 +56,15 @@ def test_compiled_module_runs_without_attngen(tmp_path):
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path,
                    env={**__import__("os").environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(tmp_path)})
+
+
+def test_causal_module_is_small_beside_its_runtime():
+    """Issue 16's bound: what attngen compile writes for causal_gqa, less the embedded runtime, is at
+    most 700 lines (the spec header, the kernels and the attention's description)."""
+    from attngen.driver import compile_file, generate
+
+    text = generate(compile_file("examples/causal_gqa.attn")).render()
+    lines = text.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("# ---- attngen.runtime."))
+    end = lines.index("# ---- this module ----")
+    assert len(lines) - (end - start) <= 700

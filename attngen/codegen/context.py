@@ -31,8 +31,13 @@ def _params(plan: Plan) -> str:
             p += [f"{d.name}_ptr", *(f"{d.name}_s{i}" for i in range(n)),
                   f"d{d.name}_ptr", *(f"d{d.name}_s{i}" for i in range(n))]
     p += ["B", "H", "HK", "M", "N", "M_MAX", "N_MAX", "TQ", "SPLITS", "scale"]
+    return _wrapped(p)
+
+
+def _wrapped(names: list[str]) -> str:
+    """A kernel's parameters, a few to a line (lines of about 90 columns)."""
     lines, line = [], []
-    for name in p:
+    for name in names:
         line.append(name)
         if len(", ".join(line)) > 80:
             lines.append(", ".join(line))
@@ -49,7 +54,7 @@ def _constexprs(plan: Plan) -> str:
              "DOT_PRECISION", "SCAN", "TILE_HEADS", "GROUP", "VARLEN", "PAGED", "PAGE_SIZE", "PACK",
              "MERGE_M"]
     names += [f"GRAD_{d.name}" for d in plan.float_inputs]
-    return ",\n    ".join(f"{n}: tl.constexpr" for n in names)
+    return _wrapped([f"{n}: tl.constexpr" for n in names])
 
 
 def _lengths(plan: Plan, which: list[str]) -> list[dict]:
