@@ -27,6 +27,7 @@ from ..ir.axes import AGG
 from ..ir.types import INT
 from . import scans
 from .analysis import COL, CodegenError
+from .embed import expr_note
 
 __all__ = ["AGG", "Aggregates", "of", "refuse"]
 
@@ -129,27 +130,24 @@ def forward_passes(em, env, bl, aggs: Aggregates, orient: str = "pair") -> list[
             _accumulate(em, bl, n, aggs.value_col[n], lv, cnt)
         em.forget(known, bl.stmts_names(tile))  # the pass's pair values: later loops compute their own
         env.level_of = base
-        passes.append({"init": init, "tile": tile, "rows": rows, "what": ", ".join(_text(n) for n in level_aggs)})
+        passes.append({"init": init, "tile": tile, "rows": rows, "what": ", ".join(expr_note(n) for n in level_aggs)})
     return passes
 
 
-def _text(n: ir.Agg) -> str:
-    from ..ir.printer import expr_str
-    return expr_str(n)
 
 
 def _accumulate(em, bl, n: ir.Agg, col: int, lv: int, cnt: str) -> None:
     init, tile, rows = bl.stmts[f"agg_init{lv}"], bl.stmts[f"agg_tile{lv}"], bl.stmts[f"agg_rows{lv}"]
     name = f"agg{col}"
     if n.kind == "count":
-        rows.append(f"{name} = {cnt}  # {_text(n)}")
+        rows.append(f"{name} = {cnt}  # {expr_note(n)}")
     else:
         x = em.f32(n.x) if n.x.ty.kind == "float" else f"({em.value(n.x)}).to(tl.float32)"
         if n.kind in ("sum", "mean"):
             init.append(f"{name}_acc = tl.zeros([BLOCK_M, 1], dtype=tl.float32)")
             tile.append(f"{name}_acc += tl.sum(tl.where(allowed, {x}, 0.0) + zero_t, axis=1)[:, None]")
             value = f"{name}_acc" if n.kind == "sum" else f"{name}_acc / tl.maximum({cnt}, 1.0)"
-            rows.append(f"{name} = {value}  # {_text(n)}")
+            rows.append(f"{name} = {value}  # {expr_note(n)}")
         else:
             worse, pick = ("-", "tl.maximum") if n.kind == "max" else ("", "tl.minimum")
             better = ">" if n.kind == "max" else "<"
@@ -163,7 +161,7 @@ def _accumulate(em, bl, n: ir.Agg, col: int, lv: int, cnt: str) -> None:
                      f"{name}_at = tl.where({name}_te {better} {name}_ext, {name}_tj, tl.where({name}_te == "
                      f"{name}_ext, tl.minimum({name}_at, {name}_tj), {name}_at))",
                      f"{name}_ext = {pick}({name}_ext, {name}_te)"]
-            rows.append(f"{name} = tl.where({cnt} > 0, {name}_ext, 0.0)  # {_text(n)}")
+            rows.append(f"{name} = tl.where({cnt} > 0, {name}_ext, 0.0)  # {expr_note(n)}")
     if n.ty.kind == "int":
         rows.append(f"{name} = {name}.to(tl.int32)")
     em.memo[(n, "pair", False)] = name
@@ -223,5 +221,5 @@ def stores(aggs: Aggregates, dagg: dict[ir.Agg, list[str]], regs: dict) -> tuple
                 values.append(f"tl.store(AGG + {row} * {aggs.ncol} + {aggs.arg_col[n]}, {name}_at, mask=rmask)")
             total = regs.get(n) or adjoint_total(aggs, n, dagg)
             grads.append(f"tl.store(DAGG + {row} * {len(aggs.grad_col)} + {aggs.grad_col[n]}, {total}, "
-                         "mask=rmask)  # d " + _text(n))
+                         "mask=rmask)  # d " + expr_note(n))
     return values, grads

@@ -20,6 +20,9 @@ non-ASCII letters), and in a docstring the escapes decode back to the original t
 
 from __future__ import annotations
 
+from ..ir import nodes as ir
+from ..ir.printer import expr_str
+
 
 def inert(text: str, lines: bool = False) -> str:
     """``text`` escaped so that it cannot end (or break) a ``#`` comment or a ``\"\"\"`` string. With
@@ -34,3 +37,9 @@ def inert(text: str, lines: bool = False) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+def expr_note(e: ir.Expr) -> str:
+    """An IR expression as a comment's text (an aggregate's or a key scan's): printed from the IR, whose
+    names and numbers came from the spec, and made inert like any spec text."""
+    return inert(expr_str(e))

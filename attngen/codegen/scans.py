@@ -18,6 +18,7 @@ from __future__ import annotations
 from ..ir import nodes as ir
 from ..ir.axes import SCAN
 from .analysis import CodegenError
+from .embed import expr_note
 
 __all__ = ["SCAN", "of", "refuse", "value", "adjoint"]
 
@@ -58,7 +59,7 @@ def value(em, n: ir.Scan, orient: str) -> str:
     level = em.level(n)
     out = em.env.stmts[level]
     axis = 0 if orient == "t" else 1
-    out.append(f"{s}_x = tl.where(allowed, {x}, 0.0) + {_zeros(em, orient)}  # {_text(n)}: the allowed keys' terms")
+    out.append(f"{s}_x = tl.where(allowed, {x}, 0.0) + {_zeros(em, orient)}  # {expr_note(n)}: the allowed keys' terms")
     if mode == "fwd":  # keys from the last: the carry is the sum over later tiles
         out.append(f"{s} = {s}_c + tl.cumsum({s}_x, axis=1, reverse=True)")
     else:  # keys from the first: the row's total less the earlier keys
@@ -104,6 +105,3 @@ def carries(em, aggs, mode: str) -> dict[str, str]:
     return {"init": "\n".join(init), "tile": "\n".join(tile)}
 
 
-def _text(n: ir.Scan) -> str:
-    from ..ir.printer import expr_str
-    return expr_str(n)

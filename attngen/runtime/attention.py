@@ -210,9 +210,7 @@ class _Attention:
                 _merge_splits[(B * H,)](*parts[:3], o, stat, *o.stride(), H, M, splits, NORM=self.plan["norm"],
                                         DV=sizes["DV"], BLOCK_M=SPLIT_ROWS, BLOCK_DV=common["BLOCK_DV"])
                 return
-        fwd = self.kernels["fwd"]
-        if self.plan["splittable"]:  # the same kernel, one program per query tile
-            common = dict(common, SPLIT=False)
+        fwd = self.kernels["fwd"]  # (SPLIT=False: one program per query tile)
         grid = lambda c: (_cdiv(M, c["BLOCK_M"]), B * H)  # noqa: E731
         cfg = launcher.choose(lambda: _tune_key(self.name, kind, sizes, q), fwds,
                               lambda c: fwd[grid(c)](*args(c), **c, **common, **flags))
