@@ -24,7 +24,11 @@ import attngen
 
 
 class _NoLaunch:
-    """Stands in for a kernel: ``kernel[grid](*args, **constexprs)`` does nothing."""
+    """Stands in for a kernel: ``kernel[grid](*args, **constexprs)`` does nothing; its parameter names
+    are the kernel's (the runtime binds arguments by them)."""
+
+    def __init__(self, kernel):
+        self.arg_names = kernel.arg_names
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: None
@@ -45,10 +49,10 @@ def main(argv=None):
     fn = attngen.load("examples/causal_gqa.attn")
     kernels = getattr(fn.module, f"_attention_{fn.name}").kernels
     for name in kernels:  # the attention's kernels, as its runtime object holds them
-        kernels[name] = _NoLaunch()
+        kernels[name] = _NoLaunch(kernels[name])
     for name in dir(fn.module):  # and every @triton.jit helper kernel of the runtime (the split-KV merge)
         if type(getattr(fn.module, name)).__name__ in ("JITFunction", "InterpretedFunction"):
-            setattr(fn.module, name, _NoLaunch())
+            setattr(fn.module, name, _NoLaunch(getattr(fn.module, name)))
     shape = f"B={B} H={H} HK={HK} D={D} N={N}"
     if opts.train:
         q = torch.randn(B, H, N, D, dtype=torch.bfloat16, requires_grad=True)

@@ -90,7 +90,7 @@ def generated(mod, name, kernels, t):
     xs = {n: torch.empty([sizes.get(d, d) for d in dims], dtype=mod._TORCH_DTYPES[dtype]) if dims is not None
           else 1.0 for n, (dtype, dims) in at.decls.items()}
     flags = at.flags(sizes)
-    # the backward's arguments; the forward takes the same list (its launcher passes o for do, and so on).
+    # the backward's arguments, by name; each kernel takes its own (its launcher passes o for do, and so on).
     # The int32 tile lists stand in for a data-dependent mask's (masks bounded in closed form ignore them).
     try:
         args = at.args(t["q"], t["k"], t["v"], t["o"], t["o"], t["do"], t["do"], t["lse"], t["delta"], t["one"],
@@ -104,7 +104,7 @@ def generated(mod, name, kernels, t):
         if fn is None:
             sys.exit(f"the generated module has no kernel {name}_{kind}")
         kw = {k: v for k, v in flags.items() if k in fn.arg_names}
-        jobs.append((f"{name}_{kind}", fn, args, {**configs[kind], **common, **kw}))
+        jobs.append((f"{name}_{kind}", fn, mod._bind(fn, args), {**configs[kind], **common, **kw}))
     return jobs
 
 
@@ -130,7 +130,8 @@ def block_kernels(mod, name, select, kinds, t):
         counts = torch.empty(64, dtype=torch.int32)  # per row and per row tile alike
         kw = dict(BLOCK_M=rows, BLOCK_N=64, NBP=nbp, BS=select.block, TOPK=select.k, SHARE=select.share, DC=dc,
                   COUNTS=True, num_warps=warps, **flags)
-        jobs.append((f"{name}_select", getattr(mod, f"{name}_select"), args + [km, sel, counts, counts, nb], kw))
+        fn = getattr(mod, f"{name}_select")
+        jobs.append((f"{name}_select", fn, mod._bind(fn, args) + [km, sel, counts, counts, nb], kw))
     if "place" in kinds:
         entries = torch.empty(64, dtype=torch.int32)  # tile starts, rows, slots alike
         jobs.append((f"{name}_place", getattr(mod, f"{name}_place"), [sel, entries, entries, entries, S, nb],
@@ -152,7 +153,7 @@ def block_kernels(mod, name, select, kinds, t):
             fn = getattr(mod, f"{name}_{kind}", None)
             if fn is None:
                 sys.exit(f"{name}: the module has no {kind} kernel (not a block-sparse spec)")
-            jobs.append((f"{name}_{kind}", fn, args + tails[kind][0], {**kw, **tails[kind][1]}))
+            jobs.append((f"{name}_{kind}", fn, mod._bind(fn, args) + tails[kind][0], {**kw, **tails[kind][1]}))
     return jobs
 
 

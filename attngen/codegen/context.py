@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import pprint
 import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
-from . import aggregates, gather, kernel_plan, kernels, scans, select, shipped, tiles
+from . import aggregates, gather, kernel_plan, kernels, params, scans, select, shipped, tiles
 from .embed import inert
 from .layout import vec_block
 from .plan import Plan
-
-
-def _params(plan: Plan) -> str:
-    """The shared kernel signature (order matches the module's ``_args`` helper)."""
-    p = ["Q", "stride_qb", "stride_qh", "stride_qm", "stride_qd",
-         "K", "stride_kb", "stride_kh", "stride_kn", "stride_kd",
-         "V", "stride_vb", "stride_vh", "stride_vn", "stride_vd",
-         "O", "OR", "DO", "DOR", "stride_ob", "stride_oh", "stride_om", "stride_od",
-         "LSE", "DELTA", "DLSE", "SBL", "SBG", "AGG", "DAGG", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb", "BT_PAGES", "OP", "MP", "LP",
-         "DQ", "stride_dqb", "stride_dqh", "stride_dqm", "stride_dqd",
-         "DK", "stride_dkb", "stride_dkh", "stride_dkn", "stride_dkd",
-         "DVAL", "stride_dvb", "stride_dvh", "stride_dvn", "stride_dvd"]
-    for d in plan.attn.inputs:
-        if d.dims is None:
-            p += [f"x_{d.name}", f"d{d.name}_ptr"]
-        else:
-            n = len(d.dims)
-            p += [f"{d.name}_ptr", *(f"{d.name}_s{i}" for i in range(n)),
-                  f"d{d.name}_ptr", *(f"d{d.name}_s{i}" for i in range(n))]
-    p += ["B", "H", "HK", "M", "N", "M_MAX", "N_MAX", "TQ", "SPLITS", "scale"]
-    return _wrapped(p)
-
-
-def _wrapped(names: list[str]) -> str:
-    """A kernel's parameters, a few to a line (lines of about 90 columns)."""
-    lines, line = [], []
-    for name in names:
-        line.append(name)
-        if len(", ".join(line)) > 80:
-            lines.append(", ".join(line))
-            line = []
-    if line:
-        lines.append(", ".join(line))
-    return ",\n    ".join(lines)
 
 
 def _constexprs(plan: Plan) -> str:
@@ -54,7 +21,7 @@ def _constexprs(plan: Plan) -> str:
              "DOT_PRECISION", "SCAN", "TILE_HEADS", "GROUP", "VARLEN", "PAGED", "PAGE_SIZE", "PACK",
              "MERGE_M"]
     names += [f"GRAD_{d.name}" for d in plan.float_inputs]
-    return _wrapped([f"{n}: tl.constexpr" for n in names])
+    return params.wrapped([f"{n}: tl.constexpr" for n in names])
 
 
 def _lengths(plan: Plan, which: list[str]) -> list[dict]:
@@ -91,12 +58,14 @@ def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
 def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> dict:
     """Everything the module template needs for one attention."""
     a = plan.attn
+    names = params.shared(plan)
+    render_kernel = functools.partial(_lean, render_kernel, names)
     # Triton types a Python float argument fp32 when it launches a kernel, Inductor (triton_op) fp64:
     # pinned to fp32, a loop's carried values keep one type under both
     floats = ["scale", *(f"x_{d.name}" for d in a.inputs if d.dims is None and d.is_float)]
     prelude = render_kernel("prelude.py.jinja", lengths=_lengths(plan, plan.vec_lengths),
                             rope_lengths=_lengths(plan, plan.rope_lengths), floats=floats)
-    base = dict(name=a.name, params=_params(plan), constexprs=_constexprs(plan), prelude=prelude,
+    base = dict(name=a.name, params=params.wrapped(names), constexprs=_constexprs(plan), prelude=prelude,
                 norm=plan.norm, two_pass=plan.two_pass, delta_loop=plan.delta_loop, scans=len(scans.of(a)),
                 has_out=a.out is not None, has_sink=a.norm.sink is not None, t=tiles.static_code(a))
     f = _blocks(kernels.forward(plan), _VAR_KEYS)
@@ -166,6 +135,11 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
         tile_heads=tile_heads,
         bwd=render_kernel("bwd.py.jinja", u=u, r=r, c=c, **base),
     )
+
+
+def _lean(render_kernel, names: list[str], template: str, **ctx) -> str:
+    """A template's kernels, each taking only the runtime arguments it reads (params.lean)."""
+    return params.lean(render_kernel(template, **ctx), names)
 
 
 def _literal(value: dict, indent: int) -> str:

@@ -17,7 +17,7 @@ Shipped: the generated module embeds this file verbatim (after its imports).
 import torch
 
 from .checks import _Varlen, _check_call, _check_flags, _check_paged, _check_scale, _check_varlen, _empty_result, _packed
-from .launch import (SPLIT_ROWS, _Direct, _TileLists, _blocks, _cdiv, _config, _empty, _launch, _no_grads, _pow2,
+from .launch import (SPLIT_ROWS, _Direct, _TileLists, _bind, _blocks, _cdiv, _config, _empty, _launch, _no_grads, _pow2,
                      _split_config, _splits, _tune_key)
 from .ops import _Ops
 from .selection import _Gathered, _choose, _gather_backward, _gather_forward, _listed_forward
@@ -57,24 +57,39 @@ class _Attention:
 
     def args(self, q, k, v, o, o_raw, do, do_raw, stat, delta, sbl, sbg, tl_rows, tl_cols, cu, dq, dk, dv, xs, gxs,
              sizes, scale, table=None, split=None, dlse=None, hole=None, aggs=None):
-        """Kernel arguments in the order of the kernels' signatures. cu: cu_seqlens of q and k (packed
-        sequences), or (unused, cache lengths) with a paged cache, or placeholders; table: the paged
-        cache's block table; split: the split-KV forward's partial buffers and their count; dlse: the
-        gradient of lse (a backward whose loss reads it); hole: the placeholder of the pointers the
-        kernels do not read without those (default stat); aggs: the backward's row aggregates and their
-        adjoints (AGG, DAGG)."""
+        """Every runtime argument a kernel may take, by name (launch._bind gives each kernel its own). cu:
+        cu_seqlens of q and k (packed sequences), or (unused, cache lengths) with a paged cache, or
+        placeholders; table: the paged cache's block table; split: the split-KV forward's partial
+        buffers and their count; dlse: the gradient of lse (a backward whose loss reads it); hole: the
+        placeholder of the pointers the kernels do not read without those (default stat); aggs: the
+        backward's row aggregates and their adjoints (AGG, DAGG)."""
         hole = stat if hole is None else hole
         table = (hole, 0, 1) if table is None else (table, table.stride(0), k.shape[0])
         split = (hole, hole, hole, 1) if split is None else split
-        args = [q, *q.stride(), k, *k.stride(), v, *v.stride(), o, o_raw, do, do_raw, *o.stride(),
-                stat, delta, hole if dlse is None else dlse, sbl, sbg, *(aggs or (hole, hole)), tl_rows, tl_cols, *cu, *table, *split[:3], dq, *dq.stride(), dk, *dk.stride(),
-                dv, *dv.stride()]
+        agg, dagg = aggs or (hole, hole)
+        qs, ks, vs, ost, dqs, dks, dvs = (t.stride() for t in (q, k, v, o, dq, dk, dv))
+        named = {"Q": q, "stride_qb": qs[0], "stride_qh": qs[1], "stride_qm": qs[2], "stride_qd": qs[3],
+                 "K": k, "stride_kb": ks[0], "stride_kh": ks[1], "stride_kn": ks[2], "stride_kd": ks[3],
+                 "V": v, "stride_vb": vs[0], "stride_vh": vs[1], "stride_vn": vs[2], "stride_vd": vs[3],
+                 "O": o, "OR": o_raw, "DO": do, "DOR": do_raw,
+                 "stride_ob": ost[0], "stride_oh": ost[1], "stride_om": ost[2], "stride_od": ost[3],
+                 "LSE": stat, "DELTA": delta, "DLSE": hole if dlse is None else dlse, "SBL": sbl, "SBG": sbg,
+                 "AGG": agg, "DAGG": dagg, "TL": tl_rows, "TLC": tl_cols, "CU_Q": cu[0], "CU_K": cu[1],
+                 "BT": table[0], "stride_btb": table[1], "BT_PAGES": table[2], "OP": split[0], "MP": split[1],
+                 "LP": split[2],
+                 "DQ": dq, "stride_dqb": dqs[0], "stride_dqh": dqs[1], "stride_dqm": dqs[2], "stride_dqd": dqs[3],
+                 "DK": dk, "stride_dkb": dks[0], "stride_dkh": dks[1], "stride_dkn": dks[2], "stride_dkd": dks[3],
+                 "DVAL": dv, "stride_dvb": dvs[0], "stride_dvh": dvs[1], "stride_dvn": dvs[2], "stride_dvd": dvs[3],
+                 "B": sizes["B"], "H": sizes["H"], "HK": sizes["HK"], "M": sizes["M"], "N": sizes["N"],
+                 "M_MAX": sizes["M"], "N_MAX": sizes["N"], "TQ": sizes["TQ"], "SPLITS": split[3], "scale": scale}
         for n, scalar, _ in self.all_inputs:
             if scalar:
-                args += [float(xs[n]), gxs[n]]
+                named[f"x_{n}"], named[f"d{n}_ptr"] = float(xs[n]), gxs[n]
             else:
-                args += [xs[n], *xs[n].stride(), gxs[n], *gxs[n].stride()]
-        return args + [sizes[s] for s in ("B", "H", "HK", "M", "N", "M", "N", "TQ")] + [split[3], scale]
+                named[f"{n}_ptr"], named[f"d{n}_ptr"] = xs[n], gxs[n]
+                named.update((f"{n}_s{i}", s) for i, s in enumerate(xs[n].stride()))
+                named.update((f"d{n}_s{i}", s) for i, s in enumerate(gxs[n].stride()))
+        return named
 
     def tiles(self, q, k, xs, sizes, common, cu, varlen, launcher=_Direct):
         """The tile lists of this call's mask: built per call (or once by prepare) for a data-dependent
@@ -213,7 +228,7 @@ class _Attention:
         fwd = self.kernels["fwd"]  # (SPLIT=False: one program per query tile)
         grid = lambda c: (_cdiv(M, c["BLOCK_M"]), B * H)  # noqa: E731
         cfg = launcher.choose(lambda: _tune_key(self.name, kind, sizes, q), fwds,
-                              lambda c: fwd[grid(c)](*args(c), **c, **common, **flags))
+                              lambda c: fwd[grid(c)](*_bind(fwd, args(c)), **c, **common, **flags))
         launcher.launch(fwd, grid, args, cfg, **common, **flags)
 
     def paged(self, q, k_cache, v_cache, scale, xs, sizes, table, lengths):
@@ -297,7 +312,7 @@ class _Attention:
             go(kernels["bwd_dkdv"], lambda kc: (_cdiv(N, kc["BLOCK_N"]), B * HK), args, c["dkdv"])
 
         def direct(kernel, grid, args, kc):
-            kernel[grid(kc)](*args(kc), **kc, **common, **flags)
+            kernel[grid(kc)](*_bind(kernel, args(kc)), **kc, **common, **flags)
         cfg = launcher.choose(lambda: _tune_key(self.name, "bwd", sizes, q), bwds, lambda c: launch(c, direct))
         for n, g in gxs.items():
             if wants[n]:

@@ -22,6 +22,19 @@ _DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.flo
 _MODULE_KEY = "runtime"
 
 
+#: id(kernel) -> (kernel, the runtime arguments it takes, by name, in its order)
+_BOUND = {}
+
+
+def _bind(kernel, named):
+    """A generated kernel's leading runtime arguments, from a call's ``named`` ones (every argument a
+    kernel of the attention may read: ``_Attention.args``); each kernel takes only those it reads."""
+    hit = _BOUND.get(id(kernel))
+    if hit is None or hit[0] is not kernel:
+        hit = _BOUND[id(kernel)] = (kernel, [n for n in kernel.arg_names if n in named])
+    return [named[n] for n in hit[1]]
+
+
 def _launch(kernel, grid, args, cfg, **constexprs):
     """Launch with ``cfg`` (``args(cfg)`` gives the arguments); on a shared-memory overflow retry with
     fewer pipeline stages, then a smaller BLOCK_M (BLOCK_N stays: stick-breaking's suffix buffers are
@@ -31,7 +44,7 @@ def _launch(kernel, grid, args, cfg, **constexprs):
     for n, retry in enumerate(retries):
         c = {**cfg, **retry} if retry else cfg  # copies only when retrying
         try:
-            return kernel[grid(c) if callable(grid) else grid](*args(c), **c, **constexprs)
+            return kernel[grid(c) if callable(grid) else grid](*_bind(kernel, args(c)), **c, **constexprs)
         except (triton.runtime.errors.OutOfResources, triton.runtime.errors.PTXASError) as err:
             if n == len(retries) - 1:
                 raise
@@ -87,7 +100,8 @@ class _Traced:
 
     @staticmethod
     def launch(kernel, grid, args, cfg, **constexprs):
-        torch.library.wrap_triton(kernel)[grid(cfg) if callable(grid) else grid](*args(cfg), **cfg, **constexprs)
+        torch.library.wrap_triton(kernel)[grid(cfg) if callable(grid) else grid](*_bind(kernel, args(cfg)), **cfg,
+                                                                                 **constexprs)
 
 
 class _TileLists:
@@ -121,7 +135,8 @@ class _TileLists:
             tl_cols = torch.empty(rows * n_tiles * (2 + 2 * m_tiles), device=dev, dtype=torch.int32)
             kw = {k: v for k, v in self.constexprs.items() if k != "device"}
             wrap = self.launcher.kernel
-            wrap(self.classify)[(m_tiles, rows)](*self.args_for(tl_rows, classes), BLOCK_M=bm, BLOCK_N=bn, **kw)
+            wrap(self.classify)[(m_tiles, rows)](*_bind(self.classify, self.args_for(tl_rows, classes)), BLOCK_M=bm,
+                                                 BLOCK_N=bn, **kw)
             wrap(_tiles_by_key)[(n_tiles, rows)](classes, tl_cols, self.sizes["M"], self.sizes["N"], BLOCK_M=bm,
                                                  BLOCK_N=bn, SCAN=kw["SCAN"])
             self.lists[key] = (tl_rows, tl_cols)

@@ -18,7 +18,7 @@ import collections
 
 import torch
 
-from .launch import _cdiv, _empty, _launch, _no_grads, _pow2
+from .launch import _bind, _cdiv, _empty, _launch, _no_grads, _pow2
 
 
 def _select_args(at, q, k, xs, sizes, common, scale, sel):
@@ -55,8 +55,9 @@ def _choose(at, q, k, xs, sizes, common, scale, counts=False):
         # the interpreter runs fewer, larger tiles faster; on a GPU rows come 16 a program so that there are
         # enough programs to fill it (M / 16 per selection head)
         block_m, block_n, warps = (64, 64, 4) if q.device.type == "cpu" else (16, 32, 4)
-        kernels["topk"][(_cdiv(M, block_m), B * heads)](*args, BLOCK_M=block_m, BLOCK_N=block_n, TOPK=s["k"],
-                                                       num_warps=warps, **flags)
+        topk = kernels["topk"]
+        topk[(_cdiv(M, block_m), B * heads)](*_bind(topk, args), BLOCK_M=block_m, BLOCK_N=block_n, TOPK=s["k"],
+                                             num_warps=warps, **flags)
         return sel
     bs = s["block"]
     nb = _cdiv(N, bs)
@@ -72,10 +73,10 @@ def _choose(at, q, k, xs, sizes, common, scale, counts=False):
     n_sel = _empty((B * heads, M) if counts else (1,), q.device, torch.int32)
     args, flags = _select_args(at, q, k, xs, sizes, common, scale, sel)
     block_n = 16 if q.device.type == "cpu" else 64
-    kernels["kmean"][(nb, B * HK)](*args, km, nb, BLOCK_M=16, BLOCK_N=block_n, NBP=nbp, BS=bs, **flags)
-    kernels["select"][(tiles, B * heads)](*args, km, sel, tc, n_sel, nb, BLOCK_M=rows, BLOCK_N=block_n, NBP=nbp,
-                                          BS=bs, TOPK=s["k"], SHARE=s["share"], DC=dc, COUNTS=counts,
-                                          num_warps=warps, **flags)
+    kmean, select = kernels["kmean"], kernels["select"]
+    kmean[(nb, B * HK)](*_bind(kmean, args), km, nb, BLOCK_M=16, BLOCK_N=block_n, NBP=nbp, BS=bs, **flags)
+    select[(tiles, B * heads)](*_bind(select, args), km, sel, tc, n_sel, nb, BLOCK_M=rows, BLOCK_N=block_n, NBP=nbp,
+                               BS=bs, TOPK=s["k"], SHARE=s["share"], DC=dc, COUNTS=counts, num_warps=warps, **flags)
     return (sel, tc, n_sel, rows) if counts else sel
 
 
@@ -88,8 +89,9 @@ def _listed_forward(at, q, k, v, xs, sizes, scale, common):
     stat = _empty((B, H, M), q.device, torch.float32)
     gxs = _no_grads(xs, q)
     args = at.args(q, k, v, o, o, o, o, stat, stat, stat, stat, q, q, (q, q), q, k, v, xs, gxs, sizes, scale)
-    at.kernels["listed"][(M, B * H // hpp)](*args, **common, **at.flags(sizes), BLOCK_M=max(16, _pow2(hpp)),
-                                            BLOCK_N=16 if q.device.type == "cpu" else 64, num_warps=4, num_stages=2)
+    listed = at.kernels["listed"]
+    listed[(M, B * H // hpp)](*_bind(listed, args), **common, **at.flags(sizes), BLOCK_M=max(16, _pow2(hpp)),
+                              BLOCK_N=16 if q.device.type == "cpu" else 64, num_warps=4, num_stages=2)
     return o, stat
 
 
@@ -144,8 +146,8 @@ def _gather_forward(at, q, k, v, xs, tc, n_sel, tile_rows, sizes, scale, common)
     args = at.args(q, k, v, o, o, o, o, stat, stat, stat, stat, q, q, (q, q), q, k, v, xs, gxs, sizes, scale)
     if chunks.shape[0] > 0:
         kernels["attend"][(chunks.shape[0], H // HS)](
-            *args, chunks, rows, slots, po, pl, ns, NB, HS, **common, **at.flags(sizes), BLOCK_M=rows_m,
-            BLOCK_N=s["key_tile"], BS=s["block"], num_warps=4, num_stages=2)
+            *_bind(kernels["attend"], args), chunks, rows, slots, po, pl, ns, NB, HS, **common, **at.flags(sizes),
+            BLOCK_M=rows_m, BLOCK_N=s["key_tile"], BS=s["block"], num_warps=4, num_stages=2)
     kernels["merge"][(_cdiv(M, 16), B * H)](po, pl, n_sel, o, stat, *o.stride(), H, M, ns, HS, DV=DV, BLOCK_M=16,
                                             BLOCK_DV=common["BLOCK_DV"])
     gathered = _Gathered(chunks, rows, starts.to(torch.int32), counts.to(torch.int32), HS, NB, rows_m)
@@ -177,14 +179,14 @@ def _gather_backward(at, g, q, k, v, o, do, stat, delta, dq, dk, dv, xs, sizes, 
     else:
         if g.chunks.shape[0] > 0:
             kernels["attend_dq"][(g.chunks.shape[0], H // g.hs)](
-                *args, g.chunks, g.rows, dqa, g.nb, g.hs, **common, **flags, BLOCK_M=g.rows_m, BLOCK_N=s["key_tile"],
-                BS=bs, num_warps=8, num_stages=2)  # 4 warps spill: the dq tile and its operands outgrow 128 threads
+                *_bind(kernels["attend_dq"], args), g.chunks, g.rows, dqa, g.nb, g.hs, **common, **flags,
+                BLOCK_M=g.rows_m, BLOCK_N=s["key_tile"], BS=bs, num_warps=8, num_stages=2)  # 4 warps spill: the dq tile and its operands outgrow 128 threads
         keys = min(32 if q.device.type == "cpu" else 64, bs & -bs)  # divides the block
     # every head's blocks run together (the fast grid axis), its first (longest: the rows choosing a block grow
     # towards the start, as a causal row chooses among the blocks before it) first
-    kernels["attend_dkdv"][(_cdiv(N, keys), B * H)](*args, g.starts, g.counts, g.rows, dqa, g.nb, g.hs, **common,
-                                                    **flags, BLOCK_M=g.rows_m, BLOCK_N=keys, BS=bs, num_warps=8,
-                                                    num_stages=2)  # 4 warps spill (sm_90a offline)
+    dkdv = kernels["attend_dkdv"]
+    dkdv[(_cdiv(N, keys), B * H)](*_bind(dkdv, args), g.starts, g.counts, g.rows, dqa, g.nb, g.hs, **common, **flags,
+                                  BLOCK_M=g.rows_m, BLOCK_N=keys, BS=bs, num_warps=8, num_stages=2)  # 4 warps spill (sm_90a offline)
     dq.copy_(dqa[..., :sizes["D"]])
     if G > 1:
         for t, per_head in ((dk, dkh), (dv, dvh)):
