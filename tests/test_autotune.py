@@ -97,6 +97,7 @@ class _Kernel:
     """kernel[grid](*args, **config): fails with ``error`` while ``fails(config)``, records the configs."""
 
     __name__ = "fake_kernel"
+    arg_names = ["Q"]  # the runtime binds a kernel's arguments by its parameter names
 
     def __init__(self, error, fails):
         self.error, self.fails, self.configs = error, fails, []
@@ -115,19 +116,19 @@ CFG = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
 
 def test_a_config_that_does_not_fit_is_retried_smaller(module):
     k = _Kernel(triton.runtime.errors.OutOfResources(1, 0, "shared memory"), lambda c: c["num_stages"] > 1)
-    assert module._launch(k, (1,), lambda c: [], CFG) == "launched"
+    assert module._launch(k, (1,), lambda c: {"Q": None}, CFG) == "launched"
     assert [c["num_stages"] for c in k.configs] == [3, 1]
 
 
 def test_a_ptxas_crash_is_retried_with_a_warning(module):
     k = _Kernel(triton.runtime.errors.PTXASError("ptxas failed with error code -11"), lambda c: c["BLOCK_M"] > 32)
     with pytest.warns(RuntimeWarning, match="ptxas failed on fake_kernel"):
-        assert module._launch(k, (1,), lambda c: [], CFG) == "launched"
+        assert module._launch(k, (1,), lambda c: {"Q": None}, CFG) == "launched"
     assert [(c["num_stages"], c["BLOCK_M"]) for c in k.configs] == [(3, 128), (1, 128), (1, 32)]
 
 
 def test_a_config_that_never_fits_raises(module):
     k = _Kernel(triton.runtime.errors.OutOfResources(1, 0, "shared memory"), lambda c: True)
     with pytest.raises(triton.runtime.errors.OutOfResources):
-        module._launch(k, (1,), lambda c: [], CFG)
+        module._launch(k, (1,), lambda c: {"Q": None}, CFG)
     assert len(k.configs) == 3
