@@ -4,7 +4,7 @@ The runtime (``attngen/runtime/attention.py``, ``_Attention.args``) builds one s
 per call: tensors (q, k, v, o, lse, the backward's buffers, tile lists, inputs and their gradients),
 their strides and the sizes. A kernel's signature starts with the ones its body reads, in the order
 below (:func:`shared`), then its own positional extras, then constexprs; the runtime binds each
-kernel by these names (``launch.bind``), so a kernel that reads no dq takes no ``DQ`` or its strides.
+kernel by these names (``launch._bind``), so a kernel that reads no dq takes no ``DQ`` or its strides.
 """
 
 from __future__ import annotations
