@@ -47,8 +47,8 @@ def test_a_kernel_that_reads_none_of_them_starts_with_its_own():
     assert params.lean(text, ["Q", "K"]) == "def k(\n    N,\n):\n    return N\n"
 
 
-SPECS = ["attention t {\n input slopes: f32[H]\n input g: f32\n"
-         " score = dot(q, k) * scale * g + slopes[h] * (j - i)\n mask = causal\n}"]
+INPUTS = ("attention t {\n input slopes: f32[H]\n input g: f32\n"
+          " score = dot(q, k) * scale * g + slopes[h] * (j - i)\n mask = causal\n}")
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem in ("moba", "dsa_indexer", "document_mask")],
@@ -60,7 +60,7 @@ def test_runtime_names_every_parameter_the_generator_may_give(path):
 
 
 def test_runtime_names_the_parameters_of_inputs():
-    a = compile_source(SPECS[0])[0]
+    a = compile_source(INPUTS)[0]
     _check(run_pipeline(a), generate([a]).render())
 
 
