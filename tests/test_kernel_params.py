@@ -80,3 +80,14 @@ def _check(optimized, text):
             continue  # one with arguments of its own, launched by position (the block-sparse merge and place)
         shared = [n for n in kernel.arg_names if n in named]
         assert shared == [n for n in params.shared(plan) if n in shared]  # in the generator's order
+
+
+def test_a_float_only_its_prelude_cast_reads_goes_with_the_cast():
+    names = ["Q", "scale"]
+    text = (f"def k(\n    {params.wrapped(names)},\n):\n"
+            "    scale = tl.cast(scale, tl.float32)  # the prelude's pin\n    tl.store(Q, 1.0)\n\n\n"
+            f"def r(\n    {params.wrapped(names)},\n):\n"
+            "    scale = tl.cast(scale, tl.float32)\n    tl.store(Q, scale)\n")
+    lean = params.lean(text, names)
+    assert lean.startswith("def k(\n    Q,\n):\n    tl.store(Q, 1.0)\n")
+    assert "def r(\n    Q, scale,\n):\n    scale = tl.cast(scale, tl.float32)\n    tl.store(Q, scale)\n" in lean

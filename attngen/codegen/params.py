@@ -10,6 +10,7 @@ kernel by these names (``launch._bind``), so a kernel that reads no dq takes no 
 from __future__ import annotations
 
 import ast
+import collections
 
 from .plan import Plan
 
@@ -50,18 +51,33 @@ def wrapped(names: list[str]) -> str:
 
 def lean(text: str, names: list[str]) -> str:
     """``text`` (one template's rendering: kernels whose signatures start with ``wrapped(names)``) with
-    each kernel taking only the ``names`` its body reads."""
+    each kernel taking only the ``names`` its body reads. A float the prelude pins to fp32
+    (``x = tl.cast(x, tl.float32)``) and nothing else reads goes, with its cast."""
     block = f"    {wrapped(names)},\n"
     lines = text.split("\n")
     # the kernels from the last up, so that earlier line numbers stay valid
     defs = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)]
     for fn in reversed(defs):
         start, end = fn.lineno - 1, fn.end_lineno
-        part = "\n".join(lines[start:end])
-        if block not in part:
+        if block not in "\n".join(lines[start:end]):
             continue
-        reads = {n.id for stmt in fn.body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
-        own = [n for n in names if n in reads]
-        part = part.replace(block, f"    {wrapped(own)},\n" if own else "", 1)
+        reads = collections.Counter(n.id for stmt in fn.body for n in ast.walk(stmt)
+                                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+        idle = [stmt for stmt in fn.body if _pin(stmt) and reads[_pin(stmt)] == 1]
+        for stmt in reversed(idle):  # from the last up, as above
+            del lines[stmt.lineno - 1:stmt.end_lineno]
+            end -= stmt.end_lineno - stmt.lineno + 1
+            reads[_pin(stmt)] = 0
+        own = [n for n in names if reads[n]]
+        part = "\n".join(lines[start:end]).replace(block, f"    {wrapped(own)},\n" if own else "", 1)
         lines[start:end] = part.split("\n")
     return "\n".join(lines)
+
+
+def _pin(stmt: ast.stmt) -> str | None:
+    """``x`` where ``stmt`` is ``x = tl.cast(x, ...)``."""
+    if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+            and isinstance(stmt.value, ast.Call) and ast.unparse(stmt.value.func) == "tl.cast" and stmt.value.args
+            and isinstance(stmt.value.args[0], ast.Name) and stmt.value.args[0].id == stmt.targets[0].id):
+        return stmt.targets[0].id
+    return None
