@@ -134,8 +134,6 @@ def forward_passes(em, env, bl, aggs: Aggregates, orient: str = "pair") -> list[
     return passes
 
 
-
-
 def _accumulate(em, bl, n: ir.Agg, col: int, lv: int, cnt: str) -> None:
     init, tile, rows = bl.stmts[f"agg_init{lv}"], bl.stmts[f"agg_tile{lv}"], bl.stmts[f"agg_rows{lv}"]
     name = f"agg{col}"
