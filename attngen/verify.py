@@ -47,15 +47,21 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def compare(a: ir.Attention, B=2, H=4, HK=2, M=67, N=67, D=40, DV=24, dtype=torch.float32, device="cpu",
-            seed=0, scale=None) -> dict:
+            seed=0, scale=None, common=0.0) -> dict:
     """Relative errors of o and every gradient: kernel vs float64 reference, and the low-precision
-    reference vs float64 (the yardstick the kernel's error is judged by). ``scale``: the call's."""
+    reference vs float64 (the yardstick the kernel's error is judged by). ``scale``: the call's.
+    ``common``: q and k share a direction of this length, so a row's scores have a common part that is
+    large against their spread (as trained models' keys do)."""
     gen = torch.Generator().manual_seed(seed)
     fn = TritonAttention(a)
     ref = ReferenceAttention(a)
     sizes = dict(B=B, H=H, HK=HK, M=M, N=N, D=D, DV=DV)
-    q = torch.randn(B, H, M, D, generator=gen).to(device, dtype)
-    k = torch.randn(B, HK, N, D, generator=gen).to(device, dtype)
+    q = torch.randn(B, H, M, D, generator=gen)
+    k = torch.randn(B, HK, N, D, generator=gen)
+    if common:
+        u = torch.randn(D, generator=torch.Generator().manual_seed(seed + 1))
+        q, k = q + common * u / u.norm(), k + common * u / u.norm()
+    q, k = q.to(device, dtype), k.to(device, dtype)
     v = torch.randn(B, HK, N, DV, generator=gen).to(device, dtype)
     xs = make_inputs(a, sizes, device, gen)
     names = ["q", "k", "v"] + [n for n, x in xs.items() if isinstance(x, torch.Tensor) and x.is_floating_point()]

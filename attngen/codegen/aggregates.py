@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ..ir import nodes as ir
 from ..ir.axes import AGG
 from ..ir.types import INT
-from . import scans
+from . import linear, scans
 from .analysis import COL, CodegenError
 from .embed import expr_note
 
@@ -41,6 +41,7 @@ class Aggregates:
     arg_col: dict[ir.Agg, int] = field(default_factory=dict)  # AGG's column of max/min's key
     grad_col: dict[ir.Agg, int] = field(default_factory=dict)  # DAGG's column of each adjoint
     total: dict[ir.Scan, ir.Agg] = field(default_factory=dict)  # a key scan's row total (scans.py)
+    count_col: int | None = None  # AGG's column of the kept keys' count: the one-pass forward's (linear.py)
 
     @property
     def user(self) -> bool:
@@ -53,7 +54,7 @@ class Aggregates:
 
     @property
     def ncol(self) -> int:
-        return len(self.value_col) + len(self.arg_col)
+        return len(self.value_col) + len(self.arg_col) + (self.count_col is not None)
 
 
 def _level(e: ir.Agg) -> int:
@@ -84,6 +85,8 @@ def of(a: ir.Attention, totals: bool = False) -> Aggregates:
     for n in out.all:
         if n.kind in ("max", "min"):
             out.arg_col[n] = len(out.value_col) + len(out.arg_col)
+    if linear.of(a)[0] is not None:  # the pre kernel's means divide by it
+        out.count_col = len(out.value_col) + len(out.arg_col)
     return out
 
 
@@ -109,10 +112,11 @@ def refuse(a: ir.Attention) -> None:
                            "order)", first.span)
 
 
-def forward_passes(em, env, bl, aggs: Aggregates, orient: str = "pair") -> list[dict[str, str]]:
+def forward_passes(em, env, bl, aggs: Aggregates, lin: linear.Linear | None = None) -> list[dict]:
     """Emit one pass per level into ``bl.stmts`` (levels ``agg_init{L}``, ``agg_tile{L}``, ``agg_rows{L}``)
     and bind each aggregate to its register; returns the template's pass records. A value that reads
-    aggregates of levels up to L is placed in ``agg_rows{L}`` (after pass L)."""
+    aggregates of levels up to L is placed in ``agg_rows{L}`` (after pass L). ``lin``: the weights' pair
+    terms, whose sums over the keys (sum_j t_ij v_j) the pass accumulates too (linear.py)."""
     passes = []
     base = env.level_of
     for lv, level_aggs in enumerate(aggs.levels, start=1):
@@ -128,9 +132,12 @@ def forward_passes(em, env, bl, aggs: Aggregates, orient: str = "pair") -> list[
         bl.stmts[tile].append(f"{cnt} += tl.sum(tl.where(allowed, 1.0, 0.0) + zero_t, axis=1)[:, None]")
         for n in level_aggs:
             _accumulate(em, bl, n, aggs.value_col[n], lv, cnt)
+        sums = {n.x: f"agg{aggs.value_col[n]}_acc" for n in level_aggs if n.kind in ("sum", "mean")}
+        terms = linear.accumulate(em, bl.stmts[init], bl.stmts[tile], lin, cnt, sums) if lin else []
         em.forget(known, bl.stmts_names(tile))  # the pass's pair values: later loops compute their own
         env.level_of = base
-        passes.append({"init": init, "tile": tile, "rows": rows, "what": ", ".join(expr_note(n) for n in level_aggs)})
+        what = ", ".join([expr_note(n) for n in level_aggs] + (["sum_j t v_j of each pair term t"] if terms else []))
+        passes.append({"init": init, "tile": tile, "rows": rows, "what": what, "lin": terms})
     return passes
 
 
@@ -205,19 +212,29 @@ def adjoint_total(aggs: Aggregates, n: ir.Agg, dagg: dict[ir.Agg, list[str]]) ->
     return f"({total}) / tl.maximum(agg_n{lv}, 1.0)" if n.kind == "mean" else total
 
 
-def stores(aggs: Aggregates, dagg: dict[ir.Agg, list[str]], regs: dict) -> tuple[list[str], list[str]]:
-    """The pre kernel's stores: each aggregate (and max/min's key) into AGG, and its adjoint (a register
-    of ``regs`` or from the ``dagg`` terms: adjoint_total) into DAGG."""
+def value_stores(aggs: Aggregates) -> list[str]:
+    """Each aggregate (and max/min's key, and the one-pass forward's count) into AGG: the pre kernel's,
+    or the one-pass forward's (linear.py)."""
     row = "(lse_row0 + m_r)"
-    values, grads = [], []
-    for lv, level_aggs in enumerate(aggs.levels, start=1):
-        for n in level_aggs:
-            name = f"agg{aggs.value_col[n]}"
-            values.append(f"tl.store(AGG + {row} * {aggs.ncol} + {aggs.value_col[n]}, {name}.to(tl.float32), "
-                          "mask=rmask)")
-            if n in aggs.arg_col:
-                values.append(f"tl.store(AGG + {row} * {aggs.ncol} + {aggs.arg_col[n]}, {name}_at, mask=rmask)")
-            total = regs.get(n) or adjoint_total(aggs, n, dagg)
-            grads.append(f"tl.store(DAGG + {row} * {len(aggs.grad_col)} + {aggs.grad_col[n]}, {total}, "
-                         "mask=rmask)  # d " + expr_note(n))
-    return values, grads
+    values = []
+    for n in aggs.all:
+        name = f"agg{aggs.value_col[n]}"
+        values.append(f"tl.store(AGG + {row} * {aggs.ncol} + {aggs.value_col[n]}, {name}.to(tl.float32), mask=rmask)")
+        if n in aggs.arg_col:
+            values.append(f"tl.store(AGG + {row} * {aggs.ncol} + {aggs.arg_col[n]}, {name}_at, mask=rmask)")
+    if aggs.count_col is not None:
+        values.append(f"tl.store(AGG + {row} * {aggs.ncol} + {aggs.count_col}, agg_n1, mask=rmask)")
+    return values
+
+
+def grad_stores(aggs: Aggregates, dagg: dict[ir.Agg, list[str]], regs: dict) -> list[str]:
+    """The pre kernel's stores of each aggregate's adjoint (a register of ``regs`` or from the ``dagg``
+    terms: adjoint_total) into DAGG."""
+    row = "(lse_row0 + m_r)"
+    return [f"tl.store(DAGG + {row} * {len(aggs.grad_col)} + {aggs.grad_col[n]}, "
+            f"{regs.get(n) or adjoint_total(aggs, n, dagg)}, mask=rmask)  # d {expr_note(n)}" for n in aggs.all]
+
+
+def count_load(aggs: Aggregates) -> str:
+    """The one-pass forward's kept-keys count of the rows (the pre kernel's means divide by it)."""
+    return f"tl.load(AGG + (lse_row0 + m_r) * {aggs.ncol} + {aggs.count_col}, mask=rmask, other=0.0)"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..ir import nodes as ir
 from ..ir.printer import band_text
 from ..runtime.ops import _op_kind
-from . import scans, tiles
+from . import linear, scans, tiles
 from .plan import Plan
 
 _TILE_NOTES = {
@@ -47,6 +47,7 @@ class KernelPlan:
     gather_bwd: Choice = _NO  # ... and the backward too
     listed: Choice = _NO  # token top-k: the forward visits only the listed keys
     dq_factor: str = ""  # the block-sparse dk/dv kernel writes dq as ds @ k times this ("": attend_dq does)
+    one_pass: Choice = _NO  # row aggregates: the forward's one pass also sums the weights' terms (linear.py)
     kernels: list[str] = field(default_factory=list)  # the module's kernels, by suffix
 
     def notes(self, plan: Plan) -> list[str]:
@@ -64,6 +65,13 @@ class KernelPlan:
                          "merged exactly by the row statistics; " + self.pack.why)
         else:
             notes.append(f"decoding: no split-KV ({self.split.why})")
+        if self.one_pass:
+            notes.append(f"row aggregates: one pass over the keys ({self.one_pass.why}): it sums each term's "
+                         "t_ij v_j beside the aggregates and o follows from the sums; the pre kernel reads them "
+                         "and walks no keys (codegen/linear.py)")
+        elif self.one_pass.why != "no row aggregates":
+            notes.append(f"row aggregates: a pass over the keys per nesting level before the forward's loop, "
+                         f"again in the pre kernel ({self.one_pass.why})")
         notes.append("backward: a preprocess kernel (delta), then dq (one program per query tile) and dk/dv (one "
                      "program per key tile)")
         sel = plan.select
@@ -120,8 +128,10 @@ def choose(plan: Plan) -> KernelPlan:
                   "the heads of a GQA group share one tile when G*M <= 32")
     kernels = ["fwd", "bwd_pre", "bwd_dq", "bwd_dkdv"]  # split-KV decoding: fwd with SPLIT=True
     kernels += ["classify"] if kind == "dynamic" else []
+    terms, why = linear.of(a)
+    one_pass = Choice(terms is not None, why)
     if sel is None:
-        return KernelPlan(kind, band, split, pack, kernels=kernels)
+        return KernelPlan(kind, band, split, pack, one_pass=one_pass, kernels=kernels)
     alone = _softmax_alone(plan, kind)
     gather = listed = _NO
     gather_bwd = _NO
@@ -145,7 +155,7 @@ def choose(plan: Plan) -> KernelPlan:
         if gather_bwd:
             kernels += ([] if dq_factor else ["attend_dq"]) + ["attend_dkdv"]
     kernels += ["listed"] if listed else []
-    return KernelPlan(kind, band, split, pack, gather, gather_bwd, listed, dq_factor, kernels)
+    return KernelPlan(kind, band, split, pack, gather, gather_bwd, listed, dq_factor, one_pass, kernels)
 
 
 def _dq_factor(plan: Plan) -> str:

@@ -13,7 +13,7 @@ Kernels (all over tiles of BLOCK_M query rows and BLOCK_N keys):
 from __future__ import annotations
 
 from ..ir import nodes as ir
-from . import agg_adjoints, aggregates, scans
+from . import agg_adjoints, aggregates, linear, scans
 from .aggregates import AGG
 from .scans import SCAN
 from .analysis import COL, HEAD, ROW, axes, is_pair
@@ -107,6 +107,10 @@ def forward(plan: Plan, split_scale: bool = True) -> Blocks:
     em = Emitter(env, "f")
     a = plan.attn
     bl.vars.update(_recompute(em, env, plan, bl, split_scale=split_scale, passes="fwd"))
+    if plan.linear is not None:
+        # o from the pass's sums (codegen/linear.py): no second loop over the keys
+        bl.stmts["lin_out"] = linear.combine(em, plan.linear, "agg_n1",
+                                             aggregates.value_stores(aggregates.of(a)))
     bl.vars["scan_init"] = scans.carries(em, None, "fwd")["init"]
     if a.norm.sink is not None:
         bl.vars["sink"] = em.f32(a.norm.sink)
@@ -134,7 +138,7 @@ def preprocess(plan: Plan) -> Blocks:
     def to_dagg(n: ir.Expr, g: str, shape: str, factor: str | None) -> None:
         code = reduce_to(g, shape, "row")
         dagg.setdefault(n, []).append(f"{code} * {factor}" if factor else code)
-    if aggs.levels:
+    if aggs.levels and plan.linear is None:
         # the aggregates first, by the forward's passes: the out stage's backward may read them
         after = aggregates.after(plan.attn)
         env.level_of = lambda ax: _inner(ax) if COL in ax else after if AGG in ax else "outer"
@@ -144,14 +148,23 @@ def preprocess(plan: Plan) -> Blocks:
         sinks = _grad_sink(plan, em, "pre", do_var="do_raw")
         diff.backprop({a.out: [("do", "vrow")]}, "pair", "pre", lambda n: isinstance(n, ir.Agg), to_dagg, sinks)
     regs: dict = {}
-    if aggs.user:
+    if plan.linear is not None:
+        # the aggregates' adjoints from the forward's sums (codegen/linear.py): no loop over the keys
+        loads, seeds = linear.adjoint_seeds(plan.linear, aggregates.count_load(aggs))
+        bl.stmts["agg_lin"] = loads
+        env.level_of = lambda ax: "agg_lin"
+        Differentiator(em, lambda n: False).backprop(seeds, "pair", "agg_lin", lambda n: isinstance(n, ir.Agg), to_dagg,
+                                                     GradSinks(lambda *args: None))
+        env.level_of = lambda ax: cur["lvl"]
+    elif aggs.user:
         bl.vars["agg_nested"] = agg_adjoints.adjoints(em, env, plan, bl, to_dagg, dagg)
+    if aggs.user:
         regs = agg_adjoints.registers(aggs, bl, dagg)
     if aggs.levels:
-        values, grads = aggregates.stores(aggs, dagg, regs)
-        bl.vars["agg_values"] = statements(values)
+        if plan.linear is None:
+            bl.vars["agg_values"] = statements(aggregates.value_stores(aggs))
         if aggs.user:
-            bl.vars["agg_grads"] = statements(grads)
+            bl.vars["agg_grads"] = statements(aggregates.grad_stores(aggs, dagg, regs))
     if a.norm.sink is not None:
         cur["lvl"] = "sink_bwd"
         sink = em.f32(a.norm.sink)
@@ -227,9 +240,9 @@ def _recompute(em: Emitter, env: KernelEnv, plan: Plan, bl: Blocks, orient: str 
         # the natural score (s is log2(e) times it for softmax); p only with norm = none, where it is s
         env.binds.update(p="p", score=em.f32(a.score, orient) if a.score2 is not None else "s")
         if passes:
-            out["agg_passes"] = aggregates.forward_passes(em, env, bl, aggs)
+            out["agg_passes"] = aggregates.forward_passes(em, env, bl, aggs, plan.linear if passes == "fwd" else None)
             out["agg_p"] = "1" if aggregates.reads_p(a) else ""
-    if a.weights is not None:
+    if a.weights is not None and not (passes == "fwd" and plan.linear is not None):  # (linear: the pass's sums)
         env.binds.update(p="p", score=em.f32(a.score, orient) if uses_score and a.score2 is not None else "s")
         saved = env.level_of
         env.level_of = lambda ax: "inner_w" if COL in ax else saved(ax)

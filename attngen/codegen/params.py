@@ -21,7 +21,7 @@ def shared(plan: Plan) -> list[str]:
          "K", "stride_kb", "stride_kh", "stride_kn", "stride_kd",
          "V", "stride_vb", "stride_vh", "stride_vn", "stride_vd",
          "O", "OR", "DO", "DOR", "stride_ob", "stride_oh", "stride_om", "stride_od",
-         "LSE", "DELTA", "DLSE", "SBL", "SBG", "AGG", "DAGG", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb",
+         "LSE", "DELTA", "DLSE", "SBL", "SBG", "AGG", "DAGG", "ACC", "TL", "TLC", "CU_Q", "CU_K", "BT", "stride_btb",
          "BT_PAGES", "OP", "MP", "LP",
          "DQ", "stride_dqb", "stride_dqh", "stride_dqm", "stride_dqd",
          "DK", "stride_dkb", "stride_dkh", "stride_dkn", "stride_dkd",

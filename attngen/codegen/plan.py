@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import nodes as ir
-from . import aggregates, scans, select
+from . import aggregates, linear, scans, select
 from .analysis import CodegenError
 from .lanes import is_lane_reduction
 
@@ -33,6 +33,11 @@ class Plan:
     def two_pass(self) -> bool:
         """Weights of a row-normalized p (or an aggregate of it) need the final statistic before any weight."""
         return (self.attn.weights is not None or aggregates.reads_p(self.attn)) and self.row_stat
+
+    @property
+    def linear(self) -> "linear.Linear | None":
+        """Weights linear in pair terms: the one-pass forward and a pre kernel without key loops."""
+        return linear.of(self.attn)[0]
 
     @property
     def delta_loop(self) -> bool:

@@ -56,17 +56,18 @@ class _Attention:
         return out
 
     def args(self, q, k, v, o, o_raw, do, do_raw, stat, delta, sbl, sbg, tl_rows, tl_cols, cu, dq, dk, dv, xs, gxs,
-             sizes, scale, table=None, split=None, dlse=None, hole=None, aggs=None):
+             sizes, scale, table=None, split=None, dlse=None, hole=None, aggs=(None, None, None)):
         """Every runtime argument a kernel may take, by name (launch._bind gives each kernel its own). cu:
         cu_seqlens of q and k (packed sequences), or (unused, cache lengths) with a paged cache, or
         placeholders; table: the paged cache's block table; split: the split-KV forward's partial
         buffers and their count; dlse: the gradient of lse (a backward whose loss reads it); hole: the
-        placeholder of the pointers the kernels do not read without those (default stat); aggs: the
-        backward's row aggregates and their adjoints (AGG, DAGG)."""
+        placeholder of the pointers the kernels do not read without those (default stat); aggs: the row
+        aggregates, their adjoints and a one-pass forward's sums of the weights' terms (AGG, DAGG, ACC),
+        None where not used."""
         hole = stat if hole is None else hole
         table = (hole, 0, 1) if table is None else (table, table.stride(0), k.shape[0])
         split = (hole, hole, hole, 1) if split is None else split
-        agg, dagg = aggs or (hole, hole)
+        agg, dagg, acc = (hole if t is None else t for t in aggs)
         qs, ks, vs, ost, dqs, dks, dvs = (t.stride() for t in (q, k, v, o, dq, dk, dv))
         named = {"Q": q, "stride_qb": qs[0], "stride_qh": qs[1], "stride_qm": qs[2], "stride_qd": qs[3],
                  "K": k, "stride_kb": ks[0], "stride_kh": ks[1], "stride_kn": ks[2], "stride_kd": ks[3],
@@ -74,7 +75,7 @@ class _Attention:
                  "O": o, "OR": o_raw, "DO": do, "DOR": do_raw,
                  "stride_ob": ost[0], "stride_oh": ost[1], "stride_om": ost[2], "stride_od": ost[3],
                  "LSE": stat, "DELTA": delta, "DLSE": hole if dlse is None else dlse, "SBL": sbl, "SBG": sbg,
-                 "AGG": agg, "DAGG": dagg, "TL": tl_rows, "TLC": tl_cols, "CU_Q": cu[0], "CU_K": cu[1],
+                 "AGG": agg, "DAGG": dagg, "ACC": acc, "TL": tl_rows, "TLC": tl_cols, "CU_Q": cu[0], "CU_K": cu[1],
                  "BT": table[0], "stride_btb": table[1], "BT_PAGES": table[2], "OP": split[0], "MP": split[1],
                  "LP": split[2],
                  "DQ": dq, "stride_dqb": dqs[0], "stride_dqh": dqs[1], "stride_dqm": dqs[2], "stride_dqd": dqs[3],
@@ -139,12 +140,21 @@ class _Attention:
         buf = _empty((TQ, H, shape_of), device, dtype)
         return buf, _packed(buf, B)
 
+    def saved(self, rows, DV, device):
+        """A one-pass forward's buffers for the backward (codegen/linear.py), else (): the row aggregates
+        AGG [*rows, columns] and the sums of the weights' terms ACC [*rows, terms, DV], fp32."""
+        terms = self.plan["linear"]
+        if not terms:
+            return ()
+        return (_empty(tuple(rows) + (self.plan["aggregates"][0],), device, torch.float32),
+                _empty(tuple(rows) + (terms, DV), device, torch.float32))
+
     # ---- the forward
 
     def apply(self, q, k, v, scale, tiles, seq, xs, launcher=_Direct):
         """The forward of a dense or packed call: o, o before the out stage, the row statistic, the tile
-        lists (or the block-sparse entries) and the inputs the kernels read (with the selection).
-        launcher: launch._Direct, or launch._Traced in a triton_op's body (dense, no selection)."""
+        lists (or the block-sparse entries), the inputs the kernels read (with the selection) and what a
+        one-pass forward saves for the backward (run_forward). launcher: launch._Direct, or launch._Traced in a triton_op's body (dense, no selection)."""
         sizes, q4, k4, v4 = self.layout(q, k, v, seq)
         cu = (seq.cu_q, seq.cu_k) if seq is not None else (q, q)
         common = _config(sizes["D"], sizes["DV"], q)[2]
@@ -155,20 +165,22 @@ class _Attention:
                 sel, *counts = _choose(self, q, k, xs, sizes, common, scale, counts=True)
                 xs = dict(xs, **{self.sel_name: sel})
                 o, stat, gathered = _gather_forward(self, q4, k4, v4, xs, *counts, sizes, scale, common)
-                return o, o, stat, gathered if self.sel["gather_bwd"] else tiles, xs
+                return o, o, stat, gathered if self.sel["gather_bwd"] else tiles, xs, ()
             xs = dict(xs, **{self.sel_name: _choose(self, q, k, xs, sizes, common, scale)})
             if self.sel["listed"]:
                 o, stat = _listed_forward(self, q4, k4, v4, xs, sizes, scale, common)
-                return o, o, stat, tiles, xs
-        o_buf, o_raw_buf, stat, tiles = self.run_forward(q, q4, k4, v4, xs, sizes, scale, tiles, cu, common, seq=seq,
-                                                         launcher=launcher)
-        return o_buf, o_raw_buf, stat, tiles, xs
+                return o, o, stat, tiles, xs, ()
+        o_buf, o_raw_buf, stat, tiles, saved = self.run_forward(q, q4, k4, v4, xs, sizes, scale, tiles, cu, common,
+                                                                seq=seq, launcher=launcher)
+        return o_buf, o_raw_buf, stat, tiles, xs, saved
 
     def run_forward(self, q, q4, k4, v4, xs, sizes, scale, tiles, cu, common, seq=None, table=None, kind="fwd",
                     launcher=_Direct):
         """Allocate o (and o before the out stage) and the row statistic, build the tile lists unless
         given, and run the forward. q4, k4, v4: as the kernels index them; seq: packed sequences;
-        table: a paged cache's block table. Returns (o, o_raw, stat, tiles), o packed for seq."""
+        table: a paged cache's block table. Returns (o, o_raw, stat, tiles, saved), o packed for seq; saved:
+        what a one-pass forward keeps for the backward (the row aggregates and the sums of the weights'
+        terms, codegen/linear.py), else ()."""
         B, H, M, DV = sizes["B"], sizes["H"], sizes["M"], sizes["DV"]
         if tiles is None:
             tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None, launcher)
@@ -178,6 +190,7 @@ class _Attention:
         else:
             o_raw_buf, o_raw = o_buf, o  # no out stage: o is the norm's result
         stat = _empty((B, H, M) if seq is None else (H, sizes["TQ"]), q.device, torch.float32)
+        saved = self.saved(stat.shape, DV, q.device)
         gxs = _no_grads(xs, q)
         # the parameters this launch writes nothing to and reads nothing from: o and stat themselves in eager
         # calls; in a traced body (a triton_op) other tensors, since functionalization clones each argument it
@@ -195,11 +208,12 @@ class _Attention:
 
         def args(c, split=None):
             return self.args(q4, k4, v4, o, o_raw if self.has_out else spare(o), spare(o), spare(o_raw), stat, hole,
-                             hole, hole, *lists(c), cu, q4, k4, v4, xs, gxs, sizes, scale, table, split, hole=hole)
+                             hole, hole, *lists(c), cu, q4, k4, v4, xs, gxs, sizes, scale, table, split, hole=hole,
+                             aggs=(*saved[:1], None, *saved[1:]) if saved else (None, None, None))
         flags = self.flags(sizes, seq is not None)
         fwds = _config(sizes["D"], DV, q)[0]
         self.forward(args, sizes, q, o, stat, fwds, common, flags, kind, seq is None, launcher)
-        return o_buf, o_raw_buf, stat, tiles
+        return o_buf, o_raw_buf, stat, tiles, saved
 
     def forward(self, args, sizes, q, o, stat, fwds, common, flags, kind, may_split, launcher):
         """Run the forward: with few query rows, the keys split over several programs per (b, h) and the
@@ -239,7 +253,7 @@ class _Attention:
                              "torch.no_grad() or pass tensors that do not require grad")
         k4, v4 = k_cache.permute(0, 2, 1, 3), v_cache.permute(0, 2, 1, 3)  # [pages, HK, page_size, D]
         common = dict(_config(sizes["D"], sizes["DV"], q)[2], PAGED=True, PAGE_SIZE=k_cache.shape[1])
-        o, _, stat, _ = self.run_forward(q, q, k4, v4, xs, dict(sizes, TQ=sizes["M"]), scale, None, (lengths, lengths),
+        o, _, stat, _, _ = self.run_forward(q, q, k4, v4, xs, dict(sizes, TQ=sizes["M"]), scale, None, (lengths, lengths),
                                          common, table=table, kind="fwd-paged")
         return o, stat
 
@@ -247,9 +261,10 @@ class _Attention:
 
     def op_forward(self, q, k, v, scale, xs, seq, tiles, launcher=_Direct):
         """The forward operator's work (attngen.runtime.ops): o, o before the out stage, the row
-        statistic, the selection (or None) and the entries a block-sparse backward walks (or none)."""
-        o_buf, o_raw_buf, stat, tiles, xs = self.apply(q, k, v, scale, tiles, seq, xs, launcher)
-        extra = tuple(tiles[:4]) if isinstance(tiles, _Gathered) else ()
+        statistic, the selection (or None) and what the backward reads beside them: the entries a
+        block-sparse backward walks, or a one-pass forward's aggregates and sums (or none)."""
+        o_buf, o_raw_buf, stat, tiles, xs, saved = self.apply(q, k, v, scale, tiles, seq, xs, launcher)
+        extra = tuple(tiles[:4]) if isinstance(tiles, _Gathered) else saved
         return o_buf, o_raw_buf, stat, xs[self.sel_name] if self.sel else None, extra
 
     def op_backward(self, do, q, k, v, o_buf, o_raw_buf, stat, xs, extra, seq, scale, wants, tiles, dlse=None,
@@ -282,7 +297,7 @@ class _Attention:
                 gxs[n] = torch.zeros(x.shape, device=q.device, dtype=torch.float32)
             else:
                 gxs[n] = x if isinstance(x, torch.Tensor) else q
-        if extra:  # the forward was block-sparse: so is the backward
+        if extra and not self.plan["linear"]:  # the forward was block-sparse: so is the backward
             sel = xs[self.sel_name]
             g = _Gathered(*extra, sel.shape[1], sel.shape[3], 16 if q.device.type == "cpu" else 64)
             _gather_backward(self, g, q4, k4, v4, o, do, stat, delta, dq, dk, dv, xs, sizes, scale, common,
@@ -294,8 +309,9 @@ class _Attention:
         flags = self.flags(sizes, seq is not None, wants=wants)
         kernels = self.kernels
         ncol, ngrad = self.plan["aggregates"]  # the row aggregates' columns (values, adjoints): the pre kernel's
-        aggs = (_empty(stat.shape + (ncol,), q.device, torch.float32),
-                _empty(stat.shape + (max(ngrad, 1),), q.device, torch.float32)) if ncol else None
+        # (a one-pass forward's values and sums come in extra: the pre kernel reads them)
+        agg, acc = extra if self.plan["linear"] else (_empty(stat.shape + (ncol,), q.device, torch.float32), None)
+        aggs = (agg, _empty(stat.shape + (max(ngrad, 1),), q.device, torch.float32), acc) if ncol else (None,) * 3
 
         def launch(c, go):
             # suffix sums per row and key tile (stick-breaking), or the key scans' carries (one set per scan)
@@ -396,6 +412,6 @@ class _Attention:
         if grad or torch.compiler.is_compiling():  # the operators: an autograd node, one opaque call to Dynamo
             o, lse = self.ops(q, k, v, scale, inputs, seq, prepared)
         else:  # eager, no autograd: the same work without the dispatcher (a decoding step's host time)
-            o, _, lse, _, _ = self.apply(q, k, v, scale, prepared, seq, inputs)
+            o, _, lse, *_ = self.apply(q, k, v, scale, prepared, seq, inputs)
         return (o, lse) if return_lse else o
 

@@ -8,7 +8,8 @@ launcher, the autotuner, the cache or a device query.
   o_raw, o before the out stage in float32 ([0] without one); lse [B, H, M] (packed: [H, TQ]) float32;
   sel, the kernels' selection ([0] without a select stage); extra, the block-sparse entries the
   backward walks (chunks [C, 3], rows [E], starts and counts [B * HS * NB], int32; C and E depend on
-  the data) or nothing.
+  the data), or a one-pass forward's row aggregates [B, H, M, C] and sums of its weights' terms
+  [B, H, M, T, DV] (packed: [H, TQ, ...]) float32 (codegen/linear.py), or nothing.
 - ``attngen::<name>_<key>_bwd(do, dlse, q, k, v, o, o_raw, lse, sel, extra, scale, xs, fs, is_tensor,
   wants, cu_q, cu_k, max_q, max_k, prepared)`` returns ``(dq, dk, dv, dxs)``, dxs one per tensor input:
   its gradient where ``wants`` says so, else an empty tensor. With a softmax norm lse is
@@ -105,6 +106,7 @@ class _Ops:
         self.names, self.forward, self.backward, self.paged, self.varlen = names, forward, backward, paged, varlen
         self.sel_name, self.sel_shape, self.has_out, self.gathered = sel_name, sel_shape, has_out, gathered
         self.lse_grad, self.splittable, self.scalars = lse_grad, plan["splittable"], frozenset(scalars)
+        self.saved = (plan["aggregates"][0], plan["linear"])  # a one-pass forward's columns and terms, or terms 0
         self.kind, self.kind_reason = _op_kind(bool(plan["selection"]))
         if self.kind == "triton_op" and not isinstance(kernels["fwd"], triton.runtime.jit.JITFunction):
             self.kind, self.kind_reason = "custom_op", _INTERPRETED
@@ -177,6 +179,9 @@ class _Ops:
             extra = [q.new_empty((ctx.new_dynamic_size(), 3), dtype=torch.int32),
                      q.new_empty((ctx.new_dynamic_size(),), dtype=torch.int32),
                      q.new_empty((groups,), dtype=torch.int32), q.new_empty((groups,), dtype=torch.int32)]
+        elif self.saved[1]:  # a one-pass forward's row aggregates and sums of the weights' terms
+            extra = [q.new_empty(lse_shape + (self.saved[0],), dtype=torch.float32),
+                     q.new_empty(lse_shape + (self.saved[1], o_shape[-1]), dtype=torch.float32)]
         return o, o_raw, lse, sel, extra
 
     def _paged_impl(self, q, k, v, scale, xs, fs, is_tensor, table, lengths):

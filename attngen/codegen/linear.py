@@ -1,0 +1,180 @@
+"""Weights linear in pair terms: one pass over the keys forward, none in the pre kernel.
+
+With ``norm = none``, row aggregates of one level (none inside another's argument) and weights of the
+form ``W_ij = sum_t c_t,i * t_ij`` (each factor c_t a row value, which may read the aggregates; each
+term t a pair value that reads none), the output is
+
+    o_i = sum_t c_t,i * S_t,i        S_t,i = sum_j t_ij v_j   over row i's kept keys j
+
+so the forward accumulates every S_t ([BLOCK_M, DV], a ``tl.dot`` per tile) in the aggregates' own pass
+and combines them once the aggregates are known, instead of a second pass over the keys. The
+aggregates' adjoints are row values too: with dW_ij = do_i . v_j,
+
+    dA_i = sum_j dW_ij dW_ij/dA = sum_t dc_t/dA * (do_i . S_t,i)
+
+so the pre kernel reads A and S from the forward (AGG, ACC) and walks no keys. NAP's
+``(score - mean) / std`` is ``score * (1 / std) + 1 * (-mean / std)``: two terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import nodes as ir
+from ..ir.axes import AGG, COL, axes
+from ..ir.types import FLOAT
+from . import scans
+from .embed import expr_note
+
+#: each term is a [BLOCK_M, BLOCK_DV] fp32 accumulator beside the kernel's own registers
+MAX_TERMS = 2
+ONE = ir.Const(1.0, FLOAT)
+
+
+@dataclass(frozen=True)
+class Linear:
+    terms: tuple[tuple[ir.Expr, ir.Expr], ...]  # (row factor c_t, pair term t); t == ONE: the kept keys' v
+
+
+def of(a: ir.Attention) -> tuple[Linear | None, str]:
+    """The decomposition, or None, and why (the kernel plan's note)."""
+    aggs = [n for stage in (a.weights, a.out) if stage is not None for n in ir.walk(stage) if isinstance(n, ir.Agg)]
+    if not aggs:
+        return None, "no row aggregates"
+    if a.norm.kind != "none":
+        return None, f"norm = {a.norm.kind} (the one-pass forward takes norm = none)"
+    if any(isinstance(m, ir.Agg) for n in aggs for m in ir.walk(n.x)):
+        return None, "an aggregate inside another's argument needs a pass per nesting level"
+    if scans.of(a):
+        return None, "a key scan"
+    terms = _split(a.weights if a.weights is not None else ir.Sym("p", FLOAT))
+    if terms is None:
+        return None, "the weights are not a sum of pair terms with row factors"
+    if len(terms) > MAX_TERMS:
+        return None, f"the weights have {len(terms)} pair terms (at most {MAX_TERMS} accumulators)"
+    return Linear(tuple(terms)), f"the weights are {len(terms)} pair term(s) with row factors"
+
+
+def _split(e: ir.Expr) -> list[tuple[ir.Expr, ir.Expr]] | None:
+    """``e`` as [(row factor, pair term)], equal terms merged; None where it is not linear in such terms."""
+    ax = axes(e)
+    if COL not in ax:
+        return [(e, ONE)]
+    if AGG not in ax:
+        return [(ONE, e)]
+    if isinstance(e, ir.Unary) and e.op == "neg":
+        x = _split(e.x)
+        return None if x is None else [(_neg(c), t) for c, t in x]
+    if not isinstance(e, ir.Binary):
+        return None
+    if e.op in ("add", "sub"):
+        a, b = _split(e.a), _split(e.b)
+        if a is None or b is None:
+            return None
+        return _merge(a + [((_neg(c) if e.op == "sub" else c), t) for c, t in b])
+    if e.op == "mul" and COL not in axes(e.a):
+        b = _split(e.b)
+        return None if b is None else [(_mul(e.a, c), t) for c, t in b]
+    if e.op in ("mul", "div") and COL not in axes(e.b):
+        a = _split(e.a)
+        return None if a is None else [(_mul(c, e.b) if e.op == "mul" else _div(c, e.b), t) for c, t in a]
+    return None
+
+
+def _merge(terms: list[tuple[ir.Expr, ir.Expr]]) -> list[tuple[ir.Expr, ir.Expr]]:
+    out: dict[ir.Expr, ir.Expr] = {}
+    for c, t in terms:
+        out[t] = ir.Binary("add", out[t], c, FLOAT) if t in out else c
+    return [(c, t) for t, c in out.items()]
+
+
+def _neg(c: ir.Expr) -> ir.Expr:
+    return ir.Unary("neg", c, FLOAT, c.span)
+
+
+def _mul(a: ir.Expr, b: ir.Expr) -> ir.Expr:
+    return b if a == ONE else a if b == ONE else ir.Binary("mul", a, b, FLOAT, b.span)
+
+
+def _div(a: ir.Expr, b: ir.Expr) -> ir.Expr:
+    return ir.Binary("div", a, b, FLOAT, b.span)
+
+
+# ---- the kernels' code (aggregates.forward_passes, kernels.forward and kernels.preprocess call these)
+
+def _shifted(lin: Linear) -> tuple[int, int] | None:
+    """(k, one): term k is summed around its running mean, where a term 1 (index one) keeps the kept keys'
+    sum of v to correct for it. Without the shift, sum_t c_t S_t can cancel: NAP's score * (1 / std) and
+    1 * (-mean / std) are each about mean / std times its difference, and the tile's terms go into
+    tl.dot rounded to DOT_DTYPE (bf16: 8 bits) around 0, not around the mean."""
+    ts = [t for _, t in lin.terms]
+    if len(ts) != 2 or ONE not in ts:
+        return None
+    one = ts.index(ONE)
+    return 1 - one, one
+
+
+def accumulate(em, init: list[str], tile: list[str], lin: Linear, cnt: str, sums: dict[ir.Expr, str]) -> list[dict]:
+    """The aggregates' pass accumulates each term's sum_j t_ij v_j (``lin_acc{k}``); returns the template's
+    records (a term tile ``w`` and its accumulator, for norms.weighted_sum; for the term 1, a full tile
+    adds its column sums of v to ``lin_col`` instead: no tl.dot). ``cnt``: the kept keys' count register;
+    ``sums``: registers that already hold a term's running sum (rowsum or rowmean of it)."""
+    for k, (_, t) in enumerate(lin.terms):
+        init.append(f"lin_acc{k} = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)  # sum_j t_ij v_j, t = "
+                    + expr_note(t))
+    if ONE in (t for _, t in lin.terms):
+        init.append("lin_col = tl.zeros([1, BLOCK_DV], dtype=tl.float32)  # sum_j v_j over the full tiles")
+    shift = _shifted(lin)
+    if shift is not None:
+        k, one = shift
+        t = lin.terms[k][1]
+        total = sums.get(t)
+        if total is None:
+            init.append("lin_sum = tl.zeros([BLOCK_M, 1], dtype=tl.float32)")
+            tile.append(f"lin_sum += tl.sum(tl.where(allowed, {em.f32(t)}, 0.0) + zero_t, axis=1)[:, None]")
+            total = "lin_sum"
+        init.append("lin_r = tl.zeros([BLOCK_M, 1], dtype=tl.float32)  # the running mean the sum is taken around")
+        tile += [f"lin_r_new = {total} / tl.maximum({cnt}, 1.0)",
+                 f"lin_acc{k} += (lin_r - lin_r_new) * (lin_acc{one} + lin_col)  # the sum so far, around the new mean",
+                 "lin_r = lin_r_new"]
+    records = []
+    for k, (_, t) in enumerate(lin.terms):
+        if t == ONE:  # (only partial tiles take its tl.dot)
+            records.append({"w": "(tl.where(allowed, 1.0, 0.0) + zero_t)", "acc": f"lin_acc{k}", "ones": True})
+            continue
+        around = " - lin_r" if shift is not None and k == shift[0] else ""
+        tile.append(f"lin{k} = tl.where(allowed, {em.f32(t)}{around}, 0.0)")
+        records.append({"w": f"lin{k}", "acc": f"lin_acc{k}", "ones": False})
+    return records
+
+
+def combine(em, lin: Linear, cnt: str, values: list[str]) -> list[str]:
+    """After the pass: o's accumulator from the sums and their row factors, then the forward's stores of
+    the aggregates (``values``: aggregates.value_stores) and the sums (ACC [rows, terms, DV]) for the
+    pre kernel."""
+    out = [f"lin_acc{k} += lin_col" for k, (_, t) in enumerate(lin.terms) if t == ONE]
+    shift = _shifted(lin)
+    if shift is not None:
+        out.append(f"lin_acc{shift[0]} += lin_r * lin_acc{shift[1]}  # the sum itself")
+    parts = [f"{em.f32(c)} * lin_acc{k}" if c != ONE else f"lin_acc{k}" for k, (c, _) in enumerate(lin.terms)]
+    out += [f"acc = {' + '.join(parts)}",
+            f"acc = tl.where({cnt} > 0, acc, 0.0)  # a row without kept keys: 0, whatever its factors",
+            *values]
+    n = len(lin.terms)
+    for k in range(n):
+        out.append(f"tl.store(ACC + ((lse_row0 + m_r) * {n} + {k}) * DV + offs_DV[None, :], lin_acc{k}, "
+                   "mask=rmask & dmask_DV[None, :])")
+    return out
+
+
+def adjoint_seeds(lin: Linear, count_load: str) -> tuple[list[str], dict[ir.Expr, list[tuple[str, str]]]]:
+    """The pre kernel's loads (the kept keys' count ``agg_n1``, for means; do . S_t per term) and the
+    seeds of the row factors: dA = sum_t dc_t/dA * (do . S_t), by backpropagating do . S_t from c_t."""
+    n = len(lin.terms)
+    stmts = [f"agg_n1 = {count_load}"]
+    seeds: dict[ir.Expr, list[tuple[str, str]]] = {}
+    for k, (c, t) in enumerate(lin.terms):
+        s = f"tl.load(ACC + ((lse_row0 + m_r) * {n} + {k}) * DV + offs_DV[None, :], mask=omask, other=0.0)"
+        stmts.append(f"lin_x{k} = tl.sum(do_raw * {s}, axis=1)[:, None]  # do . sum_j t_ij v_j, t = {expr_note(t)}")
+        seeds.setdefault(c, []).append((f"lin_x{k}", "row"))
+    return stmts, seeds
