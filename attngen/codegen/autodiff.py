@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.builtins import UNARY
-from . import lane_grads, scans
+from . import lane_grads, scans, tables
 from .analysis import COL, ROW, axes
 from .emit import Emitter
 from .lanes import is_lane_reduction
@@ -158,8 +158,11 @@ class Differentiator:
             if stop(n):
                 on_stop(n, g, shape, factor)
                 continue
-            if factor is not None and (isinstance(n, (ir.Sym, ir.Row, ir.Load, ir.Param)) or is_lane_reduction(n)):
+            if factor is not None and (isinstance(n, (ir.Sym, ir.Row, ir.Load, ir.Param))
+                                       or is_lane_reduction(n, self.em.decls)
+                                       or tables.match(n, self.em.decls) is not None):
                 # a leaf takes its adjoint whole, and so does a pair row's loop (its gathered rows' updates)
+                # and a table dot (its table's)
                 g, factor = self.em.put(level, f"{g} * {factor}", "g"), None
             if isinstance(n, ir.Sym):
                 sinks.bound[n.name] = g
@@ -202,6 +205,8 @@ class Differentiator:
     def _diff_children(self, n: ir.Expr) -> tuple[ir.Expr, ...]:
         if isinstance(n, ir.Call) and n.fn == "rope":
             return (n.args[0],)
+        if tables.match(n, self.em.decls) is not None:  # its adjoint by table row, then x's and e's (tables.py)
+            return (tables.rows_node(self.em, n),)
         if isinstance(n, (ir.Load, ir.Cast)) and not n.ty.is_vec:
             return ()
         if isinstance(n, ir.Load):
@@ -256,8 +261,12 @@ class Differentiator:
         em = self.em
         v = lambda x: em.f32(x, orient)  # noqa: E731
         fn, args = n.fn, n.args
-        if is_lane_reduction(n):
+        if is_lane_reduction(n, em.decls):
             return lane_grads.rules(self, n, g, orient, level)
+        if tables.match(n, em.decls) is not None:
+            return tables.rules(self, n, g, orient, level)
+        if fn == tables.ROWS:
+            return tables.post_rules(self, n, g, level)
         y = em.value(n, orient) if n.ty.kind in ("float", "vec") else None
         x = args[0]
         if fn in UNARY:  # ir/builtins.py

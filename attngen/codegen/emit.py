@@ -19,7 +19,7 @@ from typing import Callable
 
 from ..ir import nodes as ir
 from ..ir.builtins import UNARY
-from . import aggregates, scans
+from . import aggregates, scans, tables
 from .analysis import COL, ROW, CodegenError, axes, is_pair
 from .embed import inert
 from .lanes import accumulate, is_lane_reduction, length, loop
@@ -244,8 +244,10 @@ class Emitter(RowEmitter):
             c = self.value(e.args[0], orient)
             a, b = (self.f32(x, orient, perm) for x in e.args[1:])
             return self.put(lvl, f"tl.where({c}, {a}, {b})", note=note)
-        if is_lane_reduction(e):
+        if is_lane_reduction(e, self.decls):
             return self._reduce_lanes(e, orient, lvl, note)
+        if tables.match(e, self.decls) is not None:
+            return tables.value(self, e, orient, lvl, note)
         if fn in ("dot", "sqdist"):
             return self._pairfn(e, orient, lvl, note)
         if fn == "concat":

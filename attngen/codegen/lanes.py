@@ -28,14 +28,17 @@ from __future__ import annotations
 
 from ..ir import nodes as ir
 from ..ir.axes import is_pair_row
+from . import tables
 
 #: reductions of rows to a scalar
 REDUCTIONS = ("dot", "sqdist", "norm", "row_sum", "row_mean", "row_max", "row_min")
 
 
-def is_lane_reduction(e: ir.Expr) -> bool:
-    """A reduction of a pair row: its tile is a loop over lanes."""
-    return isinstance(e, ir.Call) and e.fn in REDUCTIONS and any(is_pair_row(x) for x in e.args)
+def is_lane_reduction(e: ir.Expr, decls: dict) -> bool:
+    """A reduction of a pair row: its tile is a loop over lanes (but a query row's dot with a table row
+    picked per pair: tables.py). ``decls``: the attention's inputs by name."""
+    return (isinstance(e, ir.Call) and e.fn in REDUCTIONS and any(is_pair_row(x) for x in e.args)
+            and tables.match(e, decls) is None)
 
 
 def length(e: ir.Call) -> str:

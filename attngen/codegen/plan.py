@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import nodes as ir
-from . import aggregates, linear, scans, select
+from . import aggregates, linear, scans, select, tables
 from .analysis import CodegenError
 from .lanes import is_lane_reduction
 
@@ -68,10 +68,14 @@ class Plan:
 
     @property
     def vec_lengths(self) -> list[str]:
-        """Every vector length the kernels need offsets for: D, DV and literal row lengths."""
+        """Every vector length the kernels need offsets for: D, DV and literal row lengths (and the rows
+        of a table dot's table: tables.py)."""
         out = ["D", "DV"]
+        decls = {d.name: d for d in self.attn.inputs}
         for e in self._exprs():
             for n in ir.walk(e):
+                if tables.match(n, decls) is not None and str(tables.rows_of(n, decls)) not in out:
+                    out.append(str(tables.rows_of(n, decls)))
                 if n.ty.is_vec and n.ty.length not in out:
                     if not n.ty.length.isdigit() and n.ty.length not in ("D", "DV"):
                         raise CodegenError(f"rows of length {n.ty.length} are not supported in kernels "
@@ -82,7 +86,8 @@ class Plan:
     @property
     def pair_rows(self) -> bool:
         """Some kernel reduces a pair row lane by lane (lanes.py: the slow path)."""
-        return any(is_lane_reduction(n) for e in self._exprs() for n in ir.walk(e))
+        decls = {d.name: d for d in self.attn.inputs}
+        return any(is_lane_reduction(n, decls) for e in self._exprs() for n in ir.walk(e))
 
     @property
     def sliced_sizes(self) -> dict[str, int]:
