@@ -8,7 +8,7 @@ import textwrap
 
 from .. import __version__
 from ..ir import nodes as ir
-from . import aggregates, gather, kernel_plan, kernels, params, scans, select, shipped, tiles
+from . import aggregates, gather, kernel_plan, kernels, linear, params, scans, select, shipped, tiles
 from .embed import inert
 from .layout import vec_block
 from .plan import Plan
@@ -115,7 +115,7 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
                      literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
                      sliced=plan.sliced_sizes, selection=host_sel,
                      aggregates=(aggregates.of(a, totals=True).ncol, len(aggregates.of(a, totals=True).grad_col)),
-                     scans=len(scans.of(a)), linear=len(plan.linear.terms) if plan.linear is not None else 0)
+                     scans=len(scans.of(a)), linear=len(linear.slots(plan.linear)) if plan.linear is not None else 0)
     for x in inputs:
         d = a.input(x["name"])
         x["decl"] = d.dtype + ("" if d.dims is None else f"[{', '.join(map(str, d.dims))}]")

@@ -150,9 +150,10 @@ def preprocess(plan: Plan) -> Blocks:
     regs: dict = {}
     if plan.linear is not None:
         # the aggregates' adjoints from the forward's sums (codegen/linear.py): no loop over the keys
-        loads, seeds = linear.adjoint_seeds(plan.linear, aggregates.count_load(aggs))
-        bl.stmts["agg_lin"] = loads
+        bl.stmts["agg_lin"] = []
         env.level_of = lambda ax: "agg_lin"
+        loads, seeds = linear.adjoint_seeds(em, plan.linear, aggregates.count_load(aggs))
+        bl.stmts["agg_lin"][:0] = loads
         Differentiator(em, lambda n: False).backprop(seeds, "pair", "agg_lin", lambda n: isinstance(n, ir.Agg), to_dagg,
                                                      GradSinks(lambda *args: None))
         env.level_of = lambda ax: cur["lvl"]
