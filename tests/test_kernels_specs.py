@@ -97,6 +97,13 @@ def test_slices(src):
     assert_close(compare(a, B=1, H=2, HK=2, M=5, N=67, D=32, DV=24))
 
 
+def test_rope_far_into_the_keys():
+    """rope(k, j) at positions into the thousands: the kernels take each key tile's angles from its first
+    position's and the in-tile offsets' by the angle-addition formulas (codegen/rows.py)."""
+    a = compile_source("attention r {\n q = rope(q, i)\n k = rope(k, j, 500.0)\n mask = causal\n}", "r.attn")[0]
+    assert_close(compare(a, B=1, H=1, HK=1, M=3, N=3000, D=16, DV=16, seed=2))
+
+
 REGRESSIONS = {
     # D and DV are constexprs in the kernels: their int -> float conversion was `D.to(...)`
     "sizes_as_floats": "attention a { score = dot(q, k) / D + log(DV) * 0.01\n mask = causal }",

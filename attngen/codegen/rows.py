@@ -15,6 +15,16 @@ from .analysis import COL, ROW, CodegenError, axes
 from .layout import _lanes, _pick, lane_mask, pick_note, vec_block, vec_offs, zero_at_pad
 
 
+#: (position, side of the rotated row) -> the rows of its tiles, whose positions are contiguous: a key
+#: tile's (a query tile's rows may be a GQA group's heads, each from row 0: split-KV's PACK)
+_POSITION_ROWS = {("j", "key"): "BLOCK_N"}
+
+
+def _side(x: ir.Expr) -> str:
+    ax = axes(x)
+    return "key" if COL in ax and ROW not in ax else "query" if ROW in ax and COL not in ax else ""
+
+
 class RowEmitter:
     """The row methods of :class:`~attngen.codegen.emit.Emitter` (which provides ``put``, ``cached``,
     ``value``, ``f32``, ``level``, ``orient_of``, ``provenance``, ``load_address`` and ``env``)."""
@@ -154,15 +164,33 @@ class RowEmitter:
         return self.cached(("rms", e.args[0], orient), level, f"tl.rsqrt({sumsq} / {e.ty.length} + 1e-6)", "rms")
 
     def rope_tables(self, e: ir.Call, orient: str, lvl: str) -> tuple[str, str]:
-        """cos and sin of the rotation angles of ``rope(x, pos, base)``, shaped like x."""
+        """cos and sin of the rotation angles of ``rope(x, pos, base)``, shaped like x.
+
+        At a key row's own position j the tile's positions are p0 + t, t < BLOCK_N: the angles' cos and
+        sin come from those of p0 f (a row per tile) and of t f (once per kernel) by the angle-addition
+        formulas, L transcendentals per key tile instead of BLOCK_N * L (which cost more than the tile's
+        dot: tl.cos and tl.sin are libdevice's accurate ones)."""
         orient = self.orient_of(e, orient)
-        pos = self.f32(e.args[1], orient)
         log2_base = math.log2(float(e.args[2].value))
         L = e.ty.length
-        theta = self.cached(("theta", e, orient), lvl,
-                            f"{pos} * _rope_inv_freq({vec_offs(L)}, {L}, {log2_base!r})[None, :]", "theta")
-        return (self.cached(("cos", e, orient), lvl, f"tl.cos({theta})", "cos"),
-                self.cached(("sin", e, orient), lvl, f"tl.sin({theta})", "sin"))
+        freq = f"_rope_inv_freq({vec_offs(L)}, {L}, {log2_base!r})[None, :]"
+        pos = e.args[1].x if isinstance(e.args[1], ir.Cast) else e.args[1]
+        rows = _POSITION_ROWS.get((pos.name if isinstance(pos, ir.Sym) else None, _side(e.args[0])))
+        if rows is None:
+            theta = self.cached(("theta", e, orient), lvl, f"{self.f32(e.args[1], orient)} * {freq}", "theta")
+            return (self.cached(("cos", e, orient), lvl, f"tl.cos({theta})", "cos"),
+                    self.cached(("sin", e, orient), lvl, f"tl.sin({theta})", "sin"))
+        top, key = self.env.level_of(frozenset()), (L, log2_base, rows)
+        t_theta = self.cached(("rope_t", *key), top, f"tl.arange(0, {rows})[:, None].to(tl.float32) * {freq}",
+                              "theta_t")
+        ct = self.cached(("rope_tcos", *key), top, f"tl.cos({t_theta})", "cos_t")
+        st = self.cached(("rope_tsin", *key), top, f"tl.sin({t_theta})", "sin_t")
+        p0 = self.cached(("rope_p0", e, orient), lvl, f"tl.min({self.value(pos, orient)}).to(tl.float32) * "
+                         f"{freq}", "theta_0")  # [1, L]: the tile's first position
+        c0 = self.cached(("rope_cos0", e, orient), lvl, f"tl.cos({p0})", "cos_0")
+        s0 = self.cached(("rope_sin0", e, orient), lvl, f"tl.sin({p0})", "sin_0")
+        return (self.cached(("cos", e, orient), lvl, f"{c0} * {ct} - {s0} * {st}", "cos"),
+                self.cached(("sin", e, orient), lvl, f"{s0} * {ct} + {c0} * {st}", "sin"))
 
     def _rope(self, e: ir.Call, orient: str, lvl: str, note: str) -> str:
         x = self.f32(e.args[0], orient, False)
