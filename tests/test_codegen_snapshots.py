@@ -1,4 +1,5 @@
-"""Snapshots of generated modules for five examples, one with token top-k (tests/golden/gen_*.py.txt),
+"""Snapshots of generated modules for seven examples, one with token top-k, NAP's one-pass forward
+(codegen/linear.py) and CoPE's key scan and table dots (codegen/tables.py) (tests/golden/gen_*.py.txt),
 so that any change to the generated code is seen and reviewed. The embedded runtime is the same in
 every module and tested on its own (tests/test_runtime_shipped.py): the snapshots hold one line in its
 place."""
@@ -18,7 +19,8 @@ from golden import check_golden
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize("stem", ["causal_gqa", "alibi_window", "qknorm_rope", "affine_weights", "krause"])
+@pytest.mark.parametrize("stem", ["causal_gqa", "alibi_window", "qknorm_rope", "affine_weights", "krause", "nap",
+                                  "cope"])
 def test_generated_source(stem):
     source = (EXAMPLES / f"{stem}.attn").read_text()
     name = f"examples/{stem}.attn"  # relative, so the snapshot does not depend on the checkout's path
