@@ -14,6 +14,7 @@ from attngen.codegen.kernel_plan import choose
 from attngen.codegen.plan import make_plan
 from attngen.driver import compile_file, compile_source, generate, optimize
 from attngen.ir.printer import expr_str
+from attngen.runtime.jit import TritonAttention
 from attngen.verify import assert_close, compare
 
 NAP = "norm = none\n weights = (score - rowmean(score)) / sqrt(rowmean(score * score) - rowmean(score) ** 2 + 1e-6)"
@@ -114,3 +115,20 @@ def test_scores_with_a_common_part(common):
     the pre kernel, so every error stays within the fp32 reference's few multiples."""
     a = compile_file("examples/nap.attn")[0]
     assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32, common=common))
+
+
+@pytest.mark.interpret
+def test_a_call_without_gradients_keeps_nothing():
+    """Inference keeps no aggregates or sums (the forward's SAVE is off): the same o, and nothing for a
+    backward; a call that needs gradients keeps both."""
+    fn = TritonAttention(compile_file("examples/nap.attn")[0])
+    ops = getattr(fn.module, "_attention_nap").ops
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 37, 16, generator=gen) for _ in range(3))
+    call = (q, k, v, 0.25, [], [], [], None, None, 0, 0, 0)
+    o_save, *_, kept = ops._fwd_impl(*call, save=True)
+    o_none, *_, none = ops._fwd_impl(*call, save=False)
+    assert [t.shape for t in kept] == [(1, 2, 37, 3), (1, 2, 37, 2, 16)] and none == []
+    torch.testing.assert_close(o_none, o_save, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(fn(q, k, v, scale=0.25), o_save, rtol=0, atol=0)

@@ -166,9 +166,9 @@ def accumulate(em, init: list[str], tile: list[str], lin: Linear, cnt: str, sums
 
 
 def combine(em, lin: Linear, cnt: str, values: list[str]) -> list[str]:
-    """After the pass: o's accumulator from the sums and their row factors, then the forward's stores of
-    the aggregates (``values``: aggregates.value_stores) and the sums (ACC [rows, slots, DV]) for the
-    pre kernel."""
+    """After the pass: o's accumulator from the sums and their row factors, then, with SAVE (a call that
+    needs gradients), the forward's stores of the aggregates (``values``: aggregates.value_stores) and
+    the sums (ACC [rows, slots, DV]) for the pre kernel."""
     ss = slots(lin)
     out = [f"lin_acc{k} += lin_col" for k, t in enumerate(ss) if t == ONE]
     for k in _shifts(lin):
@@ -176,11 +176,10 @@ def combine(em, lin: Linear, cnt: str, values: list[str]) -> list[str]:
             out.append(f"lin_acc{k} += lin_r{k} * lin_acc{ss.index(ONE)}  # the sum itself")
     parts = [f"{em.f32(c)} * lin_acc{k}" if c != ONE else f"lin_acc{k}" for k, (c, _) in enumerate(lin.terms)]
     out += [f"acc = {' + '.join(parts)}",
-            f"acc = tl.where({cnt} > 0, acc, 0.0)  # a row without kept keys: 0, whatever its factors",
-            *values]
-    for k in range(len(ss)):
-        out.append(f"tl.store(ACC + ((lse_row0 + m_r) * {len(ss)} + {k}) * DV + offs_DV[None, :], lin_acc{k}, "
-                   "mask=rmask & dmask_DV[None, :])")
+            f"acc = tl.where({cnt} > 0, acc, 0.0)  # a row without kept keys: 0, whatever its factors"]
+    saves = values + [f"tl.store(ACC + ((lse_row0 + m_r) * {len(ss)} + {k}) * DV + offs_DV[None, :], lin_acc{k}, "
+                      "mask=rmask & dmask_DV[None, :])" for k in range(len(ss))]
+    out.append("if SAVE:  # (a call that needs gradients)\n" + "\n".join("    " + line for line in saves))
     return out
 
 

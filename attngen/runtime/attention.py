@@ -151,10 +151,12 @@ class _Attention:
 
     # ---- the forward
 
-    def apply(self, q, k, v, scale, tiles, seq, xs, launcher=_Direct):
+    def apply(self, q, k, v, scale, tiles, seq, xs, launcher=_Direct, save=True):
         """The forward of a dense or packed call: o, o before the out stage, the row statistic, the tile
         lists (or the block-sparse entries), the inputs the kernels read (with the selection) and what a
-        one-pass forward saves for the backward (run_forward). launcher: launch._Direct, or launch._Traced in a triton_op's body (dense, no selection)."""
+        one-pass forward saves for the backward (run_forward). launcher: launch._Direct, or launch._Traced in
+        a triton_op's body (dense, no selection); save: keep what the backward reads (a call that needs
+        gradients)."""
         sizes, q4, k4, v4 = self.layout(q, k, v, seq)
         cu = (seq.cu_q, seq.cu_k) if seq is not None else (q, q)
         common = _config(sizes["D"], sizes["DV"], q)[2]
@@ -171,16 +173,16 @@ class _Attention:
                 o, stat = _listed_forward(self, q4, k4, v4, xs, sizes, scale, common)
                 return o, o, stat, tiles, xs, ()
         o_buf, o_raw_buf, stat, tiles, saved = self.run_forward(q, q4, k4, v4, xs, sizes, scale, tiles, cu, common,
-                                                                seq=seq, launcher=launcher)
+                                                                seq=seq, launcher=launcher, save=save)
         return o_buf, o_raw_buf, stat, tiles, xs, saved
 
     def run_forward(self, q, q4, k4, v4, xs, sizes, scale, tiles, cu, common, seq=None, table=None, kind="fwd",
-                    launcher=_Direct):
+                    launcher=_Direct, save=False):
         """Allocate o (and o before the out stage) and the row statistic, build the tile lists unless
         given, and run the forward. q4, k4, v4: as the kernels index them; seq: packed sequences;
-        table: a paged cache's block table. Returns (o, o_raw, stat, tiles, saved), o packed for seq; saved:
-        what a one-pass forward keeps for the backward (the row aggregates and the sums of the weights'
-        terms, codegen/linear.py), else ()."""
+        table: a paged cache's block table; save: keep what the backward reads. Returns (o, o_raw, stat,
+        tiles, saved), o packed for seq; saved: what a one-pass forward keeps for the backward with save (the
+        row aggregates and the sums of the weights' terms, codegen/linear.py), else ()."""
         B, H, M, DV = sizes["B"], sizes["H"], sizes["M"], sizes["DV"]
         if tiles is None:
             tiles = self.tiles(q4, k4, xs, sizes, common, cu, seq is not None, launcher)
@@ -190,7 +192,7 @@ class _Attention:
         else:
             o_raw_buf, o_raw = o_buf, o  # no out stage: o is the norm's result
         stat = _empty((B, H, M) if seq is None else (H, sizes["TQ"]), q.device, torch.float32)
-        saved = self.saved(stat.shape, DV, q.device)
+        saved = self.saved(stat.shape, DV, q.device) if save else ()
         gxs = _no_grads(xs, q)
         # the parameters this launch writes nothing to and reads nothing from: o and stat themselves in eager
         # calls; in a traced body (a triton_op) other tensors, since functionalization clones each argument it
@@ -211,6 +213,8 @@ class _Attention:
                              hole, hole, *lists(c), cu, q4, k4, v4, xs, gxs, sizes, scale, table, split, hole=hole,
                              aggs=(*saved[:1], None, *saved[1:]) if saved else (None, None, None))
         flags = self.flags(sizes, seq is not None)
+        if self.plan["linear"]:
+            flags["SAVE"] = bool(saved)
         fwds = _config(sizes["D"], DV, q)[0]
         self.forward(args, sizes, q, o, stat, fwds, common, flags, kind, seq is None, launcher)
         return o_buf, o_raw_buf, stat, tiles, saved
@@ -259,11 +263,11 @@ class _Attention:
 
     # ---- the operators' work
 
-    def op_forward(self, q, k, v, scale, xs, seq, tiles, launcher=_Direct):
+    def op_forward(self, q, k, v, scale, xs, seq, tiles, launcher=_Direct, save=True):
         """The forward operator's work (attngen.runtime.ops): o, o before the out stage, the row
         statistic, the selection (or None) and what the backward reads beside them: the entries a
         block-sparse backward walks, or a one-pass forward's aggregates and sums (or none)."""
-        o_buf, o_raw_buf, stat, tiles, xs, saved = self.apply(q, k, v, scale, tiles, seq, xs, launcher)
+        o_buf, o_raw_buf, stat, tiles, xs, saved = self.apply(q, k, v, scale, tiles, seq, xs, launcher, save)
         extra = tuple(tiles[:4]) if isinstance(tiles, _Gathered) else saved
         return o_buf, o_raw_buf, stat, xs[self.sel_name] if self.sel else None, extra
 

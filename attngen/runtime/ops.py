@@ -145,10 +145,11 @@ class _Ops:
     def _seq(self, cu_q, cu_k, max_q, max_k):
         return None if cu_q is None else self.varlen(cu_q, cu_k, max_q, max_k)
 
-    def _fwd_impl(self, q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared, launcher=_Direct):
+    def _fwd_impl(self, q, k, v, scale, xs, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared, launcher=_Direct,
+                  save=True):
         inputs = self.inputs(xs, fs, is_tensor)
         o, o_raw, lse, sel, extra = self.forward(q, k, v, scale, inputs, self._seq(cu_q, cu_k, max_q, max_k),
-                                                 _tiles_of_handle(prepared), launcher)
+                                                 _tiles_of_handle(prepared), launcher, save)
         none = q.new_empty((0,))
         return (o, o_raw if self.has_out else none, lse, none.to(torch.int32) if sel is None else sel, list(extra))
 
@@ -288,7 +289,8 @@ class _Eager(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused lse has no gradient (bwd_pre skips dlse)
         scale, fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared = meta
         inputs = (q, k, v, scale, list(xs), fs, is_tensor, cu_q, cu_k, max_q, max_k, prepared)
-        out = ops._fwd_impl(*inputs)
+        # without gradients to take, a one-pass forward keeps nothing for a backward (runtime/attention.py)
+        out = ops._fwd_impl(*inputs, save=any(ctx.needs_input_grad[2:]))
         ops._setup_context(ctx, inputs, out)
         ctx.ops = ops
         o, o_raw, lse, sel, extra = out
