@@ -96,6 +96,30 @@ SPECS = {
 }
 
 
+#: aggregates only the out stage reads (linear.fused): the forward's own loop takes them, under any norm
+FUSED = {
+    # softmax; max's gradient to its first key, a mean of squares
+    "softmax": "out = o * (1.0 + 0.1 * rowmax(score)) + 0.05 * rowmean(score * score)",
+    # sigmoid with weights, a window that leaves the first rows without keys
+    "sigmoid": ("score = dot(q, k) * scale - 2.0\n mask = j <= i - 20 and i - j < 30\n norm = sigmoid\n"
+                " weights = p * 2.0\n out = o / (1.0 + rowcount()) + 0.1 * rowsum(score)"),
+}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_aggregates_only_out_reads(name):
+    body = FUSED[name]
+    mask = "" if "mask" in body else " mask = causal\n"
+    a = compile_source(f"attention t {{\n{mask} {body}\n}}", f"{name}.attn")[0]
+    assert linear.fused(optimize(a)) and "forward's own loop" in " ".join(
+        choose(make_plan(optimize(a))).notes(make_plan(optimize(a))))
+    src = generate([a]).render()
+    assert _loops(src, "t_bwd_pre") == 0
+    assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
+    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_kernels(name):

@@ -41,7 +41,7 @@ class Aggregates:
     arg_col: dict[ir.Agg, int] = field(default_factory=dict)  # AGG's column of max/min's key
     grad_col: dict[ir.Agg, int] = field(default_factory=dict)  # DAGG's column of each adjoint
     total: dict[ir.Scan, ir.Agg] = field(default_factory=dict)  # a key scan's row total (scans.py)
-    count_col: int | None = None  # AGG's column of the kept keys' count: the one-pass forward's (linear.py)
+    count_col: int | None = None  # AGG's column of the kept keys' count: a one-pass forward's (linear.py)
 
     @property
     def user(self) -> bool:
@@ -85,7 +85,7 @@ def of(a: ir.Attention, totals: bool = False) -> Aggregates:
     for n in out.all:
         if n.kind in ("max", "min"):
             out.arg_col[n] = len(out.value_col) + len(out.arg_col)
-    if linear.of(a)[0] is not None:  # the pre kernel's means divide by it
+    if linear.of(a)[0] is not None or linear.fused(a):  # the pre kernel's means divide by it
         out.count_col = len(out.value_col) + len(out.arg_col)
     return out
 

@@ -40,7 +40,7 @@ def _blocks(b: kernels.Blocks, keys: tuple[str, ...]) -> dict[str, str]:
 
 _VAR_KEYS = ("s", "s_scale", "s_fill", "mask", "w", "dp", "ds_w", "sink", "out", "agg_passes", "agg_values",
              "agg_grads", "agg_loop", "agg_nested", "agg_p", "agg_final", "delta_wb", "inner_scan", "scan_init", "scan_tile",
-             "scan_first", "lin_out", "agg_lin")
+             "scan_first", "lin_out", "agg_lin", "agg_fused")
 
 
 def _backward_blocks(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
@@ -115,7 +115,8 @@ def attention_context(plan: Plan, kp: kernel_plan.KernelPlan, render_kernel) -> 
                      literal_blocks={vec_block(L): int(L) for L in plan.vec_lengths if L.isdigit()},
                      sliced=plan.sliced_sizes, selection=host_sel,
                      aggregates=(aggregates.of(a, totals=True).ncol, len(aggregates.of(a, totals=True).grad_col)),
-                     scans=len(scans.of(a)), linear=len(linear.slots(plan.linear)) if plan.linear is not None else 0)
+                     scans=len(scans.of(a)), linear=len(linear.slots(plan.linear)) if plan.linear is not None else 0,
+                     fused=plan.fused)
     for x in inputs:
         d = a.input(x["name"])
         x["decl"] = d.dtype + ("" if d.dims is None else f"[{', '.join(map(str, d.dims))}]")

@@ -65,7 +65,10 @@ class KernelPlan:
                          "merged exactly by the row statistics; " + self.pack.why)
         else:
             notes.append(f"decoding: no split-KV ({self.split.why})")
-        if self.one_pass:
+        if self.one_pass and plan.fused:
+            notes.append("row aggregates: in the forward's own loop (only the out stage reads them), kept for the "
+                         "backward, whose pre kernel walks no keys for them (codegen/linear.py)")
+        elif self.one_pass:
             notes.append(f"row aggregates: one pass over the keys ({self.one_pass.why}): it sums each term's "
                          "t_ij v_j beside the aggregates and o follows from the sums; the pre kernel reads them "
                          "and walks no keys (codegen/linear.py)")
@@ -129,7 +132,7 @@ def choose(plan: Plan) -> KernelPlan:
     kernels = ["fwd", "bwd_pre", "bwd_dq", "bwd_dkdv"]  # split-KV decoding: fwd with SPLIT=True
     kernels += ["classify"] if kind == "dynamic" else []
     terms, why = linear.of(a)
-    one_pass = Choice(terms is not None, why)
+    one_pass = Choice(terms is not None or plan.fused, "only the out stage reads them" if plan.fused else why)
     if sel is None:
         return KernelPlan(kind, band, split, pack, one_pass=one_pass, kernels=kernels)
     alone = _softmax_alone(plan, kind)

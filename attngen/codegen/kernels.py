@@ -111,6 +111,11 @@ def forward(plan: Plan, split_scale: bool = True) -> Blocks:
         # o from the pass's sums (codegen/linear.py): no second loop over the keys
         bl.stmts["lin_out"] = linear.combine(em, plan.linear, "agg_n1",
                                              aggregates.value_stores(aggregates.of(a)))
+    elif plan.fused:
+        # the aggregates in the forward's own loop (only the out stage reads them), kept for the backward
+        bl.vars["agg_fused"] = "1"
+        saves = aggregates.value_stores(aggregates.of(a))
+        bl.stmts["agg_save"] = ["if SAVE:  # (a call that needs gradients)\n" + "\n".join("    " + x for x in saves)]
     bl.vars["scan_init"] = scans.carries(em, None, "fwd")["init"]
     if a.norm.sink is not None:
         bl.vars["sink"] = em.f32(a.norm.sink)
@@ -138,7 +143,7 @@ def preprocess(plan: Plan) -> Blocks:
     def to_dagg(n: ir.Expr, g: str, shape: str, factor: str | None) -> None:
         code = reduce_to(g, shape, "row")
         dagg.setdefault(n, []).append(f"{code} * {factor}" if factor else code)
-    if aggs.levels and plan.linear is None:
+    if aggs.levels and plan.linear is None and not plan.fused:
         # the aggregates first, by the forward's passes: the out stage's backward may read them
         after = aggregates.after(plan.attn)
         env.level_of = lambda ax: _inner(ax) if COL in ax else after if AGG in ax else "outer"
@@ -157,12 +162,14 @@ def preprocess(plan: Plan) -> Blocks:
         Differentiator(em, lambda n: False).backprop(seeds, "pair", "agg_lin", lambda n: isinstance(n, ir.Agg), to_dagg,
                                                      GradSinks(lambda *args: None))
         env.level_of = lambda ax: cur["lvl"]
+    elif plan.fused:  # the forward kept them; their adjoints are the out stage's (above)
+        bl.stmts["agg_lin"] = [f"agg_n1 = {aggregates.count_load(aggs)}"]
     elif aggs.user:
         bl.vars["agg_nested"] = agg_adjoints.adjoints(em, env, plan, bl, to_dagg, dagg)
     if aggs.user:
         regs = agg_adjoints.registers(aggs, bl, dagg)
     if aggs.levels:
-        if plan.linear is None:
+        if plan.linear is None and not plan.fused:
             bl.vars["agg_values"] = statements(aggregates.value_stores(aggs))
         if aggs.user:
             bl.vars["agg_grads"] = statements(aggregates.grad_stores(aggs, dagg, regs))

@@ -38,17 +38,38 @@ class Linear:
     terms: tuple[tuple[ir.Expr, ir.Expr], ...]  # (row factor c_t, pair term t); t == ONE: the kept keys' v
 
 
+def _aggs(a: ir.Attention) -> list[ir.Agg]:
+    return [n for stage in (a.weights, a.out) if stage is not None for n in ir.walk(stage) if isinstance(n, ir.Agg)]
+
+
+def _one_level(a: ir.Attention) -> str:
+    """Why the aggregates cannot be taken in one pass whatever the weights, or ""."""
+    aggs = _aggs(a)
+    if not aggs:
+        return "no row aggregates"
+    if any(isinstance(m, ir.Agg) for n in aggs for m in ir.walk(n.x)):
+        return "an aggregate inside another's argument needs a pass per nesting level"
+    if scans.of(a):
+        return "a key scan"
+    return ""
+
+
+def fused(a: ir.Attention) -> bool:
+    """Aggregates that only the out stage reads, none of p, with a norm other than none (which :func:`of`
+    takes): the forward's own loop accumulates them beside o, and keeps them for the backward, whose
+    pre kernel then walks no keys for them (their adjoints are the out stage's, row values)."""
+    return (not _one_level(a) and a.norm.kind not in ("none", "stickbreaking")
+            and not any(isinstance(n, ir.Agg) for n in (ir.walk(a.weights) if a.weights is not None else ()))
+            and not any(ir.uses(n.x, "p") for n in _aggs(a)))
+
+
 def of(a: ir.Attention) -> tuple[Linear | None, str]:
     """The decomposition, or None, and why (the kernel plan's note)."""
-    aggs = [n for stage in (a.weights, a.out) if stage is not None for n in ir.walk(stage) if isinstance(n, ir.Agg)]
-    if not aggs:
-        return None, "no row aggregates"
+    why = _one_level(a)
+    if why:
+        return None, why
     if a.norm.kind != "none":
         return None, f"norm = {a.norm.kind} (the one-pass forward takes norm = none)"
-    if any(isinstance(m, ir.Agg) for n in aggs for m in ir.walk(n.x)):
-        return None, "an aggregate inside another's argument needs a pass per nesting level"
-    if scans.of(a):
-        return None, "a key scan"
     terms = _split(a.weights if a.weights is not None else ir.Sym("p", FLOAT))
     if terms is None:
         return None, "the weights are not a sum of pair terms with row factors"

@@ -40,6 +40,11 @@ class Plan:
         return linear.of(self.attn)[0]
 
     @property
+    def fused(self) -> bool:
+        """Aggregates only the out stage reads: the forward's own loop takes them (linear.fused)."""
+        return linear.fused(self.attn)
+
+    @property
     def delta_loop(self) -> bool:
         """delta = sum_j p dp needs a key loop when a weights stage sits between p and o, and for
         stick-breaking, whose ds subtracts running sums from delta (so delta must be fp32-exact,

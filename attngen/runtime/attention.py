@@ -142,12 +142,13 @@ class _Attention:
 
     def saved(self, rows, DV, device):
         """A one-pass forward's buffers for the backward (codegen/linear.py), else (): the row aggregates
-        AGG [*rows, columns] and the sums of the weights' terms ACC [*rows, terms, DV], fp32."""
+        AGG [*rows, columns] and the sums of the weights' terms ACC [*rows, terms, DV] (none for
+        aggregates only the out stage reads), fp32."""
         terms = self.plan["linear"]
-        if not terms:
+        if not (terms or self.plan["fused"]):
             return ()
-        return (_empty(tuple(rows) + (self.plan["aggregates"][0],), device, torch.float32),
-                _empty(tuple(rows) + (terms, DV), device, torch.float32))
+        agg = _empty(tuple(rows) + (self.plan["aggregates"][0],), device, torch.float32)
+        return (agg, _empty(tuple(rows) + (terms, DV), device, torch.float32)) if terms else (agg,)
 
     # ---- the forward
 
@@ -193,6 +194,7 @@ class _Attention:
             o_raw_buf, o_raw = o_buf, o  # no out stage: o is the norm's result
         stat = _empty((B, H, M) if seq is None else (H, sizes["TQ"]), q.device, torch.float32)
         saved = self.saved(stat.shape, DV, q.device) if save else ()
+        kept = (*saved, None, None)[:2]  # AGG and ACC, or None
         gxs = _no_grads(xs, q)
         # the parameters this launch writes nothing to and reads nothing from: o and stat themselves in eager
         # calls; in a traced body (a triton_op) other tensors, since functionalization clones each argument it
@@ -211,9 +213,9 @@ class _Attention:
         def args(c, split=None):
             return self.args(q4, k4, v4, o, o_raw if self.has_out else spare(o), spare(o), spare(o_raw), stat, hole,
                              hole, hole, *lists(c), cu, q4, k4, v4, xs, gxs, sizes, scale, table, split, hole=hole,
-                             aggs=(*saved[:1], None, *saved[1:]) if saved else (None, None, None))
+                             aggs=(kept[0], None, kept[1]))
         flags = self.flags(sizes, seq is not None)
-        if self.plan["linear"]:
+        if self.plan["linear"] or self.plan["fused"]:
             flags["SAVE"] = bool(saved)
         fwds = _config(sizes["D"], DV, q)[0]
         self.forward(args, sizes, q, o, stat, fwds, common, flags, kind, seq is None, launcher)
@@ -301,7 +303,8 @@ class _Attention:
                 gxs[n] = torch.zeros(x.shape, device=q.device, dtype=torch.float32)
             else:
                 gxs[n] = x if isinstance(x, torch.Tensor) else q
-        if extra and not self.plan["linear"]:  # the forward was block-sparse: so is the backward
+        one_pass = self.plan["linear"] or self.plan["fused"]
+        if extra and not one_pass:  # the forward was block-sparse: so is the backward
             sel = xs[self.sel_name]
             g = _Gathered(*extra, sel.shape[1], sel.shape[3], 16 if q.device.type == "cpu" else 64)
             _gather_backward(self, g, q4, k4, v4, o, do, stat, delta, dq, dk, dv, xs, sizes, scale, common,
@@ -314,7 +317,7 @@ class _Attention:
         kernels = self.kernels
         ncol, ngrad = self.plan["aggregates"]  # the row aggregates' columns (values, adjoints): the pre kernel's
         # (a one-pass forward's values and sums come in extra: the pre kernel reads them)
-        agg, acc = extra if self.plan["linear"] else (_empty(stat.shape + (ncol,), q.device, torch.float32), None)
+        agg, acc = (*extra, None)[:2] if one_pass else (_empty(stat.shape + (ncol,), q.device, torch.float32), None)
         aggs = (agg, _empty(stat.shape + (max(ngrad, 1),), q.device, torch.float32), acc) if ncol else (None,) * 3
 
         def launch(c, go):

@@ -106,7 +106,8 @@ class _Ops:
         self.names, self.forward, self.backward, self.paged, self.varlen = names, forward, backward, paged, varlen
         self.sel_name, self.sel_shape, self.has_out, self.gathered = sel_name, sel_shape, has_out, gathered
         self.lse_grad, self.splittable, self.scalars = lse_grad, plan["splittable"], frozenset(scalars)
-        self.saved = (plan["aggregates"][0], plan["linear"])  # a one-pass forward's columns and terms, or terms 0
+        # a one-pass forward's aggregate columns and sums of terms (AGG, ACC: codegen/linear.py)
+        self.saved = (plan["aggregates"][0], plan["linear"], plan["fused"])
         self.kind, self.kind_reason = _op_kind(bool(plan["selection"]))
         if self.kind == "triton_op" and not isinstance(kernels["fwd"], triton.runtime.jit.JITFunction):
             self.kind, self.kind_reason = "custom_op", _INTERPRETED
@@ -180,9 +181,10 @@ class _Ops:
             extra = [q.new_empty((ctx.new_dynamic_size(), 3), dtype=torch.int32),
                      q.new_empty((ctx.new_dynamic_size(),), dtype=torch.int32),
                      q.new_empty((groups,), dtype=torch.int32), q.new_empty((groups,), dtype=torch.int32)]
-        elif self.saved[1]:  # a one-pass forward's row aggregates and sums of the weights' terms
-            extra = [q.new_empty(lse_shape + (self.saved[0],), dtype=torch.float32),
-                     q.new_empty(lse_shape + (self.saved[1], o_shape[-1]), dtype=torch.float32)]
+        elif self.saved[1] or self.saved[2]:  # a one-pass forward's row aggregates and sums of the weights' terms
+            extra = [q.new_empty(lse_shape + (self.saved[0],), dtype=torch.float32)]
+            if self.saved[1]:
+                extra.append(q.new_empty(lse_shape + (self.saved[1], o_shape[-1]), dtype=torch.float32))
         return o, o_raw, lse, sel, extra
 
     def _paged_impl(self, q, k, v, scale, xs, fs, is_tensor, table, lengths):
