@@ -106,29 +106,32 @@ FUSED = {
 }
 
 
+def _spec(body: str, name: str):
+    mask = "" if "mask" in body else " mask = causal\n"
+    return compile_source(f"attention t {{\n{mask} {body}\n}}", f"{name}.attn")[0]
+
+
+def _check(a):
+    assert _loops(generate([a]).render(), "t_bwd_pre") == 0
+    assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
+    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_aggregates_only_out_reads(name):
-    body = FUSED[name]
-    mask = "" if "mask" in body else " mask = causal\n"
-    a = compile_source(f"attention t {{\n{mask} {body}\n}}", f"{name}.attn")[0]
-    assert linear.fused(optimize(a)) and "forward's own loop" in " ".join(
-        choose(make_plan(optimize(a))).notes(make_plan(optimize(a))))
-    src = generate([a]).render()
-    assert _loops(src, "t_bwd_pre") == 0
-    assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
-    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))
+    a = _spec(FUSED[name], name)
+    plan = make_plan(optimize(a))
+    assert plan.fused and "forward's own loop" in " ".join(choose(plan).notes(plan))
+    _check(a)
 
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_kernels(name):
-    body = SPECS[name]
-    mask = "" if "mask" in body else " mask = causal\n"
-    a = compile_source(f"attention t {{\n{mask} {body}\n}}", f"{name}.attn")[0]
+    a = _spec(SPECS[name], name)
     assert linear.of(optimize(a))[0] is not None
-    assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
-    assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))
+    _check(a)
 
 
 @pytest.mark.interpret
