@@ -37,14 +37,22 @@ def match(e: ir.Expr, decls: dict) -> tuple[ir.Expr, ir.Load] | None:
                 and len(decls[row.name].dims) == 2 and isinstance(decls[row.name].dims[0], int)
                 and 0 < decls[row.name].dims[0] <= MAX_ROWS
                 and ROW in axes(x) and COL not in axes(x) and not isinstance(x, ir.Load)):
-            return x, row
+            return x, row  # (an input's row by the query, x = w[b, i], stays lane by lane)
     return None
 
 
 def rows_of(e: ir.Expr, decls: dict) -> int:
-    """The table's rows in registers for table dot ``e``: a power of two, at least 16 (tl.dot's least)."""
-    n = decls[match(e, decls)[1].name].dims[0]
+    """The table's rows in registers for table dot ``e``."""
+    return _rows_block(decls[match(e, decls)[1].name].dims[0])
+
+
+def _rows_block(n: int) -> int:
+    """n rows in registers: a power of two, at least 16 (tl.dot's least)."""
     return max(16, 1 << (n - 1).bit_length())
+
+
+def _block(em, row: ir.Load) -> int:
+    return _rows_block(em.decls[row.name].dims[0])
 
 
 def value(em, e: ir.Call, orient: str, lvl: str, note: str) -> str:
@@ -53,7 +61,7 @@ def value(em, e: ir.Call, orient: str, lvl: str, note: str) -> str:
     table = _products(em, x, row, orient)
     idx = em.value(row.indices[0], orient)
     out = em.fresh("tdot")
-    lo, hi, body = _range(em, row, idx, orient)
+    lo, hi, body = _range(em, row, idx)
     r = em.fresh("r")
     col = f"tl.sum(tl.where(tl.arange(0, {_block(em, row)})[None, :] == {r}, {table}, 0.0), axis=1)"
     em.env.stmts[lvl].append(
@@ -65,7 +73,7 @@ def value(em, e: ir.Call, orient: str, lvl: str, note: str) -> str:
 
 def rules(diff, n: ir.Call, g: str, orient: str, level: str) -> list[tuple]:
     """Inside the dq kernel's loop: ``dot(x, e[t])``'s adjoint g scattered by t into dX [BLOCK_M, R]
-    (dX[i, r] = sum_j g_ij [t_ij = r]), the adjoint of a row node (:func:`_rows_node`) that the loop
+    (dX[i, r] = sum_j g_ij [t_ij = r]), the adjoint of a row node (:func:`rows_node`) that the loop
     accumulates like any row's; after the loop, :func:`post_rules` turns it into x's and e's."""
     em = diff.em
     x, row = match(n, em.decls)
@@ -75,7 +83,7 @@ def rules(diff, n: ir.Call, g: str, orient: str, level: str) -> list[tuple]:
     block = _block(em, row)
     idx = em.value(row.indices[0], orient)
     gg = em.put(level, diff._guard(g, "pair", diff.pair_guard), "tg")
-    lo, hi, body = _range(em, row, idx, orient, gg)
+    lo, hi, body = _range(em, row, idx, gg)
     dx, r = em.fresh("dtab"), em.fresh("r")
     em.env.stmts[level].append(
         f"{dx} = tl.zeros([BLOCK_M, {block}], dtype=tl.float32)  # {_why(em.provenance(n))}: the adjoint by row\n"
@@ -119,11 +127,6 @@ def _why(note: str) -> str:
     return "; ".join(filter(None, ("a query row's dot with table rows picked per pair (tables.py)", note)))
 
 
-def _block(em, row: ir.Load) -> int:
-    n = em.decls[row.name].dims[0]
-    return max(16, 1 << (n - 1).bit_length())
-
-
 def _rows(em, row: ir.Load) -> tuple[str, str, str]:
     """The table's row and lane offsets ([R, 1], [1, BLOCK_L]) and its bounds."""
     d = em.decls[row.name]
@@ -148,7 +151,7 @@ def _products(em, x: ir.Expr, row: ir.Load, orient: str) -> str:
                      f"tl.trans({table}.to(DOT_DTYPE)), input_precision=DOT_PRECISION){note}", "tab")
 
 
-def _range(em, row: ir.Load, idx: str, orient: str, live: str | None = None) -> tuple[str, str, str]:
+def _range(em, row: ir.Load, idx: str, live: str | None = None) -> tuple[str, str, str]:
     """(lo, hi, statements): the least and greatest index of the tile inside the table (of the pairs
     whose ``live`` tile is not 0, when given)."""
     n = em.decls[row.name].dims[0]
