@@ -419,6 +419,6 @@ class _Attention:
         if grad or torch.compiler.is_compiling():  # the operators: an autograd node, one opaque call to Dynamo
             o, lse = self.ops(q, k, v, scale, inputs, seq, prepared)
         else:  # eager, no autograd: the same work without the dispatcher (a decoding step's host time)
-            o, _, lse, *_ = self.apply(q, k, v, scale, prepared, seq, inputs)
+            o, _, lse, *_ = self.apply(q, k, v, scale, prepared, seq, inputs, save=False)
         return (o, lse) if return_lse else o
 
