@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attngen.codegen import tables
+from attngen.codegen.kernel_plan import choose
 from attngen.codegen.plan import make_plan
 from attngen.driver import compile_source, optimize
 from attngen.ir import nodes as ir
@@ -51,6 +52,8 @@ SPECS = {
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_kernels(name):
     a = compile_source(f"attention t {{\n{SPECS[name]}\n}}", f"{name}.attn")[0]
-    assert not make_plan(optimize(a)).pair_rows
+    plan = make_plan(optimize(a))
+    assert plan.table_dots and not plan.pair_rows
+    assert any("table dots" in line for line in choose(plan).notes(plan))
     assert_close(compare(a, M=67, N=67, D=40, DV=24, dtype=torch.float32))
     assert_close(compare(a, B=1, H=2, HK=1, M=37, N=45, D=32, DV=16, dtype=torch.float32, seed=1))

@@ -56,6 +56,10 @@ class KernelPlan:
         if self.band is not None:
             tile_note += f"; the band {band_text(*self.band)} gives each program its ranges directly"
         notes = [f"tiles: {tile_note}", "forward: one program per query tile and head"]
+        if plan.table_dots:
+            notes.append("table dots: dot(x, e[t]) of a query row and a table row picked per pair takes x_tile @ "
+                         "e^T once per query tile (tensor cores) and picks each pair's product; dq scatters its "
+                         "adjoint by table row (codegen/tables.py)")
         if plan.pair_rows:
             notes.insert(0, "SLOW PATH: pair vectors (rows that mix the query and the key side, as in sum(abs(q - k))) "
                             "are reduced lane by lane: a loop over the row's lanes of elementwise [BLOCK_M, BLOCK_N] "

@@ -95,6 +95,12 @@ class Plan:
         return any(is_lane_reduction(n, decls) for e in self._exprs() for n in ir.walk(e))
 
     @property
+    def table_dots(self) -> bool:
+        """Some score dots a query row with a table row picked per pair (tables.py)."""
+        decls = {d.name: d for d in self.attn.inputs}
+        return any(tables.match(n, decls) is not None for e in self._exprs() for n in ir.walk(e))
+
+    @property
     def sliced_sizes(self) -> dict[str, int]:
         """The least D or DV a call needs: the end of the furthest slice of a row of that length."""
         out: dict[str, int] = {}
