@@ -23,6 +23,10 @@ SPECS = {
     "document": "input doc: i32[B, N]\n mask = causal and doc[b, i] == doc[b, j]",
     "sigmoid": "score = dot(q, k) * scale - 3.0\n norm = sigmoid",
     "pair_vectors": "score = -sum(abs(q - k)) * scale\n mask = causal",
+    # a one-pass forward (codegen/linear.py) that keeps nothing (no gradients), and a table dot (tables.py)
+    "nap": "mask = causal\n norm = none\n weights = (score - rowmean(score)) / sqrt(rowmean(score * score) - "
+           "rowmean(score) ** 2 + 1e-6)",
+    "table": "input e: f32[16, D]\n score = dot(q, k) * scale + dot(q, e[min(i - j, 15)])\n mask = causal",
 }
 PAGE, PAGES_PER_SEQ, LENGTHS = 16, 12, [150, 1, 192, 33]  # M <= 16 splits the keys
 

@@ -26,6 +26,11 @@ SPECS = {
     "stick": "mask = causal\n norm = stickbreaking",
     "full": "norm = softmax",
     "pair_vectors": "input w: f32[D]\n score = dot(w, tanh(q + k)) - sum(abs(q - k)) * scale\n mask = causal",
+    # the one-pass forwards (codegen/linear.py) keep [H, TQ, ...] rows for the backward; a table dot (tables.py)
+    "nap": "mask = causal\n norm = none\n weights = (score - rowmean(score)) / sqrt(rowmean(score * score) - "
+           "rowmean(score) ** 2 + 1e-6)",
+    "out_aggregates": "mask = causal\n out = o * (1.0 + 0.1 * rowmax(score))",
+    "table": "input e: f32[16, D]\n score = dot(q, k) * scale + dot(q, e[min(i - j, 15)])\n mask = causal",
 }
 LENS_Q = [37, 0, 70, 5]
 LENS_K = [37, 12, 70, 41]  # keys may outnumber queries: positions are end-aligned per sequence
