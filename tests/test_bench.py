@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import attngen
 from attngen.bench.impls import dense_impl, flex_impl, sdpa_impl
-from attngen.bench.inputs import BOOL_DENSITY, make_inputs
+from attngen.bench.inputs import BOOL_DENSITY, make_inputs, make_qkv
 from attngen.bench.paged import paged_cache
 from attngen.bench.pairs import allowed_keys, allowed_pairs, varlen_pairs
 from attngen.bench.peers import Unsupported, check_flex, sdpa_causal, sdpa_end_aligned
@@ -766,3 +766,27 @@ def test_bench_mode_options(args, message, monkeypatch):
         return
     r = _bench(EXAMPLE_DIR / "full.attn", "--device", "cpu", *args)
     assert r.exit_code in (1, 2) and message in r.stderr, r.output
+
+
+def test_inputs_with_positional_locality():
+    """--locality: keys near a query (and the keys its neighbours score high) score higher than far ones;
+    0 draws what the random inputs always were."""
+    sizes = dict(B=1, H=2, HK=1, M=512, N=1024, D=32, DV=16)
+    plain = make_qkv(sizes, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    again = make_qkv(sizes, torch.float32, "cpu", torch.Generator().manual_seed(0), 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, again))
+    q, k, _ = make_qkv(sizes, torch.float32, "cpu", torch.Generator().manual_seed(0), 2.0)
+    s = (q[0, 0] @ k[0, 0].T).detach()  # [M, N]; query m sits at key position m + N - M
+    dist = ((torch.arange(512)[:, None] + 512) - torch.arange(1024)[None, :]).abs()
+    assert s[dist < 32].mean() > s[dist > 512].mean() + 20
+
+
+def test_bench_locality(tmp_path):
+    out = tmp_path / "out.json"
+    r = _bench(EXAMPLE_DIR / "causal_gqa.attn", "--device", "cpu", "--seq", "32", "--tokens", "32", "--heads", "2",
+               "--dim", "16", "--peers", "sdpa", "--no-backward", "--locality", "1.5", "--json", out)
+    assert r.exit_code == 0, r.output
+    (rec,) = json.loads(out.read_text())["records"]
+    assert rec["locality"] == 1.5 and "positional locality 1.5" in r.output
+    r = _bench(EXAMPLE_DIR / "causal_gqa.attn", "--device", "cpu", "--decode", "--locality", "1.0")
+    assert r.exit_code != 0 and "--locality applies to the dense mode only" in r.output

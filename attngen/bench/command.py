@@ -44,7 +44,8 @@ def _optional_seqs(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 
 #: options of one mode only, and the modes they belong to (anywhere else they would be ignored)
-_MODE_OPTIONS = {"tokens": ("dense", "block"), "fresh_inputs": ("dense", "block"), "baseline": ("dense",),
+_MODE_OPTIONS = {"tokens": ("dense", "block"), "fresh_inputs": ("dense", "block"), "locality": ("dense",),
+                 "baseline": ("dense",),
                  "startup": ("dense",), "seqs": ("dense", "decode", "block"), "batch": ("decode",), "decode_rows": ("decode",),
                  "page_sizes": ("decode",), "varlen_lengths": ("varlen",), "plot_out": ("dense", "decode")}
 #: per mode: default (--seq, --heads, --kv-heads, --peers); None for --kv-heads: --heads
@@ -84,6 +85,9 @@ _MODE_DEFAULTS = {"dense": ((4096, 16384), 16, None, ("flex", "sdpa")),
 @click.option("--fresh-inputs", is_flag=True,
               help="New integer/bool inputs (e.g. a new document layout) every call; flex's mask "
                    "preparation is then timed inside its calls.")
+@click.option("--locality", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="q and k share this much of a signal smooth along the positions: neighbouring queries score "
+                   "the same keys high, as in trained models (sparse selections pick similar blocks). 0: random.")
 @click.option("--baseline", metavar="FILE[:NAME]",
               help="Also time attngen alone on this attention (NAME: one of a multi-attention file), on the "
                    "same shapes; each row gets the baseline's time over its own (vs base).")
@@ -117,7 +121,7 @@ _MODE_DEFAULTS = {"dense": ((4096, 16384), 16, None, ("flex", "sdpa")),
 def bench(ctx: click.Context, files: tuple[str, ...], name: str | None, consts: dict, seqs: tuple[int, ...] | None,
           tokens: int, heads: int | None, kv_heads: int | None, dim: int, dtype: str | None,
           peers: tuple[str, ...] | None, no_backward: bool, no_input_grads: bool, json_out: str | None,
-          plot_out: str | None, device: str, fresh_inputs: bool, baseline: str | None, startup: bool,
+          plot_out: str | None, device: str, fresh_inputs: bool, locality: float, baseline: str | None, startup: bool,
           autotune: bool | None, decode: bool, batch: int, decode_rows: int, page_sizes: tuple[int, ...] | None,
           varlen: bool, varlen_lengths: tuple[int, ...] | None, block: bool) -> None:
     """Time attngen against FlexAttention and torch SDPA on each attention of each FILE.
@@ -171,7 +175,8 @@ def bench(ctx: click.Context, files: tuple[str, ...], name: str | None, consts: 
     cfg = Config(seqs=seqs, tokens=tokens, heads=heads, kv_heads=kv_heads, dim=dim,
                  dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype],
                  peers=peers, backward=not no_backward and mode != "decode", input_grads=not no_input_grads,
-                 device=device, fresh_inputs=fresh_inputs, autotune=autotune, startup=startup, mode=mode,
+                 device=device, fresh_inputs=fresh_inputs, locality=locality, autotune=autotune, startup=startup,
+                 mode=mode,
                  batch=batch, decode_rows=decode_rows, page_sizes=page_sizes,
                  varlen_lengths=(varlen_lengths or DEFAULT_LENGTHS) if mode == "varlen" else ())
     targets, base = _bench_targets(files, name, consts, baseline)

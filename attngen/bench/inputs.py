@@ -20,11 +20,26 @@ BOOL_DENSITY = 0.02
 _POSITION_DIMS = ("N", "M")
 
 
-def make_qkv(sizes: Mapping[str, int], dtype: torch.dtype, device, gen: torch.Generator):
-    """q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV]: standard normal, requiring grad."""
+#: positions between the knots of --locality's shared signal (four key blocks of 64)
+LOCALITY_PERIOD = 256
+
+
+def make_qkv(sizes: Mapping[str, int], dtype: torch.dtype, device, gen: torch.Generator, locality: float = 0.0):
+    """q [B, H, M, D], k [B, HK, N, D], v [B, HK, N, DV]: standard normal, requiring grad.
+
+    ``locality``: q and k also share ``locality`` times a signal that varies smoothly along the positions
+    (unit normal knots every LOCALITY_PERIOD positions, linear between them; a query at its key
+    position m + N - M), so neighbouring queries score the same keys high and keys near a query higher,
+    as in trained models (sparse selections then pick similar blocks for neighbouring rows)."""
     B, H, HK, M, N, D, DV = (sizes[x] for x in ("B", "H", "HK", "M", "N", "D", "DV"))
-    return tuple(torch.randn(shape, generator=gen, device=device).to(dtype).requires_grad_()
-                 for shape in ((B, H, M, D), (B, HK, N, D), (B, HK, N, DV)))
+    q, k, v = (torch.randn(shape, generator=gen, device=device)
+               for shape in ((B, H, M, D), (B, HK, N, D), (B, HK, N, DV)))
+    if locality:
+        knots = torch.randn((B, D, N // LOCALITY_PERIOD + 2), generator=gen, device=device)
+        w = torch.nn.functional.interpolate(knots, size=N + LOCALITY_PERIOD, mode="linear", align_corners=True)
+        w = w[:, :, :N].transpose(1, 2)[:, None]  # [B, 1, N, D]
+        q, k = q + locality * w[:, :, N - M:], k + locality * w
+    return tuple(t.to(dtype).requires_grad_() for t in (q, k, v))
 
 
 def discrete_names(a: ir.Attention) -> list[str]:

@@ -78,6 +78,10 @@ def table(records: list[dict], baseline: str | None = None) -> str:
     if "dense" in peers:
         lines.append("dense: attngen on the same spec without its select stage (the mask alone), same inputs; "
                      "ratio as for the peers (> 1: the selection is faster than dense).")
+    local = sorted({r["locality"] for r in records if r.get("locality")})
+    if local:
+        lines.append(f"inputs with positional locality {', '.join(map(str, local))}: q and k share a signal smooth "
+                     "along the positions (--locality).")
     if "flex" in peers:
         lines.append("flex prep ms: flex's create_block_mask"
                      + (", also inside flex's ms: the integer/bool inputs change every call." if fresh

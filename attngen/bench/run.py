@@ -91,6 +91,7 @@ class Config:
     input_grads: bool = True  # float keyword inputs require grad (their gradients are part of fwd+bwd)
     device: str = "cuda"
     fresh_inputs: bool = False
+    locality: float = 0.0  # q and k share a signal smooth along the positions (inputs.make_qkv)
     seed: int = 0
     autotune: bool | None = None  # ATTNGEN_AUTOTUNE for the run; None: as the environment has it
     startup: bool = False  # also measure the startup figures (see .startup)
@@ -103,9 +104,11 @@ class Config:
     def as_json(self) -> dict:
         """The options as JSON values, without those of the modes not run."""
         skip = {"dense": ("batch", "decode_rows", "page_sizes", "varlen_lengths"),
-                "decode": ("tokens", "backward", "input_grads", "fresh_inputs", "startup", "varlen_lengths"),
-                "varlen": ("seqs", "tokens", "fresh_inputs", "startup", "batch", "decode_rows", "page_sizes"),
-                "block": ("backward", "startup", "batch", "decode_rows", "page_sizes", "varlen_lengths")}
+                "decode": ("tokens", "backward", "input_grads", "fresh_inputs", "startup", "varlen_lengths",
+                           "locality"),
+                "varlen": ("seqs", "tokens", "fresh_inputs", "startup", "batch", "decode_rows", "page_sizes",
+                           "locality"),
+                "block": ("backward", "startup", "batch", "decode_rows", "page_sizes", "varlen_lengths", "locality")}
         return {k: (str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v)
                 for k, v in vars(self).items() if k not in skip[self.mode]}
 
@@ -206,7 +209,7 @@ def run_case(t: Target, fn: Callable, seq: int, cfg: Config, log: Callable[[str]
     sizes = dict(B=B, H=cfg.heads, HK=cfg.kv_heads, M=seq, N=seq, D=cfg.dim, DV=cfg.dim)
     fresh_compile_cache(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    q, k, v = make_qkv(sizes, cfg.dtype, device, gen)
+    q, k, v = make_qkv(sizes, cfg.dtype, device, gen, cfg.locality)
     inputs = make_inputs(a, sizes, device, gen, requires_grad=cfg.input_grads)
     do = torch.randn(q.shape[:3] + v.shape[3:], generator=gen, device=device).to(cfg.dtype)
     mine = attngen_impl(fn, inputs)
@@ -217,7 +220,8 @@ def run_case(t: Target, fn: Callable, seq: int, cfg: Config, log: Callable[[str]
     pairs = _count(a, case)
     base = {"spec": a.name, "file": str(t.path), "seq": seq, "B": B, "H": cfg.heads, "HK": cfg.kv_heads,
             "D": cfg.dim, "DV": cfg.dim, "dtype": DTYPE_NAMES[cfg.dtype], "device": device.type,
-            "fresh_inputs": cfg.fresh_inputs, "input_grads": cfg.input_grads, "allowed_pairs": pairs,
+            "fresh_inputs": cfg.fresh_inputs, "locality": cfg.locality, "input_grads": cfg.input_grads,
+            "allowed_pairs": pairs,
             "density": pairs / (B * cfg.heads * seq * seq)}
     fwd_flops = 2.0 * pairs * (sizes["D"] + sizes["DV"])
     passes = ["fwd"] + (["fwd+bwd"] if cfg.backward else [])
