@@ -78,6 +78,21 @@ def test_linear_weights_with_a_common_part(common):
                          common=common), factor=4.0, floor=1e-3)
 
 
+#: the one-pass forwards and table dots beyond the examples (tests/test_kernels_linear.py, test_kernels_tables.py)
+ONE_PASS = {
+    "out_aggregates": "mask = causal\n out = o * (1.0 + 0.1 * rowmax(score)) + 0.05 * rowmean(score * score)",
+    "shifted_term": "mask = causal\n norm = none\n weights = (score - rowmax(score)) / (1.0 + rowcount())",
+    "table_outside": "input e: f32[8, D]\n score = dot(q, k) * scale + 0.5 * dot(e[j - i + 4], q)\n mask = causal",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_PASS))
+def test_one_pass_and_table_dots(name):
+    a = compile_source(f"attention t {{\n {ONE_PASS[name]}\n}}", f"{name}.attn")[0]
+    assert_close(compare(a, B=1, H=4, HK=2, M=1024, N=1024, D=128, DV=128, dtype=torch.bfloat16, device="cuda"),
+                 factor=4.0, floor=1e-3)
+
+
 SEQ_SPECS = {
     "causal": "mask = causal",
     "alibi_window": "input slopes: f32[H]\n score = dot(q, k) * scale + slopes[h] * (j - i)\n mask = causal and i - j < 300",
