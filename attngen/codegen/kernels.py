@@ -109,13 +109,11 @@ def forward(plan: Plan, split_scale: bool = True) -> Blocks:
     bl.vars.update(_recompute(em, env, plan, bl, split_scale=split_scale, passes="fwd"))
     if plan.linear is not None:
         # o from the pass's sums (codegen/linear.py): no second loop over the keys
-        bl.stmts["lin_out"] = linear.combine(em, plan.linear, "agg_n1",
-                                             aggregates.value_stores(aggregates.of(a)))
+        bl.stmts["lin_out"] = linear.combine(em, plan.linear, "agg_n1", aggregates.value_stores(aggregates.of(a)))
     elif plan.fused:
         # the aggregates in the forward's own loop (only the out stage reads them), kept for the backward
         bl.vars["agg_fused"] = "1"
-        saves = aggregates.value_stores(aggregates.of(a))
-        bl.stmts["agg_save"] = ["if SAVE:  # (a call that needs gradients)\n" + "\n".join("    " + x for x in saves)]
+        bl.stmts["agg_save"] = [linear.when_saving(aggregates.value_stores(aggregates.of(a)))]
     bl.vars["scan_init"] = scans.carries(em, None, "fwd")["init"]
     if a.norm.sink is not None:
         bl.vars["sink"] = em.f32(a.norm.sink)

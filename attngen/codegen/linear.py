@@ -200,8 +200,13 @@ def combine(em, lin: Linear, cnt: str, values: list[str]) -> list[str]:
             f"acc = tl.where({cnt} > 0, acc, 0.0)  # a row without kept keys: 0, whatever its factors"]
     saves = values + [f"tl.store(ACC + ((lse_row0 + m_r) * {len(ss)} + {k}) * DV + offs_DV[None, :], lin_acc{k}, "
                       "mask=rmask & dmask_DV[None, :])" for k in range(len(ss))]
-    out.append("if SAVE:  # (a call that needs gradients)\n" + "\n".join("    " + line for line in saves))
+    out.append(when_saving(saves))
     return out
+
+
+def when_saving(stores: list[str]) -> str:
+    """``stores`` under the one-pass forward's SAVE (a call that needs gradients keeps them)."""
+    return "if SAVE:  # (a call that needs gradients)\n" + "\n".join("    " + line for line in stores)
 
 
 def adjoint_seeds(em, lin: Linear, count_load: str) -> tuple[list[str], dict[ir.Expr, list[tuple[str, str]]]]:

@@ -3,6 +3,7 @@ into the mask), the selection kernels' statements, and the flags templates use."
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..ir import nodes as ir
@@ -34,12 +35,12 @@ class Plan:
         """Weights of a row-normalized p (or an aggregate of it) need the final statistic before any weight."""
         return (self.attn.weights is not None or aggregates.reads_p(self.attn)) and self.row_stat
 
-    @property
+    @functools.cached_property
     def linear(self) -> "linear.Linear | None":
         """Weights linear in pair terms: the one-pass forward and a pre kernel without key loops."""
         return linear.of(self.attn)[0]
 
-    @property
+    @functools.cached_property
     def fused(self) -> bool:
         """Aggregates only the out stage reads: the forward's own loop takes them (linear.fused)."""
         return linear.fused(self.attn)
@@ -94,7 +95,7 @@ class Plan:
         decls = {d.name: d for d in self.attn.inputs}
         return any(is_lane_reduction(n, decls) for e in self._exprs() for n in ir.walk(e))
 
-    @property
+    @functools.cached_property
     def table_dots(self) -> bool:
         """Some score dots a query row with a table row picked per pair (tables.py)."""
         decls = {d.name: d for d in self.attn.inputs}
